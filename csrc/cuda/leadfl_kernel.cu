@@ -1,0 +1,223 @@
+// CUDA kernels of the LeadFL update: a multi-tensor apply in one launch. The launch's argument
+// block carries every tensor's addresses, sizes and first block; each block updates one chunk of
+// one tensor with 16-byte vector loads where the addresses allow. No torch header is included,
+// so `nvcc -c` compiles this file on a machine without a GPU or a CUDA build of torch.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "../leadfl_math.h"
+#include "leadfl_kernel.h"
+
+namespace leadfl {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int64_t kChunk = 16384;  // elements per block
+
+// Kernel arguments above 4 KB need CUDA 12.1 and a Volta or newer GPU.
+#if defined(CUDART_VERSION) && CUDART_VERSION >= 12010
+constexpr int kLargeCapacity = 256;
+#else
+constexpr int kLargeCapacity = 48;
+#endif
+constexpr int kSmallCapacity = 32;
+
+#if defined(__CUDACC_VER_MAJOR__) && __CUDACC_VER_MAJOR__ >= 12
+#define LEADFL_GRID_CONSTANT __grid_constant__
+#else
+#define LEADFL_GRID_CONSTANT
+#endif
+
+template <int Capacity>
+struct LaunchArgs {
+  void* w[Capacity];
+  const void* g[Capacity];
+  void* third[Capacity];
+  int64_t numel[Capacity];
+  int64_t row_len[Capacity];
+  int32_t block_start[Capacity + 1];  // first block of tensor k; block_start[count] = total blocks
+  int32_t count;
+};
+
+template <typename T>
+struct AccType {
+  using type = float;
+};
+template <>
+struct AccType<double> {
+  using type = double;
+};
+
+__device__ __forceinline__ float to_acc(float x) { return x; }
+__device__ __forceinline__ double to_acc(double x) { return x; }
+__device__ __forceinline__ float to_acc(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_acc(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T>
+__device__ __forceinline__ T from_acc(typename AccType<T>::type x);
+template <>
+__device__ __forceinline__ float from_acc<float>(float x) { return x; }
+template <>
+__device__ __forceinline__ double from_acc<double>(double x) { return x; }
+template <>
+__device__ __forceinline__ __half from_acc<__half>(float x) { return __float2half_rn(x); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+template <typename T>
+struct alignas(16) Pack {
+  static constexpr int kSize = 16 / sizeof(T);
+  T v[kSize];
+};
+
+template <typename Acc>
+__device__ __forceinline__ Coefficients<Acc> make_coefficients(Acc lr, Acc lr_alpha, Acc q) {
+  return Coefficients<Acc>{Acc(1), lr, lr_alpha, q, -q};
+}
+
+// One element: reads w, g, third; writes w (and third for the paper variant).
+template <Variant V, typename T, typename Acc>
+__device__ __forceinline__ void update_element(T& w, T g, T& third, const Coefficients<Acc>& c) {
+  if (V == Variant::kHessian) {
+    w = from_acc<T>(hessian_update(to_acc(w), to_acc(g), to_acc(third), c, ScalarClamp{}));
+  } else {
+    Acc wa = to_acc(w);
+    Acc da = to_acc(third);
+    paper_update(wa, to_acc(g), da, c, ScalarClamp{});
+    w = from_acc<T>(wa);
+    third = from_acc<T>(da);
+  }
+}
+
+template <Variant V, typename T, int Capacity>
+__global__ void __launch_bounds__(kThreads)
+    leadfl_update_kernel(const LEADFL_GRID_CONSTANT LaunchArgs<Capacity> args, double lr_d, double alpha_d,
+                         const typename AccType<T>::type* __restrict__ alpha_rows, double q_d) {
+  using Acc = typename AccType<T>::type;
+  constexpr int kVec = Pack<T>::kSize;
+
+  // The tensor this block works on: the last k with block_start[k] <= blockIdx.x.
+  const int32_t block = static_cast<int32_t>(blockIdx.x);
+  int lo = 0, hi = args.count - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (args.block_start[mid] <= block) lo = mid; else hi = mid - 1;
+  }
+  const int k = lo;
+  const int64_t begin = static_cast<int64_t>(block - args.block_start[k]) * kChunk;
+  const int64_t numel = args.numel[k];
+  const int64_t len = (numel - begin < kChunk) ? numel - begin : kChunk;
+  T* __restrict__ w = static_cast<T*>(args.w[k]) + begin;
+  const T* __restrict__ g = static_cast<const T*>(args.g[k]) + begin;
+  T* __restrict__ third = static_cast<T*>(args.third[k]) + begin;
+  const int64_t row_len = args.row_len[k];
+
+  const Acc lr = static_cast<Acc>(lr_d);
+  const Acc q = static_cast<Acc>(q_d);
+  const Coefficients<Acc> scalar_c = make_coefficients<Acc>(lr, static_cast<Acc>(lr_d * alpha_d), q);
+  auto coefficients_at = [&](int64_t i) -> Coefficients<Acc> {
+    if (alpha_rows == nullptr) return scalar_c;
+    return make_coefficients<Acc>(lr, lr * alpha_rows[(begin + i) / row_len], q);
+  };
+
+  const bool aligned = ((reinterpret_cast<uintptr_t>(w) | reinterpret_cast<uintptr_t>(g) |
+                         reinterpret_cast<uintptr_t>(third)) % 16) == 0;
+  int64_t vec_end = 0;
+  if (aligned) {
+    vec_end = (len / kVec) * kVec;
+    for (int64_t i = static_cast<int64_t>(threadIdx.x) * kVec; i < vec_end; i += kThreads * kVec) {
+      Pack<T> wp = *reinterpret_cast<const Pack<T>*>(w + i);
+      const Pack<T> gp = *reinterpret_cast<const Pack<T>*>(g + i);
+      Pack<T> tp = *reinterpret_cast<const Pack<T>*>(third + i);
+      const bool one_row =
+          alpha_rows == nullptr || ((begin + i) / row_len) == ((begin + i + kVec - 1) / row_len);
+      const Coefficients<Acc> c0 = coefficients_at(i);
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) {
+        update_element<V, T, Acc>(wp.v[j], gp.v[j], tp.v[j], one_row ? c0 : coefficients_at(i + j));
+      }
+      *reinterpret_cast<Pack<T>*>(w + i) = wp;
+      if (V == Variant::kPaper) *reinterpret_cast<Pack<T>*>(third + i) = tp;
+    }
+  }
+  for (int64_t i = vec_end + threadIdx.x; i < len; i += kThreads) {
+    T wi = w[i];
+    T ti = third[i];
+    update_element<V, T, Acc>(wi, g[i], ti, coefficients_at(i));
+    w[i] = wi;
+    if (V == Variant::kPaper) third[i] = ti;
+  }
+}
+
+template <typename T, int Capacity>
+int launch_batch(Variant variant, const std::vector<const TensorRef*>& batch, double lr, double alpha,
+                 const typename AccType<T>::type* alpha_rows, double q, cudaStream_t stream) {
+  LaunchArgs<Capacity> args;
+  int32_t blocks = 0;
+  args.count = static_cast<int32_t>(batch.size());
+  for (size_t k = 0; k < batch.size(); ++k) {
+    const TensorRef& t = *batch[k];
+    args.w[k] = t.w;
+    args.g[k] = t.g;
+    args.third[k] = t.third;
+    args.numel[k] = t.numel;
+    args.row_len[k] = t.row_len;
+    args.block_start[k] = blocks;
+    blocks += static_cast<int32_t>((t.numel + kChunk - 1) / kChunk);
+  }
+  args.block_start[batch.size()] = blocks;
+  if (variant == Variant::kHessian) {
+    leadfl_update_kernel<Variant::kHessian, T, Capacity><<<blocks, kThreads, 0, stream>>>(args, lr, alpha, alpha_rows, q);
+  } else {
+    leadfl_update_kernel<Variant::kPaper, T, Capacity><<<blocks, kThreads, 0, stream>>>(args, lr, alpha, alpha_rows, q);
+  }
+  return static_cast<int>(cudaGetLastError());
+}
+
+template <typename T>
+LaunchResult launch_dtype(Variant variant, const std::vector<const TensorRef*>& refs, double lr, double alpha,
+                          const typename AccType<T>::type* alpha_rows, double q, cudaStream_t stream) {
+  LaunchResult result{0, 0};
+  for (size_t start = 0; start < refs.size(); start += kLargeCapacity) {
+    const size_t stop = start + kLargeCapacity < refs.size() ? start + kLargeCapacity : refs.size();
+    const std::vector<const TensorRef*> batch(refs.begin() + start, refs.begin() + stop);
+    // A small argument block keeps the launch cheap for short lists.
+    result.error = batch.size() <= kSmallCapacity
+                       ? launch_batch<T, kSmallCapacity>(variant, batch, lr, alpha, alpha_rows, q, stream)
+                       : launch_batch<T, kLargeCapacity>(variant, batch, lr, alpha, alpha_rows, q, stream);
+    ++result.launches;
+    if (result.error != 0) return result;
+  }
+  return result;
+}
+
+}  // namespace
+
+int max_tensors_per_launch() { return kLargeCapacity; }
+
+LaunchResult launch_update(Variant variant, const TensorRef* tensors, int64_t count, double lr, double alpha,
+                           const float* alpha_rows_f32, const double* alpha_rows_f64, double q, void* stream) {
+  std::vector<const TensorRef*> by_dtype[4];
+  for (int64_t k = 0; k < count; ++k) {
+    if (tensors[k].numel > 0) by_dtype[static_cast<int>(tensors[k].dtype)].push_back(&tensors[k]);
+  }
+  const cudaStream_t s = static_cast<cudaStream_t>(stream);
+  LaunchResult total{0, 0};
+  auto add = [&](LaunchResult r) {
+    total.launches += r.launches;
+    if (total.error == 0) total.error = r.error;
+  };
+  if (!by_dtype[0].empty()) add(launch_dtype<float>(variant, by_dtype[0], lr, alpha, alpha_rows_f32, q, s));
+  if (!by_dtype[1].empty()) add(launch_dtype<double>(variant, by_dtype[1], lr, alpha, alpha_rows_f64, q, s));
+  if (!by_dtype[2].empty()) add(launch_dtype<__half>(variant, by_dtype[2], lr, alpha, alpha_rows_f32, q, s));
+  if (!by_dtype[3].empty()) add(launch_dtype<__nv_bfloat16>(variant, by_dtype[3], lr, alpha, alpha_rows_f32, q, s));
+  return total;
+}
+
+}  // namespace cuda
+}  // namespace leadfl
