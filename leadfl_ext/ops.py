@@ -1,6 +1,7 @@
 """Python face of the fused LeadFL ops (``torch.ops.leadfl``)."""
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Union
 
@@ -38,6 +39,28 @@ def _as_float(value, name: str) -> float:
     return float(value)
 
 
+def _check_hyperparameters(op: str, lr: float, alpha: float, q: float) -> None:
+    """Same rules as the C++ kernels; used where no kernel runs (an empty list)."""
+    if not (math.isfinite(lr) and lr > 0):
+        raise RuntimeError(f"{op}: lr={lr} is not allowed; lr must be a finite number > 0")
+    if not (math.isfinite(q) and q > 0):
+        raise RuntimeError(f"{op}: q={q} is not allowed; q must be a finite number > 0")
+    if not (math.isfinite(alpha) and alpha >= 0):
+        raise RuntimeError(f"{op}: alpha={alpha} is not allowed; alpha must be a finite number >= 0")
+
+
+def _call(op_name: str, third_name: str, params, grads, third, lr, alpha, q) -> None:
+    a, rows = _split_alpha(alpha)
+    lists = _as_list(params, "params"), _as_list(grads, "grads"), _as_list(third, third_name)
+    lr, q = _as_float(lr, "lr"), _as_float(q, "q")
+    op = getattr(torch.ops.leadfl, op_name)
+    if not any(lists):
+        # The dispatcher needs a tensor to pick a kernel; an empty list is a checked no-op.
+        _check_hyperparameters(f"leadfl::{op_name}", lr, a, q)
+        return
+    op(*lists, lr=lr, alpha=a, alpha_rows=rows, q=q)
+
+
 def fused_step_(
     params: TensorOrList, grads: TensorOrList, lookahead_grads: TensorOrList, *, lr: float, alpha: Alpha, q: float
 ) -> None:
@@ -55,16 +78,7 @@ def fused_step_(
             every tensor (one per client when clients are stacked on dim 0; 0 gives plain SGD).
         q: clip threshold (> 0).
     """
-    a, rows = _split_alpha(alpha)
-    torch.ops.leadfl.fused_step_(
-        _as_list(params, "params"),
-        _as_list(grads, "grads"),
-        _as_list(lookahead_grads, "lookahead_grads"),
-        lr=_as_float(lr, "lr"),
-        alpha=a,
-        alpha_rows=rows,
-        q=_as_float(q, "q"),
-    )
+    _call("fused_step_", "lookahead_grads", params, grads, lookahead_grads, lr, alpha, q)
 
 
 def paper_step_(
@@ -76,24 +90,39 @@ def paper_step_(
     where ``D`` (``deltas``) is the previous local step's total change (zeros at the start of a
     round's local training). Arguments as in :func:`fused_step_`.
     """
-    a, rows = _split_alpha(alpha)
-    torch.ops.leadfl.paper_step_(
-        _as_list(params, "params"),
-        _as_list(grads, "grads"),
-        _as_list(deltas, "deltas"),
-        lr=_as_float(lr, "lr"),
-        alpha=a,
-        alpha_rows=rows,
-        q=_as_float(q, "q"),
-    )
+    _call("paper_step_", "deltas", params, grads, deltas, lr, alpha, q)
 
 
-# Fake kernels: the ops only mutate their inputs, so tracing needs no output metadata.
+def _check_metadata(op: str, params, first, first_name: str, second, second_name: str, alpha_rows) -> None:
+    """The metadata checks of the C++ kernels, for the fake kernels (tracing sees no data)."""
+    for name, items in ((first_name, first), (second_name, second)):
+        if len(items) != len(params):
+            raise RuntimeError(f"{op}: {name} has {len(items)} tensors but params has {len(params)}; "
+                               f"pass exactly one {name} tensor per parameter tensor")
+    for k, p in enumerate(params):
+        if p.device != params[0].device:
+            raise RuntimeError(f"{op}: params[{k}] is on {p.device} but params[0] is on {params[0].device}; "
+                               "move every tensor to one device")
+        for name, items in ((first_name, first), (second_name, second)):
+            o = items[k]
+            if o.shape != p.shape:
+                raise RuntimeError(f"{op}: {name}[{k}] has shape {list(o.shape)} but params[{k}] has shape "
+                                   f"{list(p.shape)}; tensor k of every list must have the same shape")
+            if o.dtype != p.dtype:
+                raise RuntimeError(f"{op}: {name}[{k}] has dtype {o.dtype} but params[{k}] has dtype {p.dtype}")
+            if o.device != p.device:
+                raise RuntimeError(f"{op}: {name}[{k}] is on {o.device} but params[{k}] is on {p.device}")
+        if alpha_rows is not None and (p.dim() == 0 or p.shape[0] != alpha_rows.shape[0]):
+            raise RuntimeError(f"{op}: alpha tensor has {alpha_rows.shape[0]} values but params[{k}] has shape "
+                               f"{list(p.shape)}; a per-row alpha needs that many rows in dim 0 of every tensor")
+
+
+# Fake kernels: the ops only mutate their inputs, so tracing needs no output, only the checks.
 @torch.library.register_fake("leadfl::fused_step_")
 def _fused_step_fake(params, grads, lookahead_grads, *, lr, alpha, alpha_rows, q):
-    return None
+    _check_metadata("leadfl::fused_step_", params, grads, "grads", lookahead_grads, "lookahead_grads", alpha_rows)
 
 
 @torch.library.register_fake("leadfl::paper_step_")
 def _paper_step_fake(params, grads, deltas, *, lr, alpha, alpha_rows, q):
-    return None
+    _check_metadata("leadfl::paper_step_", params, grads, "grads", deltas, "deltas", alpha_rows)

@@ -1,0 +1,215 @@
+"""The fused ops against the plain-PyTorch reference, element by element."""
+import math
+
+import pytest
+import torch
+
+import leadfl_ext
+from leadfl_ext import reference
+
+OPS = {
+    "fused_step_": (leadfl_ext.fused_step_, reference.fused_step_, "lookahead_grads"),
+    "paper_step_": (leadfl_ext.paper_step_, reference.paper_step_, "deltas"),
+}
+
+SHAPE_LISTS = {
+    "empty": [(0,), (3, 0, 2)],
+    "one_element": [(1,)],
+    "odd_sizes": [(7,), (13,), (33,), (1031,)],
+    "3d_4d": [(3, 5, 7), (4, 3, 5, 5), (2, 1, 9, 3)],
+    "large": [(1_048_583,)],
+    "mixed": [(16, 1, 5, 5), (16,), (32, 16, 5, 5), (32,), (10, 1568), (10,)],
+    "200_small": [(k % 7 + 1, k % 5 + 2) for k in range(200)],
+}
+
+
+def fresh_inputs(shapes, dtype, device, seed):
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(shape, scale=1.0):
+        return (torch.randn(shape, generator=gen, dtype=torch.float64) * scale).to(dtype=dtype, device=device)
+
+    params = [rand(s) for s in shapes]
+    grads = [rand(s) for s in shapes]
+    # Values near 1 so the clamp is hit from both sides and also passes some elements through.
+    thirds = [rand(s, 0.5) for s in shapes]
+    return params, grads, thirds
+
+
+def run_both(op_name, shapes, alpha, dtype=torch.float64, device="cpu", seed=0, lr=0.05, q=0.2):
+    fast, ref, _ = OPS[op_name]
+    params, grads, thirds = fresh_inputs(shapes, dtype, device, seed)
+    expected_params = [p.clone() for p in params]
+    expected_thirds = [t.clone() for t in thirds]
+    ref(expected_params, grads, expected_thirds, lr=lr, alpha=alpha, q=q)
+    before = [p.clone() for p in params]
+    fast(params, grads, thirds, lr=lr, alpha=alpha, q=q)
+    return params, thirds, expected_params, expected_thirds, before
+
+
+@pytest.mark.parametrize("op_name", list(OPS))
+@pytest.mark.parametrize("case", list(SHAPE_LISTS))
+def test_op_matches_reference_float64(op_name, case, device):
+    params, thirds, exp_params, exp_thirds, before = run_both(op_name, SHAPE_LISTS[case], 0.4, device=device,
+                                                                seed=hash(case) % 1000)
+    for k, (got, want, old) in enumerate(zip(params, exp_params, before)):
+        # The reference moves every element, so an element the kernel skipped would fail here.
+        assert bool((want != old).all()), f"inputs leave params[{k}] unchanged somewhere; pick other inputs"
+        torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-13, msg=f"params[{k}]")
+    if op_name == "paper_step_":
+        for k, (got, want) in enumerate(zip(thirds, exp_thirds)):
+            torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-13, msg=f"deltas[{k}]")
+
+
+@pytest.mark.parametrize("op_name", list(OPS))
+def test_op_matches_reference_float32(op_name, device):
+    params, thirds, exp_params, exp_thirds, _ = run_both(op_name, SHAPE_LISTS["mixed"] + SHAPE_LISTS["odd_sizes"],
+                                                         0.4, dtype=torch.float32, device=device, seed=3)
+    for got, want in zip(params + thirds, exp_params + exp_thirds):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("op_name", list(OPS))
+def test_per_row_alpha_matches_reference_and_zero_rows_are_plain_sgd(op_name, device):
+    rows = 6
+    shapes = [(rows, 3, 5, 5), (rows, 7), (rows,), (rows, 1031)]
+    alpha = torch.tensor([0.4, 0.0, 0.25, 1.5, 0.0, 0.1], dtype=torch.float64, device=device)
+    params, thirds, exp_params, exp_thirds, before = run_both(op_name, shapes, alpha, device=device, seed=11)
+    for got, want in zip(params + thirds, exp_params + exp_thirds):
+        torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-13)
+    _, grads, _ = fresh_inputs(shapes, torch.float64, device, 11)
+    for got, old, g in zip(params, before, grads):
+        for row in (1, 4):  # alpha 0: W - lr*g exactly
+            torch.testing.assert_close(got[row], old[row] - 0.05 * g[row], rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize("op_name", list(OPS))
+def test_scalar_alpha_equals_constant_per_row_alpha(op_name, device):
+    shapes = [(4, 9), (4, 2, 3)]
+    a, ta, _, _, _ = run_both(op_name, shapes, 0.3, device=device, seed=5)
+    b, tb, _, _, _ = run_both(op_name, shapes, torch.full((4,), 0.3, dtype=torch.float64, device=device),
+                              device=device, seed=5)
+    for x, y in zip(a + ta, b + tb):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+
+
+def test_hessian_clamp_and_update_by_hand():
+    # g = 0.5, g~ = 2.0: 1 - (2.0 - 0.5) = -0.5 -> clamped to -0.2.
+    # W = 1 - 0.1*0.5 - 0.1*0.4*(-0.2) = 1 - 0.05 + 0.008 = 0.958
+    w = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    g = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    g_look = torch.tensor([2.0, 0.45], dtype=torch.float64)  # second: 1 - (-0.05) = 1.05 -> 0.2
+    leadfl_ext.fused_step_(w, g, g_look, lr=0.1, alpha=0.4, q=0.2)
+    torch.testing.assert_close(w, torch.tensor([0.958, 1 - 0.05 - 0.008], dtype=torch.float64))
+
+
+def test_paper_update_by_hand():
+    # W=1, g=1, D=0.9, lr=0.1: R = clamp(1 - 0.1 - 0.9) = 0 -> W' = 0.9, D = -0.1
+    # second element D=0.95: R = clamp(-0.05) = -0.05 -> W' = 0.9 + 0.1*0.5*0.05 = 0.9025, D = -0.0975
+    w = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    g = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    d = torch.tensor([0.9, 0.95], dtype=torch.float64)
+    leadfl_ext.paper_step_(w, g, d, lr=0.1, alpha=0.5, q=0.2)
+    torch.testing.assert_close(w, torch.tensor([0.9, 0.9025], dtype=torch.float64))
+    torch.testing.assert_close(d, torch.tensor([-0.1, -0.0975], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("op_name", list(OPS))
+def test_nan_and_inf_in_data_propagate(op_name, device):
+    fast, ref, _ = OPS[op_name]
+    params, grads, thirds = fresh_inputs([(5, 8)], torch.float64, device, 2)
+    grads[0][0, 1] = math.nan
+    grads[0][2, 3] = math.inf
+    thirds[0][4, 7] = -math.inf
+    exp_p, exp_t = [p.clone() for p in params], [t.clone() for t in thirds]
+    ref(exp_p, grads, exp_t, lr=0.1, alpha=0.4, q=0.2)
+    fast(params, grads, thirds, lr=0.1, alpha=0.4, q=0.2)
+    assert torch.isnan(params[0][0, 1])
+    assert not torch.isfinite(params[0][2, 3])
+    torch.testing.assert_close(params[0], exp_p[0], equal_nan=True, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(thirds[0], exp_t[0], equal_nan=True, rtol=1e-13, atol=1e-13)
+
+
+def test_empty_list_is_a_no_op():
+    leadfl_ext.fused_step_([], [], [], lr=0.1, alpha=0.4, q=0.2)
+    leadfl_ext.paper_step_([], [], [], lr=0.1, alpha=0.4, q=0.2)
+
+
+@pytest.mark.parametrize("op_name", list(OPS))
+@pytest.mark.parametrize("alpha_kind", ["scalar", "per_row"])
+def test_opcheck(op_name, alpha_kind, device):
+    params, grads, thirds = fresh_inputs([(4, 3), (4,), (4, 2, 5)], torch.float32, device, 9)
+    alpha_rows = torch.rand(4, device=device) if alpha_kind == "per_row" else None
+    op = getattr(torch.ops.leadfl, op_name)
+    torch.library.opcheck(op, (params, grads, thirds), dict(lr=0.1, alpha=0.4, alpha_rows=alpha_rows, q=0.2))
+
+
+# -- bad input ---------------------------------------------------------------------------------
+
+def _good(device="cpu"):
+    return fresh_inputs([(3, 4), (5,)], torch.float32, device, 1)
+
+
+BAD_CASES = {
+    "unequal_lengths": (lambda p, g, t: (p, g[:1], t), {}, "grads has 1 tensors but params has 2"),
+    "unequal_third": (lambda p, g, t: (p, g, t[:1]), {}, "has 1 tensors but params has 2"),
+    "shape_mismatch": (lambda p, g, t: (p, [g[0], g[1][:4]], t), {}, "grads[1] has shape [4] but params[1] has shape [5]"),
+    "dtype_mismatch": (lambda p, g, t: (p, [g[0], g[1].double()], t), {}, "grads[1] has dtype Double"),
+    "q_zero": (None, dict(q=0.0), "q=0"),
+    "q_negative": (None, dict(q=-1.0), "q=-1"),
+    "lr_zero": (None, dict(lr=0.0), "lr=0"),
+    "lr_negative": (None, dict(lr=-0.1), "lr=-0.1"),
+    "alpha_negative": (None, dict(alpha=-0.5), "alpha=-0.5"),
+    "lr_nan": (None, dict(lr=math.nan), "lr=nan"),
+    "q_nan": (None, dict(q=math.nan), "q=nan"),
+    "alpha_nan": (None, dict(alpha=math.nan), "alpha=nan"),
+    "alpha_inf": (None, dict(alpha=math.inf), "alpha=inf"),
+    "alpha_wrong_length": (lambda p, g, t: ([x[:3].contiguous() for x in p], [x[:3].contiguous() for x in g],
+                                            [x[:3].contiguous() for x in t]),
+                           dict(alpha=torch.ones(4)), "alpha tensor has 4 values"),
+    "alpha_negative_row": (lambda p, g, t: ([x[:3].contiguous() for x in p], [x[:3].contiguous() for x in g],
+                                            [x[:3].contiguous() for x in t]),
+                           dict(alpha=torch.tensor([0.1, -0.2, 0.3])), "alpha[1]=-0.2"),
+    "alpha_2d": (None, dict(alpha=torch.ones(3, 4)), "must be 1-D"),
+    "non_contiguous": (lambda p, g, t: ([p[0].t(), p[1]], [g[0].t(), g[1]], [t[0].t(), t[1]]), {}, "not contiguous"),
+    "half_on_cpu": (lambda p, g, t: ([x.half() for x in p], [x.half() for x in g], [x.half() for x in t]), {},
+                    "float16/bfloat16 only on CUDA"),
+    "meta_device_mix": (lambda p, g, t: (p, [g[0], torch.empty(5, device="meta")], t), {}, "is on meta"),
+}
+
+
+@pytest.mark.parametrize("op_name", list(OPS))
+@pytest.mark.parametrize("case", list(BAD_CASES))
+def test_bad_input_is_refused_before_any_write(op_name, case):
+    fast = OPS[op_name][0]
+    make, hyper_overrides, message = BAD_CASES[case]
+    p, g, t = _good()
+    if make is not None:
+        p, g, t = make(p, g, t)
+    hyper = dict(lr=0.1, alpha=0.4, q=0.2)
+    hyper.update(hyper_overrides)
+    before = [x.clone() for x in p if x.device.type != "meta"]
+    with pytest.raises((RuntimeError, ValueError, TypeError), match=_escape(message)):
+        fast(p, g, t, **hyper)
+    for old, new in zip(before, [x for x in p if x.device.type != "meta"]):
+        assert torch.equal(old, new), "params were written before the error"
+
+
+def _escape(text):
+    import re
+    return re.escape(text)
+
+
+def test_error_names_the_fix_for_lists():
+    p, g, t = _good()
+    with pytest.raises(RuntimeError) as info:
+        leadfl_ext.fused_step_(p, g[:1], t, lr=0.1, alpha=0.4, q=0.2)
+    assert "lookahead" not in str(info.value) and "pass exactly one grads tensor per parameter" in str(info.value)
+
+
+def test_non_tensor_arguments_are_refused():
+    p, g, t = _good()
+    with pytest.raises(TypeError, match="params must be a tensor or a list"):
+        leadfl_ext.fused_step_(3, g, t, lr=0.1, alpha=0.4, q=0.2)
+    with pytest.raises(TypeError, match="alpha must be a float or a 1-D tensor"):
+        leadfl_ext.fused_step_(p, g, t, lr=0.1, alpha="0.4", q=0.2)
