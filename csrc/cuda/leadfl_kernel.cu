@@ -2,6 +2,10 @@
 // block carries every tensor's addresses, sizes and first block; each block updates one chunk of
 // one tensor with 16-byte vector loads where the addresses allow. No torch header is included,
 // so `nvcc -c` compiles this file on a machine without a GPU or a CUDA build of torch.
+//
+// The work of one (block, thread) is a __host__ __device__ function, so that with
+// LEADFL_HOST_EMULATION the same indexing runs serially on the host (leadfl_emulate_update at the
+// end) and the tests check it against the reference on a machine without a GPU.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -33,6 +37,8 @@ constexpr int kSmallCapacity = 32;
 #define LEADFL_GRID_CONSTANT
 #endif
 
+#define LEADFL_HD_INLINE __host__ __device__ __forceinline__
+
 template <int Capacity>
 struct LaunchArgs {
   void* w[Capacity];
@@ -53,21 +59,21 @@ struct AccType<double> {
   using type = double;
 };
 
-__device__ __forceinline__ float to_acc(float x) { return x; }
-__device__ __forceinline__ double to_acc(double x) { return x; }
-__device__ __forceinline__ float to_acc(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 x) { return __bfloat162float(x); }
+LEADFL_HD_INLINE float to_acc(float x) { return x; }
+LEADFL_HD_INLINE double to_acc(double x) { return x; }
+LEADFL_HD_INLINE float to_acc(__half x) { return __half2float(x); }
+LEADFL_HD_INLINE float to_acc(__nv_bfloat16 x) { return __bfloat162float(x); }
 
 template <typename T>
-__device__ __forceinline__ T from_acc(typename AccType<T>::type x);
+LEADFL_HD_INLINE T from_acc(typename AccType<T>::type x);
 template <>
-__device__ __forceinline__ float from_acc<float>(float x) { return x; }
+LEADFL_HD_INLINE float from_acc<float>(float x) { return x; }
 template <>
-__device__ __forceinline__ double from_acc<double>(double x) { return x; }
+LEADFL_HD_INLINE double from_acc<double>(double x) { return x; }
 template <>
-__device__ __forceinline__ __half from_acc<__half>(float x) { return __float2half_rn(x); }
+LEADFL_HD_INLINE __half from_acc<__half>(float x) { return __float2half_rn(x); }
 template <>
-__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+LEADFL_HD_INLINE __nv_bfloat16 from_acc<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
 template <typename T>
 struct alignas(16) Pack {
@@ -76,13 +82,13 @@ struct alignas(16) Pack {
 };
 
 template <typename Acc>
-__device__ __forceinline__ Coefficients<Acc> make_coefficients(Acc lr, Acc lr_alpha, Acc q) {
+LEADFL_HD_INLINE Coefficients<Acc> make_coefficients(Acc lr, Acc lr_alpha, Acc q) {
   return Coefficients<Acc>{Acc(1), lr, lr_alpha, q, -q};
 }
 
 // One element: reads w, g, third; writes w (and third for the paper variant).
 template <Variant V, typename T, typename Acc>
-__device__ __forceinline__ void update_element(T& w, T g, T& third, const Coefficients<Acc>& c) {
+LEADFL_HD_INLINE void update_element(T& w, T g, T& third, const Coefficients<Acc>& c) {
   if (V == Variant::kHessian) {
     w = from_acc<T>(hessian_update(to_acc(w), to_acc(g), to_acc(third), c, ScalarClamp{}));
   } else {
@@ -94,15 +100,18 @@ __device__ __forceinline__ void update_element(T& w, T g, T& third, const Coeffi
   }
 }
 
-template <Variant V, typename T, int Capacity>
-__global__ void __launch_bounds__(kThreads)
-    leadfl_update_kernel(const LEADFL_GRID_CONSTANT LaunchArgs<Capacity> args, double lr_d, double alpha_d,
-                         const typename AccType<T>::type* __restrict__ alpha_rows, double q_d) {
+// The share of thread `thread` (of `num_threads`) in block `block`: every element i of the block's
+// chunk with i = thread (mod num_threads), in vectors of kVec where the addresses allow. `thread` is
+// an unsigned, or DeviceThread in the kernel.
+template <Variant V, typename T, int Capacity, typename Thread>
+LEADFL_HD_INLINE void update_block_thread(const LaunchArgs<Capacity>& args, int32_t block, Thread thread,
+                                          unsigned num_threads, double lr_d, double alpha_d,
+                                          const typename AccType<T>::type* __restrict__ alpha_rows,
+                                          double q_d) {
   using Acc = typename AccType<T>::type;
   constexpr int kVec = Pack<T>::kSize;
 
-  // The tensor this block works on: the last k with block_start[k] <= blockIdx.x.
-  const int32_t block = static_cast<int32_t>(blockIdx.x);
+  // The tensor this block works on: the last k with block_start[k] <= block.
   int lo = 0, hi = args.count - 1;
   while (lo < hi) {
     const int mid = (lo + hi + 1) / 2;
@@ -130,7 +139,7 @@ __global__ void __launch_bounds__(kThreads)
   int64_t vec_end = 0;
   if (aligned) {
     vec_end = (len / kVec) * kVec;
-    for (int64_t i = static_cast<int64_t>(threadIdx.x) * kVec; i < vec_end; i += kThreads * kVec) {
+    for (int64_t i = static_cast<int64_t>(thread) * kVec; i < vec_end; i += num_threads * kVec) {
       Pack<T> wp = *reinterpret_cast<const Pack<T>*>(w + i);
       const Pack<T> gp = *reinterpret_cast<const Pack<T>*>(g + i);
       Pack<T> tp = *reinterpret_cast<const Pack<T>*>(third + i);
@@ -145,7 +154,7 @@ __global__ void __launch_bounds__(kThreads)
       if (V == Variant::kPaper) *reinterpret_cast<Pack<T>*>(third + i) = tp;
     }
   }
-  for (int64_t i = vec_end + threadIdx.x; i < len; i += kThreads) {
+  for (int64_t i = vec_end + static_cast<unsigned>(thread); i < len; i += num_threads) {
     T wi = w[i];
     T ti = third[i];
     update_element<V, T, Acc>(wi, g[i], ti, coefficients_at(i));
@@ -154,9 +163,53 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-template <typename T, int Capacity>
+// threadIdx.x, read where update_block_thread uses it, as the kernel body did before it moved
+// there: an index read once stays live across the vector loop, and ptxas then gives the paper
+// kernels for half and bfloat16 6 to 10 more registers (sm_90), i.e. one block less per SM.
+struct DeviceThread {
+  __device__ __forceinline__ operator unsigned() const { return threadIdx.x; }
+};
+
+template <Variant V, typename T, int Capacity>
+__global__ void __launch_bounds__(kThreads)
+    leadfl_update_kernel(const LEADFL_GRID_CONSTANT LaunchArgs<Capacity> args, double lr_d, double alpha_d,
+                         const typename AccType<T>::type* __restrict__ alpha_rows, double q_d) {
+  update_block_thread<V, T, Capacity>(args, static_cast<int32_t>(blockIdx.x), DeviceThread{},
+                                      kThreads, lr_d, alpha_d, alpha_rows, q_d);
+}
+
+// Runs one launch on the GPU, on `stream`.
+struct GpuLauncher {
+  cudaStream_t stream;
+
+  template <Variant V, typename T, int Capacity>
+  int run(const LaunchArgs<Capacity>& args, int32_t blocks, double lr, double alpha,
+          const typename AccType<T>::type* alpha_rows, double q) const {
+    leadfl_update_kernel<V, T, Capacity><<<blocks, kThreads, 0, stream>>>(args, lr, alpha, alpha_rows, q);
+    return static_cast<int>(cudaGetLastError());
+  }
+};
+
+#ifdef LEADFL_HOST_EMULATION
+// Runs one launch on the host: every block and every thread of it in turn, on host memory. The
+// threads of a launch write disjoint elements, so the serial order gives the GPU's result.
+struct HostLauncher {
+  template <Variant V, typename T, int Capacity>
+  int run(const LaunchArgs<Capacity>& args, int32_t blocks, double lr, double alpha,
+          const typename AccType<T>::type* alpha_rows, double q) const {
+    for (int32_t block = 0; block < blocks; ++block) {
+      for (unsigned thread = 0; thread < kThreads; ++thread) {
+        update_block_thread<V, T, Capacity>(args, block, thread, kThreads, lr, alpha, alpha_rows, q);
+      }
+    }
+    return 0;
+  }
+};
+#endif
+
+template <typename T, int Capacity, typename Launcher>
 int launch_batch(Variant variant, const std::vector<const TensorRef*>& batch, double lr, double alpha,
-                 const typename AccType<T>::type* alpha_rows, double q, cudaStream_t stream) {
+                 const typename AccType<T>::type* alpha_rows, double q, const Launcher& launcher) {
   LaunchArgs<Capacity> args;
   int32_t blocks = 0;
   args.count = static_cast<int32_t>(batch.size());
@@ -172,28 +225,47 @@ int launch_batch(Variant variant, const std::vector<const TensorRef*>& batch, do
   }
   args.block_start[batch.size()] = blocks;
   if (variant == Variant::kHessian) {
-    leadfl_update_kernel<Variant::kHessian, T, Capacity><<<blocks, kThreads, 0, stream>>>(args, lr, alpha, alpha_rows, q);
-  } else {
-    leadfl_update_kernel<Variant::kPaper, T, Capacity><<<blocks, kThreads, 0, stream>>>(args, lr, alpha, alpha_rows, q);
+    return launcher.template run<Variant::kHessian, T, Capacity>(args, blocks, lr, alpha, alpha_rows, q);
   }
-  return static_cast<int>(cudaGetLastError());
+  return launcher.template run<Variant::kPaper, T, Capacity>(args, blocks, lr, alpha, alpha_rows, q);
 }
 
-template <typename T>
+template <typename T, typename Launcher>
 LaunchResult launch_dtype(Variant variant, const std::vector<const TensorRef*>& refs, double lr, double alpha,
-                          const typename AccType<T>::type* alpha_rows, double q, cudaStream_t stream) {
+                          const typename AccType<T>::type* alpha_rows, double q, const Launcher& launcher) {
   LaunchResult result{0, 0};
   for (size_t start = 0; start < refs.size(); start += kLargeCapacity) {
     const size_t stop = start + kLargeCapacity < refs.size() ? start + kLargeCapacity : refs.size();
     const std::vector<const TensorRef*> batch(refs.begin() + start, refs.begin() + stop);
     // A small argument block keeps the launch cheap for short lists.
     result.error = batch.size() <= kSmallCapacity
-                       ? launch_batch<T, kSmallCapacity>(variant, batch, lr, alpha, alpha_rows, q, stream)
-                       : launch_batch<T, kLargeCapacity>(variant, batch, lr, alpha, alpha_rows, q, stream);
+                       ? launch_batch<T, kSmallCapacity>(variant, batch, lr, alpha, alpha_rows, q, launcher)
+                       : launch_batch<T, kLargeCapacity>(variant, batch, lr, alpha, alpha_rows, q, launcher);
     ++result.launches;
     if (result.error != 0) return result;
   }
   return result;
+}
+
+// Groups the non-empty tensors by dtype and hands each group to launch_dtype.
+template <typename Launcher>
+LaunchResult launch_all(Variant variant, const TensorRef* tensors, int64_t count, double lr, double alpha,
+                        const float* alpha_rows_f32, const double* alpha_rows_f64, double q,
+                        const Launcher& launcher) {
+  std::vector<const TensorRef*> by_dtype[4];
+  for (int64_t k = 0; k < count; ++k) {
+    if (tensors[k].numel > 0) by_dtype[static_cast<int>(tensors[k].dtype)].push_back(&tensors[k]);
+  }
+  LaunchResult total{0, 0};
+  auto add = [&](LaunchResult r) {
+    total.launches += r.launches;
+    if (total.error == 0) total.error = r.error;
+  };
+  if (!by_dtype[0].empty()) add(launch_dtype<float>(variant, by_dtype[0], lr, alpha, alpha_rows_f32, q, launcher));
+  if (!by_dtype[1].empty()) add(launch_dtype<double>(variant, by_dtype[1], lr, alpha, alpha_rows_f64, q, launcher));
+  if (!by_dtype[2].empty()) add(launch_dtype<__half>(variant, by_dtype[2], lr, alpha, alpha_rows_f32, q, launcher));
+  if (!by_dtype[3].empty()) add(launch_dtype<__nv_bfloat16>(variant, by_dtype[3], lr, alpha, alpha_rows_f32, q, launcher));
+  return total;
 }
 
 }  // namespace
@@ -202,22 +274,27 @@ int max_tensors_per_launch() { return kLargeCapacity; }
 
 LaunchResult launch_update(Variant variant, const TensorRef* tensors, int64_t count, double lr, double alpha,
                            const float* alpha_rows_f32, const double* alpha_rows_f64, double q, void* stream) {
-  std::vector<const TensorRef*> by_dtype[4];
-  for (int64_t k = 0; k < count; ++k) {
-    if (tensors[k].numel > 0) by_dtype[static_cast<int>(tensors[k].dtype)].push_back(&tensors[k]);
-  }
-  const cudaStream_t s = static_cast<cudaStream_t>(stream);
-  LaunchResult total{0, 0};
-  auto add = [&](LaunchResult r) {
-    total.launches += r.launches;
-    if (total.error == 0) total.error = r.error;
-  };
-  if (!by_dtype[0].empty()) add(launch_dtype<float>(variant, by_dtype[0], lr, alpha, alpha_rows_f32, q, s));
-  if (!by_dtype[1].empty()) add(launch_dtype<double>(variant, by_dtype[1], lr, alpha, alpha_rows_f64, q, s));
-  if (!by_dtype[2].empty()) add(launch_dtype<__half>(variant, by_dtype[2], lr, alpha, alpha_rows_f32, q, s));
-  if (!by_dtype[3].empty()) add(launch_dtype<__nv_bfloat16>(variant, by_dtype[3], lr, alpha, alpha_rows_f32, q, s));
-  return total;
+  return launch_all(variant, tensors, count, lr, alpha, alpha_rows_f32, alpha_rows_f64, q,
+                    GpuLauncher{static_cast<cudaStream_t>(stream)});
 }
 
 }  // namespace cuda
 }  // namespace leadfl
+
+#ifdef LEADFL_HOST_EMULATION
+// C entry points of the host emulation (loaded with ctypes by the tests): launch_update's inputs,
+// with host pointers and no stream. Returns the number of launches the GPU path would issue.
+extern "C" int leadfl_emulate_update(int variant, const leadfl::cuda::TensorRef* tensors, int64_t count, double lr,
+                                     double alpha, const float* alpha_rows_f32, const double* alpha_rows_f64,
+                                     double q) {
+  using namespace leadfl::cuda;
+  return launch_all(static_cast<Variant>(variant), tensors, count, lr, alpha, alpha_rows_f32, alpha_rows_f64, q,
+                    HostLauncher{})
+      .launches;
+}
+
+extern "C" int leadfl_emulate_max_tensors_per_launch() { return leadfl::cuda::max_tensors_per_launch(); }
+
+// Lets a caller that mirrors TensorRef (ctypes) check its layout against this build's.
+extern "C" int64_t leadfl_emulate_tensor_ref_size() { return static_cast<int64_t>(sizeof(leadfl::cuda::TensorRef)); }
+#endif
