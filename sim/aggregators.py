@@ -1,0 +1,514 @@
+"""Server aggregation rules on stacked client updates.
+
+Every rule receives ``updates[n, d]``: one row per selected client, each row ``local - global``
+over the model's trainable floats. It returns an :class:`Aggregation` whose ``update`` the round
+loop adds to the global parameters.
+
+Rows holding NaN or Inf are set aside before any rule runs: they are listed in
+``rejected_nonfinite`` and never enter a mean, a distance or a sort. The rule then sees the
+remaining ``n`` rows. When every row is rejected the update is all zeros.
+
+Rules (``AGGREGATORS`` maps the config name ``server.aggregator`` to the class):
+
+* ``fedavg`` -- the mean, optionally weighted per row.
+* ``krum(f)`` -- Blanchard et al. 2017: the row whose summed squared distance to its ``n - f - 2``
+  nearest other rows is smallest.
+* ``multikrum(f, m)`` -- the mean of the ``m`` rows with the lowest Krum scores (``m = n - f`` by
+  default).
+* ``bulyan(f)`` -- El Mhamdi et al. 2018: Krum picks ``theta = n - 2f`` rows one at a time, then per
+  coordinate the ``beta = theta - 2f`` values closest to the median are averaged. Needs
+  ``n >= 4f + 3``.
+* ``median`` -- coordinate-wise median (the mean of the two middle values when ``n`` is even).
+* ``trimmed_mean(beta)`` -- coordinate-wise mean after dropping ``floor(beta * n)`` values from each
+  end.
+* ``sparsefed(k, clip)`` -- Panda et al. 2022: rows L2-clipped to ``clip``, averaged, added to a
+  server error accumulator; the top-k coordinates by magnitude are released and the rest stay in
+  the accumulator for later rounds.
+* ``fltk_multikrum`` and ``fltk_bulyan`` -- compatibility rules that reproduce what the LeadFL
+  reference code runs under the names ``multiKrum`` and ``bulyan`` (constants fixed for ten
+  clients; the second is not Bulyan). Use them only to compare with numbers from that code.
+
+The reference code aggregated absolute weights; these rules see updates. Distances between
+updates equal distances between the local models (the global part cancels), and a mean of updates
+is the mean of the local models minus the global, so the compatibility rules give the same result
+on the trainable parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sim.errors import ConfigError
+
+__all__ = [
+    "AGGREGATORS",
+    "Aggregation",
+    "Aggregator",
+    "Bulyan",
+    "FedAvg",
+    "FltkBulyan",
+    "FltkMultiKrum",
+    "Krum",
+    "Median",
+    "MultiKrum",
+    "SparseFed",
+    "TrimmedMean",
+    "build_aggregator",
+    "default_f",
+]
+
+
+@dataclass
+class Aggregation:
+    update: Tensor  # [d]
+    kept: list[int]  # row indices of the input that contributed
+    rejected_nonfinite: list[int]  # row indices dropped for holding NaN or Inf
+
+
+def _split_finite(updates: Tensor) -> tuple[Tensor, list[int], list[int]]:
+    if updates.dim() != 2:
+        raise ValueError(
+            f"updates must be a 2-D tensor [clients, parameters], got shape {tuple(updates.shape)}; "
+            "stack the flattened client updates with torch.stack"
+        )
+    if not updates.is_floating_point():
+        raise ValueError(f"updates must be floating point, got dtype {updates.dtype}")
+    finite = torch.isfinite(updates).all(dim=1)
+    finite_rows = finite.nonzero().flatten().tolist()
+    rejected_rows = (~finite).nonzero().flatten().tolist()
+    finite_updates = updates if not rejected_rows else updates[finite]
+    return finite_updates, finite_rows, rejected_rows
+
+
+def _pairwise_squared_distances(rows: Tensor) -> Tensor:
+    # Summed squared differences, one row against all at a time (n passes over [n, d]). Not the
+    # |a|^2 + |b|^2 - 2ab shortcut, which loses the digits that rank close updates, and not
+    # cdist(...)^2, whose square root rounds away exact ties.
+    rows = rows.to(torch.promote_types(rows.dtype, torch.float32))
+    return torch.stack([(rows - row).square().sum(dim=1) for row in rows])
+
+
+def _krum_neighbours(n: int, f: int) -> int:
+    # n - f - 2 when n >= 2f + 3. Bulyan's last picks, and rounds with rejected rows, see fewer
+    # rows; the count is then kept in [1, n - 1] so a rule still returns a row mid-run.
+    return min(n - 1, max(1, n - f - 2))
+
+
+def _sum_of_nearest(squared_distances: Tensor, neighbours: int) -> Tensor:
+    """Per row, the sum of its ``neighbours`` smallest squared distances to the other rows."""
+    n = squared_distances.shape[0]
+    if n == 1:
+        return squared_distances.new_zeros(1)
+    self_mask = torch.eye(n, dtype=torch.bool, device=squared_distances.device)
+    to_others = squared_distances.masked_fill(self_mask, math.inf)
+    return torch.topk(to_others, neighbours, dim=1, largest=False).values.sum(dim=1)
+
+
+def _krum_scores(squared_distances: Tensor, f: int) -> Tensor:
+    n = squared_distances.shape[0]
+    return _sum_of_nearest(squared_distances, _krum_neighbours(n, f))
+
+
+def _lowest(scores: Tensor, count: int) -> list[int]:
+    # A stable sort breaks ties by row order, so equal scores give the same pick on every run.
+    return torch.sort(scores, stable=True).indices[:count].tolist()
+
+
+def _coordinate_median(rows: Tensor) -> Tensor:
+    n = rows.shape[0]
+    ordered = rows.sort(dim=0).values
+    if n % 2 == 1:
+        return ordered[n // 2]
+    return (ordered[n // 2 - 1] + ordered[n // 2]) / 2
+
+
+def _check_count(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+class Aggregator:
+    """Base rule: set aside non-finite rows, run ``_aggregate`` on the rest."""
+
+    def __call__(self, updates: Tensor) -> Aggregation:
+        finite_updates, finite_rows, rejected_rows = _split_finite(updates)
+        if not finite_rows:
+            return Aggregation(updates.new_zeros(updates.shape[1]), [], rejected_rows)
+        update, kept_local = self._aggregate(finite_updates)
+        kept = sorted(finite_rows[i] for i in kept_local)
+        return Aggregation(update, kept, rejected_rows)
+
+    def _aggregate(self, updates: Tensor) -> tuple[Tensor, list[int]]:
+        raise NotImplementedError
+
+    # Stateless rules checkpoint as nothing; SparseFed overrides these.
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not isinstance(v, Tensor))
+        return f"{type(self).__name__}({params})"
+
+
+class FedAvg(Aggregator):
+    """Mean of the rows; ``weights`` (one per input row, e.g. client data sizes) makes it weighted."""
+
+    def __call__(self, updates: Tensor, weights: Tensor | Sequence[float] | None = None) -> Aggregation:
+        finite_updates, finite_rows, rejected_rows = _split_finite(updates)
+        if weights is not None:
+            weights = torch.as_tensor(weights, dtype=finite_updates.dtype, device=finite_updates.device)
+            if weights.shape != (updates.shape[0],):
+                raise ValueError(
+                    f"weights must hold one value per update row ({updates.shape[0]}), "
+                    f"got shape {tuple(weights.shape)}"
+                )
+            if not torch.isfinite(weights).all() or (weights < 0).any():
+                raise ValueError(f"weights must be finite and >= 0, got {weights.tolist()}")
+        if not finite_rows:
+            return Aggregation(updates.new_zeros(updates.shape[1]), [], rejected_rows)
+        if weights is None:
+            update = finite_updates.mean(dim=0)
+        else:
+            kept_weights = weights[finite_rows]
+            total = kept_weights.sum()
+            if total <= 0:
+                raise ValueError(
+                    f"the weights of the finite rows {finite_rows} sum to {float(total)}; "
+                    "at least one kept row needs a positive weight"
+                )
+            update = kept_weights @ finite_updates / total
+        return Aggregation(update, list(finite_rows), rejected_rows)
+
+
+class Krum(Aggregator):
+    """The single row with the lowest Krum score (Blanchard et al. 2017)."""
+
+    def __init__(self, f: int):
+        self.f = _check_count("f", f, 0)
+
+    def _aggregate(self, updates: Tensor) -> tuple[Tensor, list[int]]:
+        scores = _krum_scores(_pairwise_squared_distances(updates), self.f)
+        best = _lowest(scores, 1)[0]
+        return updates[best].clone(), [best]
+
+
+class MultiKrum(Aggregator):
+    """Unweighted mean of the ``m`` rows with the lowest Krum scores; ``m=None`` means ``n - f``."""
+
+    def __init__(self, f: int, m: int | None = None):
+        self.f = _check_count("f", f, 0)
+        self.m = None if m is None else _check_count("m", m, 1)
+
+    def _aggregate(self, updates: Tensor) -> tuple[Tensor, list[int]]:
+        n = updates.shape[0]
+        m = n - self.f if self.m is None else self.m
+        m = min(n, max(1, m))  # rejected rows may leave fewer than m
+        chosen = _lowest(_krum_scores(_pairwise_squared_distances(updates), self.f), m)
+        return updates[chosen].mean(dim=0), chosen
+
+
+class Bulyan(Aggregator):
+    """Bulyan over Krum (El Mhamdi et al. 2018).
+
+    Each Krum pick runs on the rows not yet picked, with the same ``f``. The last picks see fewer
+    than ``2f + 3`` rows, so the neighbour count is held at one or more; equal scores go to the
+    lower row index. ``kept`` is the selection set.
+
+    ``build_aggregator`` refuses ``n < 4f + 3``. If rejected rows shrink ``n`` below that in a
+    round, that round uses the largest ``f`` the remaining rows allow.
+    """
+
+    def __init__(self, f: int):
+        self.f = _check_count("f", f, 0)
+
+    def _aggregate(self, updates: Tensor) -> tuple[Tensor, list[int]]:
+        n = updates.shape[0]
+        f = min(self.f, max(0, (n - 3) // 4))
+        selection_size = n - 2 * f  # theta
+        closest_count = selection_size - 2 * f  # beta
+
+        squared_distances = _pairwise_squared_distances(updates)
+        remaining = list(range(n))
+        selected: list[int] = []
+        for _ in range(selection_size):
+            index = torch.tensor(remaining, device=updates.device)
+            scores = _krum_scores(squared_distances[index][:, index], f)
+            winner = remaining[_lowest(scores, 1)[0]]
+            selected.append(winner)
+            remaining.remove(winner)
+
+        selection = updates[selected]
+        distance_to_median = (selection - _coordinate_median(selection)).abs()
+        # Stable order: values equally far above and below the median resolve the same way every run.
+        closest = torch.sort(distance_to_median, dim=0, stable=True).indices[:closest_count]
+        return selection.gather(0, closest).mean(dim=0), selected
+
+
+class Median(Aggregator):
+    """Coordinate-wise median; for even ``n`` the mean of the two middle values."""
+
+    def _aggregate(self, updates: Tensor) -> tuple[Tensor, list[int]]:
+        return _coordinate_median(updates), list(range(updates.shape[0]))
+
+
+class TrimmedMean(Aggregator):
+    """Coordinate-wise mean after dropping ``floor(beta * n)`` largest and smallest values."""
+
+    def __init__(self, beta: float = 0.1):
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < 0.5:
+            raise ValueError(f"beta must be a number in [0, 0.5), got {beta!r}")
+        self.beta = float(beta)
+
+    def _aggregate(self, updates: Tensor) -> tuple[Tensor, list[int]]:
+        n = updates.shape[0]
+        # The small epsilon keeps e.g. 0.3 * 10 = 3.0000000000000004 and 0.29 * 100 = 28.999... exact.
+        trimmed = math.floor(self.beta * n + 1e-9)
+        ordered = updates.sort(dim=0).values
+        return ordered[trimmed : n - trimmed].mean(dim=0), list(range(n))
+
+
+class SparseFed(Aggregator):
+    """Client L2 clipping + server global top-k with error feedback (Panda et al. 2022).
+
+    ``k`` is a fraction of the coordinates in (0, 1] or a count > 1 (a count above ``d`` keeps all).
+    ``clip=None`` disables clipping. The error accumulator is the rule's state: save it with
+    ``state_dict()`` and restore it with ``load_state_dict()`` when a run resumes. A round whose
+    rows are all non-finite returns zeros and leaves the accumulator untouched.
+    """
+
+    def __init__(self, k: float = 0.1, clip: float | None = 1.0):
+        self.k = _check_sparsefed_k(k)
+        if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0):
+            raise ValueError(f"clip must be a number > 0 or None, got {clip!r}")
+        self.clip = None if clip is None else float(clip)
+        self.error: Tensor | None = None
+
+    def keep_count(self, d: int) -> int:
+        if self.k <= 1:
+            return max(1, int(self.k * d))
+        return min(d, int(self.k))
+
+    def _aggregate(self, updates: Tensor) -> tuple[Tensor, list[int]]:
+        d = updates.shape[1]
+        if self.clip is not None:
+            norms = updates.norm(dim=1, keepdim=True)
+            # clip / 0 = inf, clamped to 1: a zero row stays zero.
+            updates = updates * (self.clip / norms).clamp(max=1.0)
+        if self.error is None:
+            self.error = updates.new_zeros(d)
+        elif self.error.shape != (d,):
+            raise ValueError(
+                f"the SparseFed error accumulator has {self.error.shape[0]} coordinates but the "
+                f"updates have {d}; load a state saved for this model or start a fresh aggregator"
+            )
+        accumulated = self.error.to(device=updates.device, dtype=updates.dtype) + updates.mean(dim=0)
+        released = torch.topk(accumulated.abs(), self.keep_count(d)).indices
+        update = torch.zeros_like(accumulated)
+        update[released] = accumulated[released]
+        accumulated[released] = 0
+        self.error = accumulated
+        return update, list(range(updates.shape[0]))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"error": None if self.error is None else self.error.clone()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        error = state["error"]
+        self.error = None if error is None else error.detach().clone()
+
+
+class FltkMultiKrum(Aggregator):
+    """Compatibility rule: what the LeadFL reference code runs as ``multiKrum``.
+
+    Score = sum of the 8 smallest squared distances counting the zero self-distance, i.e. the 7
+    nearest other rows (standard Multi-Krum with n = 10 would use n - f - 2); the unweighted mean
+    of the 5 lowest scores. The constants ignore ``n`` and ``f``; with fewer rows they are capped.
+    """
+
+    def __init__(self, nearest: int = 7, m: int = 5):
+        self.nearest = _check_count("nearest", nearest, 1)
+        self.m = _check_count("m", m, 1)
+
+    def _aggregate(self, updates: Tensor) -> tuple[Tensor, list[int]]:
+        n = updates.shape[0]
+        scores = _sum_of_nearest(_pairwise_squared_distances(updates), min(self.nearest, max(1, n - 1)))
+        chosen = _lowest(scores, self.m)
+        return updates[chosen].mean(dim=0), chosen
+
+
+class FltkBulyan(Aggregator):
+    """Compatibility rule: what the LeadFL reference code runs as ``bulyan`` (it is not Bulyan).
+
+    Score = sum of the 7 smallest squared distances counting the zero self-distance (6 nearest
+    others); rows ranked by score; the unweighted mean of ranks 2, 3 and 4 -- the best-scored row
+    is skipped, and there is no coordinate-wise step. With a single row, that row is returned.
+    """
+
+    def __init__(self, nearest: int = 6, first_rank: int = 1, last_rank: int = 4):
+        self.nearest = _check_count("nearest", nearest, 1)
+        self.first_rank = _check_count("first_rank", first_rank, 0)
+        self.last_rank = _check_count("last_rank", last_rank, self.first_rank + 1)
+
+    def _aggregate(self, updates: Tensor) -> tuple[Tensor, list[int]]:
+        n = updates.shape[0]
+        scores = _sum_of_nearest(_pairwise_squared_distances(updates), min(self.nearest, max(1, n - 1)))
+        ranked = _lowest(scores, n)
+        chosen = ranked[self.first_rank : self.last_rank] or ranked[:1]
+        return updates[chosen].mean(dim=0), chosen
+
+
+AGGREGATORS: dict[str, type[Aggregator]] = {
+    "fedavg": FedAvg,
+    "krum": Krum,
+    "multikrum": MultiKrum,
+    "bulyan": Bulyan,
+    "median": Median,
+    "trimmed_mean": TrimmedMean,
+    "sparsefed": SparseFed,
+    "fltk_multikrum": FltkMultiKrum,
+    "fltk_bulyan": FltkBulyan,
+}
+
+
+def _check_sparsefed_k(k: Any) -> float:
+    if isinstance(k, bool) or not isinstance(k, (int, float)) or not math.isfinite(k) or k <= 0:
+        raise ValueError(f"k must be a fraction in (0, 1] or an integer count > 1, got {k!r}")
+    if k > 1 and not float(k).is_integer():
+        raise ValueError(
+            f"k={k!r} is above 1, so it is read as a count of coordinates, which must be whole; "
+            "use a fraction in (0, 1] or an integer count"
+        )
+    return float(k)
+
+
+def default_f(clients_per_round: int, num_clients: int, num_malicious: int) -> int:
+    """Expected malicious clients among those selected, rounded up: ceil(n * M / N)."""
+    return -(-clients_per_round * num_malicious // num_clients)
+
+
+def _read(server: Any, name: str, default: Any) -> Any:
+    if isinstance(server, Mapping):
+        return server.get(name, default)
+    return getattr(server, name, default)
+
+
+# Rules that assume f Byzantine rows: name -> (k in "n >= k*f + 3", the rule's name in messages).
+_F_REQUIREMENTS = {"krum": (2, "Krum"), "multikrum": (2, "Multi-Krum"), "bulyan": (4, "Bulyan")}
+
+
+def build_aggregator(server: Any, clients_per_round: int, num_clients: int, num_malicious: int) -> Aggregator:
+    """Build the rule named by ``server.aggregator`` (a mapping or an object with the fields
+    of the ``server`` config section), checking every setting against ``clients_per_round``
+    before any training starts.
+
+    ``server.f = null`` resolves to ``default_f``: the expected number of malicious clients among
+    those selected, rounded up (3 for the default 10 of 100 with 25 malicious). It is not lowered
+    to fit a rule; a rule that cannot tolerate it is refused with a message saying what to change.
+    """
+    for field, value, minimum in (
+        ("clients.clients_per_round", clients_per_round, 1),
+        ("clients.num_clients", num_clients, 1),
+        ("clients.num_malicious", num_malicious, 0),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ConfigError(f"{field}={value!r} is invalid: it must be an integer >= {minimum}")
+    if num_malicious > num_clients:
+        raise ConfigError(
+            f"clients.num_malicious={num_malicious} exceeds clients.num_clients={num_clients}; "
+            f"lower num_malicious to at most {num_clients}"
+        )
+
+    name = _read(server, "aggregator", "multikrum")
+    if name not in AGGREGATORS:
+        raise ConfigError(
+            f"server.aggregator={name!r} is not a known rule; allowed: {', '.join(AGGREGATORS)}"
+        )
+    n = clients_per_round
+
+    if name in _F_REQUIREMENTS:
+        factor, rule = _F_REQUIREMENTS[name]
+        configured_f = _read(server, "f", None)
+        if configured_f is None:
+            f = default_f(n, num_clients, num_malicious)
+            shown_f = (
+                f"{f} (server.f=null resolves to ceil(clients_per_round*num_malicious/num_clients)"
+                f" = ceil({n}*{num_malicious}/{num_clients}))"
+            )
+        else:
+            if isinstance(configured_f, bool) or not isinstance(configured_f, int) or configured_f < 0:
+                raise ConfigError(
+                    f"server.f={configured_f!r} is invalid for {name}: it must be an integer >= 0 "
+                    "or null (expected malicious count among the selected clients)"
+                )
+            f = configured_f
+            shown_f = str(f)
+        needed = factor * f + 3
+        if n < needed:
+            largest_f = (n - 3) // factor
+            if configured_f is not None:
+                fix = f"raise clients.clients_per_round to at least {needed}"
+                if largest_f >= 0:
+                    fix = f"set server.f to at most {largest_f} or " + fix
+            else:
+                # The default grows with clients_per_round, so only a size where it fits helps.
+                fitting = [
+                    c for c in range(n + 1, num_clients + 1)
+                    if c >= factor * default_f(c, num_clients, num_malicious) + 3
+                ]
+                if largest_f >= 0:
+                    fix = f"set server.f explicitly to at most {largest_f}"
+                else:
+                    fix = "raise clients.clients_per_round to at least 3 and set server.f explicitly to 0"
+                if fitting:
+                    fix += f", or raise clients.clients_per_round to at least {fitting[0]}"
+            raise ConfigError(
+                f"server.f={shown_f} is impossible for {name} with clients_per_round={n}: "
+                f"{rule} needs n >= {factor}f+3 ({n} < {needed}); {fix}"
+            )
+        if name != "multikrum":
+            return AGGREGATORS[name](f)
+        m = _read(server, "m", None)
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= n):
+            raise ConfigError(
+                f"server.m={m!r} is invalid for multikrum with clients_per_round={n}: it must be an "
+                f"integer in [1, {n}] or null (= n - f = {n - f})"
+            )
+        return MultiKrum(f, m)
+
+    if name == "trimmed_mean":
+        beta = _read(server, "trim_beta", 0.1)
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < 0.5:
+            raise ConfigError(
+                f"server.trim_beta={beta!r} is invalid for trimmed_mean: it must be a number in "
+                f"[0, 0.5) (the share trimmed from each end per coordinate)"
+            )
+        return TrimmedMean(beta)
+
+    if name == "sparsefed":
+        k = _read(server, "sparsefed_k", 0.1)
+        clip = _read(server, "sparsefed_clip", 1.0)
+        try:
+            _check_sparsefed_k(k)
+        except ValueError:
+            raise ConfigError(
+                f"server.sparsefed_k={k!r} is invalid for sparsefed: it must be a fraction of the "
+                "coordinates in (0, 1] or a whole count > 1"
+            ) from None
+        if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0):
+            raise ConfigError(
+                f"server.sparsefed_clip={clip!r} is invalid: it must be a number > 0 "
+                "(the client update L2 bound) or null for no clipping"
+            )
+        return SparseFed(k, clip)
+
+    return AGGREGATORS[name]()

@@ -1,0 +1,140 @@
+"""Client attacks: the 9-pixel backdoor (trigger, two-task MGDA weight) and label flipping.
+
+The training loop in `sim.training` applies these per minibatch; this module holds the pieces
+that can be checked by hand.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+
+from sim.errors import ConfigError
+
+ATTACK_TYPES = ("none", "backdoor", "label_flip")
+BLEND_RULES = ("mgda", "fixed")
+
+# The 9-pixel pattern: (row, column, is_high). Six pixels take the data range's maximum and
+# three its minimum; the 5x3 box spans rows 3-7 and columns 23-25 of the image.
+TRIGGER_PIXELS: tuple[tuple[int, int, bool], ...] = (
+    (3, 23, True),
+    (3, 24, False),
+    (3, 25, True),
+    (4, 24, True),
+    (5, 25, False),
+    (6, 24, True),
+    (7, 23, True),
+    (7, 24, False),
+    (7, 25, True),
+)
+TRIGGER_MIN_HEIGHT = 8
+TRIGGER_MIN_WIDTH = 26
+
+# MGDA's two-task weight is kept strictly inside (0, 1), so neither task is ever dropped.
+MGDA_WEIGHT_MIN = 0.001
+MGDA_WEIGHT_MAX = 0.999
+# Losses above this cap count as this much when the gradients are normalised by their loss.
+MGDA_LOSS_CAP = 10.0
+MGDA_LOSS_EPS = 1e-5
+
+
+@functools.lru_cache(maxsize=None)
+def _trigger_indices(device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    # Built once per device: a host-to-device copy per stamped batch would stall a GPU loop.
+    rows = torch.tensor([row for row, _, _ in TRIGGER_PIXELS], device=device)
+    cols = torch.tensor([col for _, col, _ in TRIGGER_PIXELS], device=device)
+    is_high = torch.tensor([high for _, _, high in TRIGGER_PIXELS], device=device)
+    return rows, cols, is_high
+
+
+def _per_channel(value, channels: int, like: Tensor) -> Tensor:
+    value = torch.as_tensor(value, dtype=like.dtype, device=like.device).reshape(-1)
+    if value.numel() == 1:
+        return value.expand(channels)
+    if value.numel() != channels:
+        raise ValueError(f"trigger value has {value.numel()} entries; the images have {channels} channels")
+    return value
+
+
+def stamp_trigger(x: Tensor, hi, lo) -> Tensor:
+    """Returns a copy of images `x` [N, C, H, W] with the 9-pixel trigger stamped on.
+
+    `hi` / `lo` are the values for the pattern's high and low pixels: a float, or one value per
+    channel (the raw data range's max / min after the dataset's normalisation).
+    """
+    if x.dim() != 4 or x.shape[2] < TRIGGER_MIN_HEIGHT or x.shape[3] < TRIGGER_MIN_WIDTH:
+        raise ValueError(
+            f"cannot stamp the trigger on images of shape {tuple(x.shape)}; it needs "
+            f"[N, C, H >= {TRIGGER_MIN_HEIGHT}, W >= {TRIGGER_MIN_WIDTH}]"
+        )
+    channels = x.shape[1]
+    rows, cols, is_high = _trigger_indices(x.device)
+    values = torch.where(
+        is_high, _per_channel(hi, channels, x)[:, None], _per_channel(lo, channels, x)[:, None]
+    )  # [C, 9]
+    stamped = x.clone()
+    stamped[:, :, rows, cols] = values
+    return stamped
+
+
+def poison_batch(x: Tensor, hi, lo, target_label: int) -> tuple[Tensor, Tensor]:
+    """The fully poisoned copy of a batch: every image triggered, every label the target."""
+    return stamp_trigger(x, hi, lo), torch.full((x.shape[0],), int(target_label), dtype=torch.int64, device=x.device)
+
+
+def mgda_backdoor_weight(
+    grad_backdoor_flat: Tensor, grad_clean_flat: Tensor, loss_backdoor, loss_clean
+) -> float:
+    """The backdoor task's weight `a` in `a*L_backdoor + (1-a)*L_clean`, by two-task MGDA.
+
+    Each gradient is first divided by its loss (capped at 10, plus 1e-5), so a task that is
+    nearly solved does not dominate. With a = <gb,gb>, b = <gb,gc>, c = <gc,gc> on the
+    normalised gradients, the min-norm point of the segment between them puts weight
+    (c - b) / (a + c - 2b) on the backdoor gradient; when one gradient's projection on the
+    other reaches past it (b >= a or b >= c) the minimum sits at that end, which is taken as
+    0.999 or 0.001. The result is clamped to [0.001, 0.999].
+    """
+    return float(mgda_backdoor_weight_tensor(grad_backdoor_flat, grad_clean_flat, loss_backdoor, loss_clean))
+
+
+def mgda_backdoor_weight_tensor(
+    grad_backdoor_flat: Tensor, grad_clean_flat: Tensor, loss_backdoor, loss_clean
+) -> Tensor:
+    """`mgda_backdoor_weight` as a 0-d float64 tensor on the gradients' device.
+
+    Nothing is read back to the host, so a GPU training loop does not stall on it; the losses
+    may be floats or 0-d tensors.
+    """
+    device = grad_backdoor_flat.device
+    # Float64 so the branch comparisons are not decided by float32 rounding.
+    losses = (loss_backdoor, loss_clean)
+    scales = torch.stack([torch.as_tensor(loss, dtype=torch.float64, device=device).detach().reshape(()) for loss in losses])
+    scales = scales.clamp(max=MGDA_LOSS_CAP) + MGDA_LOSS_EPS
+    grad_backdoor = grad_backdoor_flat.detach().reshape(-1).double() / scales[0]
+    grad_clean = grad_clean_flat.detach().reshape(-1).double() / scales[1]
+    backdoor_sq = grad_backdoor @ grad_backdoor
+    cross = grad_backdoor @ grad_clean
+    clean_sq = grad_clean @ grad_clean
+    # The interior formula is evaluated on every path; where the denominator is 0 (equal
+    # gradients) its NaN is discarded by the first branch, which then applies.
+    interior = (clean_sq - cross) / (backdoor_sq + clean_sq - 2.0 * cross)
+    weight = torch.where(
+        cross >= backdoor_sq,
+        torch.full_like(interior, MGDA_WEIGHT_MAX),
+        torch.where(cross >= clean_sq, torch.full_like(interior, MGDA_WEIGHT_MIN), interior),
+    )
+    return weight.clamp(MGDA_WEIGHT_MIN, MGDA_WEIGHT_MAX)
+
+
+def draw_label_shifts(num_batches: int, num_classes: int, generator: torch.Generator) -> Tensor:
+    """One shift r in 1..num_classes-1 per batch, so no flipped label equals the true one."""
+    if num_classes < 2:
+        raise ConfigError(f"label flipping needs at least 2 classes; the dataset has {num_classes}")
+    return torch.randint(1, num_classes, (num_batches,), generator=generator, device=generator.device)
+
+
+def flip_labels(y: Tensor, shift, num_classes: int) -> Tensor:
+    """Labels (y + shift) mod num_classes; `shift` is one int or a 0-d tensor for the batch."""
+    return torch.remainder(y + shift, num_classes)

@@ -1,0 +1,200 @@
+"""Command line: `leadfl-sim` or `python -m sim`.
+
+    leadfl-sim run     [--preset NAME] [--config FILE] [--set KEY=VALUE ...] [--out DIR] [--resume]
+    leadfl-sim compare [--preset NAME] [--config FILE] [--set KEY=VALUE ...] [--out DIR] [--resume]
+    leadfl-sim plot DIR
+    leadfl-sim list-presets
+
+`--set` takes any setting by its dotted path (`client_defense.alpha=0.3`); `--seed`, `--device`
+and `--rounds` are shortcuts for the three most common ones and win over `--set`.
+A bad setting prints one line naming it, the allowed values and the fix, and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from sim.errors import ConfigError
+
+EXAMPLES = """examples:
+  leadfl-sim list-presets
+  leadfl-sim compare --preset demo
+  leadfl-sim run --preset table1-fmnist --set client_defense.type=leadfl --out runs/leadfl
+  leadfl-sim run --preset table1-fmnist --set client_defense.type=leadfl --out runs/leadfl --resume
+  leadfl-sim plot runs/leadfl
+"""
+
+EXIT_CONFIG_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", metavar="NAME", help="a preset from configs/ (see list-presets)")
+    parser.add_argument("--config", metavar="FILE", help="a YAML file of settings, applied after the preset")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="one setting, e.g. --set client_defense.type=leadfl (repeatable; applied last)",
+    )
+    parser.add_argument("--seed", type=int, help="shortcut for --set seed=N")
+    parser.add_argument("--device", help="shortcut for --set device=cpu|cuda|cuda:N")
+    parser.add_argument("--rounds", type=int, help="shortcut for --set rounds=N")
+    parser.add_argument("--out", metavar="DIR", help="output folder (default: runs/<preset>-<timestamp>)")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the stopped run (or comparison) in --out from its checkpoint"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="CPU threads for torch (default: torch's choice); 1 is often fastest for small models on a busy machine",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="leadfl-sim",
+        description="Federated-learning poisoning simulator with the LeadFL client defense.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run_parser = commands.add_parser("run", help="one experiment: metrics.csv, summary.json, accuracy.png")
+    _add_config_arguments(run_parser)
+    compare_parser = commands.add_parser(
+        "compare", help="the variants in the config's compare: section, on identical selections, as one table"
+    )
+    _add_config_arguments(compare_parser)
+    plot_parser = commands.add_parser("plot", help="redraw the plots of a run or comparison folder")
+    plot_parser.add_argument("folder", metavar="DIR")
+    commands.add_parser("list-presets", help="the presets in configs/ with their descriptions")
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    overrides = list(args.overrides)
+    for name in ("seed", "device", "rounds"):
+        value = getattr(args, name)
+        if value is not None:
+            overrides.append(f"{name}={value}")
+    return overrides
+
+
+def _out_dir(args: argparse.Namespace) -> Path:
+    if args.out:
+        return Path(args.out)
+    if args.resume:
+        raise ConfigError("--resume needs the folder of the stopped run; fix: add --out DIR")
+    if args.preset:
+        name = args.preset
+    elif args.config:
+        name = Path(args.config).stem
+    else:
+        name = args.command
+    out_dir = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    args.out = str(out_dir)  # so an interrupted run can say where to resume
+    return out_dir
+
+
+def _set_threads(args: argparse.Namespace) -> None:
+    if args.threads is None:
+        return
+    if args.threads < 1:
+        raise ConfigError(f"--threads {args.threads} must be at least 1; fix: --threads 1")
+    import torch
+
+    torch.set_num_threads(args.threads)
+
+
+def _command_run(args: argparse.Namespace) -> int:
+    from sim.config import load_config
+    from sim.runner import PLOT_FILE, format_summary, run
+
+    cfg = load_config(args.preset, args.config, _overrides(args))
+    out_dir = _out_dir(args)
+    _set_threads(args)
+    summary = run(cfg, out_dir, resume=args.resume, progress=not args.no_progress)
+    print(format_summary(summary))
+    print(f"results: {out_dir}")
+    print(f"plot: {out_dir / PLOT_FILE}")
+    return 0
+
+
+def _command_compare(args: argparse.Namespace) -> int:
+    from sim.compare import PLOT_FILE, TABLE_FILE, compare
+    from sim.config import compare_variants, load_config
+
+    cfg = load_config(args.preset, args.config, _overrides(args))
+    variants = compare_variants(args.preset, args.config)
+    _set_threads(args)
+    if not variants:
+        source = f"preset '{args.preset}'" if args.preset else (f"'{args.config}'" if args.config else "the defaults")
+        raise ConfigError(
+            f"{source} has no compare: section, so there is nothing to compare; fix: use a preset with one "
+            "(see list-presets, e.g. --preset table1-fmnist) or add a compare: section to a --config file"
+        )
+    out_dir = _out_dir(args)
+    compare(cfg, variants, out_dir, resume=args.resume, progress=not args.no_progress)
+    print(f"table: {out_dir / TABLE_FILE}")
+    print(f"plot: {out_dir / PLOT_FILE}")
+    return 0
+
+
+def _command_plot(args: argparse.Namespace) -> int:
+    from sim.compare import JSON_FILE, replot
+    from sim.plots import plot_run
+    from sim.runner import METRICS_FILE, PLOT_FILE, _plot_title, load_run_config, read_metrics
+
+    folder = Path(args.folder)
+    if (folder / JSON_FILE).is_file():
+        path = replot(folder)
+    elif (folder / METRICS_FILE).is_file():
+        path = plot_run(read_metrics(folder), folder / PLOT_FILE, title=_plot_title(load_run_config(folder), None))
+    else:
+        raise ConfigError(
+            f"{folder} holds neither {JSON_FILE} nor {METRICS_FILE}; fix: point at a run or comparison folder"
+        )
+    print(f"plot: {path}")
+    return 0
+
+
+def _command_list_presets(args: argparse.Namespace) -> int:
+    from sim.config import CONFIGS_DIR, list_presets
+
+    presets = list_presets()
+    if not presets:
+        print(f"no presets in {CONFIGS_DIR}")
+        return 0
+    width = max(len(name) for name, _ in presets)
+    for name, description in presets:
+        print(f"{name.ljust(width)}  {description}")
+    return 0
+
+
+COMMANDS = {
+    "run": _command_run,
+    "compare": _command_compare,
+    "plot": _command_plot,
+    "list-presets": _command_list_presets,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    except KeyboardInterrupt:
+        out = getattr(args, "out", None)
+        hint = f"; continue with the same command plus --resume --out {out}" if out else ""
+        print(f"\ninterrupted; finished rounds are saved{hint}", file=sys.stderr)
+        return EXIT_INTERRUPTED

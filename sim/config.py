@@ -1,0 +1,746 @@
+"""Run configuration: the dataclass tree, YAML presets, `--set` overrides and validation.
+
+A setting has one name everywhere: the YAML key, the dataclass field and the `--set` path are the
+same words (`client_defense.alpha`). Settings are merged in this order, later wins:
+
+    defaults  <-  preset (configs/<name>.yaml)  <-  --config FILE  <-  --set key=value ...
+
+and the result is validated before any data is loaded, so a typo costs seconds, not a run.
+Every problem is raised as `ConfigError` naming the setting, the bad value, the allowed values
+and a fix that can be pasted onto the command line.
+
+Preset files may hold two keys that are not settings: `description:` (one line, shown by
+`list-presets`) and `compare:` (the variants `sim compare` runs, see `compare_variants`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import yaml
+
+from sim.errors import ConfigError
+
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+# Keys a preset or config file may carry besides the settings themselves.
+PRESET_ONLY_KEYS = ("description", "compare")
+
+DATASETS = ("fashion_mnist", "mnist", "cifar10", "synthetic")
+PARTITIONS = ("iid", "dirichlet", "shards")
+MODEL_NAMES = ("fmnist_cnn", "cifar_cnn", "mlp")
+ENGINE_NAMES = ("sequential",)
+SCHEDULES = ("random", "periodic", "fixed", "schedule")
+ATTACKS = ("none", "backdoor", "label_flip")
+BLENDS = ("mgda", "fixed")
+CLIENT_DEFENSES = ("none", "ldp", "flwbc", "leadfl")
+LEADFL_VARIANTS = ("hessian", "paper", "original")
+AGGREGATOR_NAMES = (
+    "fedavg",
+    "krum",
+    "multikrum",
+    "bulyan",
+    "median",
+    "trimmed_mean",
+    "sparsefed",
+    "fltk_multikrum",
+    "fltk_bulyan",
+)
+DEVICE_PATTERN = re.compile(r"^(cpu|cuda|cuda:\d+)$")
+
+# Input shape each model is built for; `mlp` flattens whatever it gets.
+MODEL_INPUT = {"fmnist_cnn": "1x28x28", "cifar_cnn": "3x32x32"}
+DATASET_INPUT = {"fashion_mnist": "1x28x28", "mnist": "1x28x28", "cifar10": "3x32x32", "synthetic": "1x28x28"}
+DATASET_CLASSES = {"fashion_mnist": 10, "mnist": 10, "cifar10": 10, "synthetic": 10}
+
+
+def _setting(
+    default: Any,
+    kind: str,
+    *,
+    choices: Sequence[str] | None = None,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    nullable: bool = False,
+) -> Any:
+    """A dataclass field carrying what `validate` checks: kind, choices and range.
+
+    kind is one of "int", "float", "str", "int_list"; a range applies to numbers and, for
+    "int_list", to every element.
+    """
+    metadata = {
+        "kind": kind,
+        "choices": tuple(choices) if choices else None,
+        "low": low,
+        "high": high,
+        "low_open": low_open,
+        "high_open": high_open,
+        "nullable": nullable,
+    }
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class DataConfig:
+    dataset: str = _setting("fashion_mnist", "str", choices=DATASETS)
+    data_dir: str | None = _setting(None, "str", nullable=True)
+    partition: str = _setting("iid", "str", choices=PARTITIONS)
+    dirichlet_beta: float = _setting(0.5, "float", low=0, low_open=True)
+    shards_per_client: int = _setting(2, "int", low=1)
+    synthetic_train_size: int = _setting(2000, "int", low=1)
+    synthetic_test_size: int = _setting(500, "int", low=1)
+
+
+@dataclass
+class ClientsConfig:
+    num_clients: int = _setting(100, "int", low=1)
+    num_malicious: int = _setting(25, "int", low=0)
+    clients_per_round: int = _setting(10, "int", low=1)
+
+
+@dataclass
+class SelectionConfig:
+    schedule: str = _setting("random", "str", choices=SCHEDULES)
+    period: int = _setting(10, "int", low=1)
+    burst_rounds: int = _setting(2, "int", low=0)
+    burst_malicious: int = _setting(6, "int", low=0)
+    fixed_malicious: int = _setting(2, "int", low=0)
+    malicious_counts: list[int] = _setting([], "int_list", low=0)
+
+
+@dataclass
+class TrainingConfig:
+    lr: float = _setting(0.01, "float", low=0, low_open=True)
+    momentum: float = _setting(0.1, "float", low=0, high=1, high_open=True)
+    batch_size: int = _setting(16, "int", low=1)
+    local_epochs: int = _setting(10, "int", low=1)
+    local_steps: int | None = _setting(None, "int", low=1, nullable=True)
+
+
+@dataclass
+class AttackConfig:
+    type: str = _setting("backdoor", "str", choices=ATTACKS)
+    target_label: int = _setting(8, "int", low=0)
+    blend: str = _setting("mgda", "str", choices=BLENDS)
+    blend_weight: float = _setting(0.5, "float", low=0, high=1)
+    boost: float = _setting(1.0, "float", low=0, low_open=True)
+
+
+@dataclass
+class ClientDefenseConfig:
+    type: str = _setting("none", "str", choices=CLIENT_DEFENSES)
+    noise_scale: float = _setting(0.2, "float", low=0)
+    variant: str = _setting("hessian", "str", choices=LEADFL_VARIANTS)
+    alpha: float = _setting(0.4, "float", low=0)
+    q: float = _setting(0.2, "float", low=0, low_open=True)
+
+
+@dataclass
+class ServerConfig:
+    aggregator: str = _setting("multikrum", "str", choices=AGGREGATOR_NAMES)
+    f: int | None = _setting(None, "int", low=0, nullable=True)
+    m: int | None = _setting(None, "int", low=1, nullable=True)
+    trim_beta: float = _setting(0.1, "float", low=0, high=0.5, high_open=True)
+    sparsefed_k: float = _setting(0.1, "float", low=0, low_open=True)
+    sparsefed_clip: float = _setting(1.0, "float", low=0, low_open=True)
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = _setting(1000, "int", low=1)
+    # Score on the first `test_size` test images only (null = the whole test set): evaluation of
+    # every round dominates short CPU runs.
+    test_size: int | None = _setting(None, "int", low=1, nullable=True)
+
+
+@dataclass
+class Config:
+    seed: int = _setting(0, "int", low=0)
+    device: str = _setting("cpu", "str")
+    rounds: int = _setting(80, "int", low=1)
+    engine: str = _setting("sequential", "str", choices=ENGINE_NAMES)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: str = _setting("fmnist_cnn", "str", choices=MODEL_NAMES)
+    clients: ClientsConfig = field(default_factory=ClientsConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    client_defense: ClientDefenseConfig = field(default_factory=ClientDefenseConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# ----------------------------------------------------------------------------------------------
+# dict <-> dataclass
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """The config as plain nested dicts and lists, in schema order (what `config.yaml` holds)."""
+    return dataclasses.asdict(cfg)
+
+
+def _is_section(dc_field: dataclasses.Field) -> bool:
+    return "kind" not in dc_field.metadata
+
+
+def _section_class(dc_field: dataclasses.Field) -> type:
+    return dc_field.default_factory  # sections are declared as field(default_factory=SectionClass)
+
+
+def _fields_by_name(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def setting_paths(cls: type = Config, prefix: str = "") -> list[str]:
+    """Every dotted setting path, e.g. `client_defense.alpha`, in schema order."""
+    paths = []
+    for f in dataclasses.fields(cls):
+        path = prefix + f.name
+        if _is_section(f):
+            paths.extend(setting_paths(_section_class(f), path + "."))
+        else:
+            paths.append(path)
+    return paths
+
+
+def _did_you_mean(path: str) -> str | None:
+    """The closest known setting path to a misspelled one, or None."""
+    parts = path.split(".")
+    best, best_score = None, 0.0
+    for known in setting_paths():
+        known_parts = known.split(".")
+        if len(known_parts) != len(parts):
+            continue
+        # Every component must look alike: `server.zzz` is not `server.m` just because they
+        # share `server.`.
+        score = min(difflib.SequenceMatcher(None, a, b).ratio() for a, b in zip(parts, known_parts))
+        if score > best_score:
+            best, best_score = known, score
+    if best_score >= 0.6:
+        return best
+    # `--set alpha=0.3`: the leaf name is right but the section is missing or wrong.
+    leaves: dict[str, str] = {}
+    for known in setting_paths():
+        leaves.setdefault(known.rsplit(".", 1)[-1], known)
+    close = difflib.get_close_matches(parts[-1], list(leaves), n=1, cutoff=0.75)
+    return leaves[close[0]] if close else None
+
+
+def _unknown_key_error(path: str, cls: type, source: str) -> ConfigError:
+    guess = _did_you_mean(path)
+    if guess is not None:
+        return ConfigError(
+            f"unknown setting '{path}' in {source}; did you mean '{guess}'? "
+            f"fix: rename it to '{guess}'"
+        )
+    allowed = ", ".join(_fields_by_name(cls))
+    return ConfigError(
+        f"unknown setting '{path}' in {source}; allowed at this level: {allowed}; "
+        "fix: remove it or use one of those names"
+    )
+
+
+def _check_keys(raw: Any, cls: type, source: str, prefix: str = "") -> None:
+    """Reject unknown keys and sections given as scalars, recursively."""
+    where = prefix.rstrip(".") or "the top level"
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{where} in {source} must be a mapping of settings, got {raw!r}; "
+            f"fix: write it as 'key: value' lines"
+        )
+    fields = _fields_by_name(cls)
+    for key, value in raw.items():
+        path = f"{prefix}{key}"
+        if not isinstance(key, str) or key not in fields:
+            raise _unknown_key_error(str(path), cls, source)
+        if _is_section(fields[key]):
+            if not isinstance(value, dict):
+                example = setting_paths(_section_class(fields[key]), path + ".")[0]
+                raise ConfigError(
+                    f"'{path}' in {source} is a section, not a value (got {value!r}); "
+                    f"fix: set one of its keys, e.g. {example}=..."
+                )
+            _check_keys(value, _section_class(fields[key]), source, path + ".")
+
+
+def _merge(base: dict, update: dict) -> dict:
+    """Deep-merge `update` into a copy of `base`; sections merge, values replace."""
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _coerce(value: Any, kind: str) -> Any:
+    """Lenient conversions that carry no ambiguity; everything else is left for `validate`."""
+    if kind == "float":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        # PyYAML reads `1e-3` (no dot) as a string; accept what Python reads as a float.
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                return value
+    if kind == "int_list" and isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def _build(cls: type, raw: dict) -> Any:
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            continue
+        if _is_section(f):
+            kwargs[f.name] = _build(_section_class(f), raw[f.name])
+        else:
+            kwargs[f.name] = _coerce(raw[f.name], f.metadata["kind"])
+    return cls(**kwargs)
+
+
+def config_from_dict(raw: dict, source: str = "the config") -> Config:
+    """Build and validate a Config from nested dicts (missing keys take their defaults)."""
+    _check_keys(raw, Config, source)
+    cfg = _build(Config, raw)
+    validate(cfg)
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------
+# presets, files and overrides
+
+
+def list_presets(configs_dir: Path = CONFIGS_DIR) -> list[tuple[str, str]]:
+    """(name, one-line description) for every preset YAML, sorted by name."""
+    presets = []
+    for path in sorted(configs_dir.glob("*.yaml")):
+        raw = _read_yaml(path, f"preset '{path.stem}'")
+        description = raw.get("description", "") if isinstance(raw, dict) else ""
+        presets.append((path.stem, " ".join(str(description).split())))
+    return presets
+
+
+def preset_path(name: str, configs_dir: Path = CONFIGS_DIR) -> Path:
+    path = configs_dir / f"{name}.yaml"
+    if path.is_file():
+        return path
+    names = [p.stem for p in sorted(configs_dir.glob("*.yaml"))]
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    raise ConfigError(
+        f"preset '{name}' not found in {configs_dir}; {hint}available: {', '.join(names) or 'none'}; "
+        f"fix: --preset {close[0] if close else (names[0] if names else 'NAME')}"
+    )
+
+
+def _read_yaml(path: Path, source: str) -> dict:
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError(f"cannot read {source} at {path}: {error.strerror}; fix: check the path") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{source} at {path} is not valid YAML: {' '.join(str(error).split())}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source} at {path} must be a mapping of settings, got {type(raw).__name__}")
+    return raw
+
+
+@dataclass
+class ConfigSource:
+    """One YAML layer: its settings, and the non-setting keys presets carry."""
+
+    name: str
+    settings: dict
+    description: str = ""
+    compare: dict | None = None
+
+
+def read_source(path: Path, name: str) -> ConfigSource:
+    raw = _read_yaml(path, name)
+    description = raw.pop("description", "")
+    compare = raw.pop("compare", None)
+    if not isinstance(description, str):
+        raise ConfigError(f"'description' in {name} must be one line of text, got {description!r}")
+    if compare is not None and not isinstance(compare, dict):
+        raise ConfigError(
+            f"'compare' in {name} must map each variant label to its settings, got {compare!r}; "
+            "fix: e.g. compare: {leadfl: {client_defense.type: leadfl}}"
+        )
+    _check_keys(raw, Config, name)
+    return ConfigSource(name, raw, description, compare)
+
+
+def _sources(preset: str | None, path: str | Path | None) -> list[ConfigSource]:
+    sources = []
+    if preset is not None:
+        sources.append(read_source(preset_path(preset), f"preset '{preset}'"))
+    if path is not None:
+        sources.append(read_source(Path(path), f"config file '{path}'"))
+    return sources
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`a.b=value` -> ("a.b", YAML-parsed value)."""
+    key, sep, value_text = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(
+            f"--set {text!r} must look like key=value; fix: e.g. --set client_defense.type=leadfl"
+        )
+    try:
+        value = yaml.safe_load(value_text) if value_text.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(
+            f"--set {key}: cannot read {value_text!r} as a value; fix: quote it, e.g. --set {key}='{value_text}'"
+        ) from None
+    return key, value
+
+
+
+
+def _override_layer(overrides: Iterable[str | tuple[str, Any]], source: str) -> dict:
+    """Turn `a.b=value` strings (or (path, value) pairs) into one nested dict, checking paths."""
+    layer: dict = {}
+    for item in overrides:
+        path, value = parse_override(item) if isinstance(item, str) else item
+        cls = Config
+        node = layer
+        parts = path.split(".")
+        for depth, part in enumerate(parts):
+            fields = _fields_by_name(cls)
+            prefix = ".".join(parts[: depth + 1])
+            if part not in fields:
+                raise _unknown_key_error(path, cls, source)
+            last = depth == len(parts) - 1
+            if _is_section(fields[part]):
+                cls = _section_class(fields[part])
+                if last:
+                    if not isinstance(value, dict):
+                        example = setting_paths(cls, prefix + ".")[0]
+                        raise ConfigError(
+                            f"'{prefix}' is a section, not a value (got {value!r}) in {source}; "
+                            f"fix: set one of its keys, e.g. {example}=..."
+                        )
+                    _check_keys(value, cls, source, prefix + ".")
+                    node[part] = _merge(node.get(part, {}), value)
+                else:
+                    node = node.setdefault(part, {})
+            else:
+                if not last:
+                    raise ConfigError(
+                        f"'{prefix}' is a value, not a section, in {source} ('{path}'); "
+                        f"fix: --set {prefix}=..."
+                    )
+                node[part] = value
+    return layer
+
+
+def load_config(
+    preset: str | None = None,
+    path: str | Path | None = None,
+    overrides: Iterable[str | tuple[str, Any]] = (),
+) -> Config:
+    """defaults <- preset YAML <- config file <- overrides, then `validate`."""
+    merged = to_dict(Config())
+    for source in _sources(preset, path):
+        merged = _merge(merged, source.settings)
+    merged = _merge(merged, _override_layer(overrides, "--set"))
+    return config_from_dict(merged)
+
+
+def apply_overrides(cfg: Config, overrides: Iterable[str | tuple[str, Any]], source: str = "--set") -> Config:
+    """A new, validated Config: `cfg` with `overrides` applied on top."""
+    merged = _merge(to_dict(cfg), _override_layer(overrides, source))
+    return config_from_dict(merged, source)
+
+
+def _flatten(settings: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    pairs = []
+    for key, value in settings.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            pairs.extend(_flatten(value, path + "."))
+        else:
+            pairs.append((path, value))
+    return pairs
+
+
+def compare_variants(preset: str | None = None, path: str | Path | None = None) -> dict[str, list[tuple[str, Any]]]:
+    """The `compare:` section (the later source wins) as {label: [(setting path, value), ...]}.
+
+    A variant's settings may be written with dotted keys (`client_defense.type: leadfl`),
+    nested (`client_defense: {type: leadfl}`), or both. An empty variant (`none: {}`) runs the
+    base config as is.
+    """
+    section = None
+    source_name = ""
+    for source in _sources(preset, path):
+        if source.compare is not None:
+            section, source_name = source.compare, source.name
+    if section is None:
+        return {}
+    variants = {}
+    for label, settings in section.items():
+        if settings is None:
+            settings = {}
+        if not isinstance(settings, dict):
+            raise ConfigError(
+                f"compare.{label} in {source_name} must map settings to values, got {settings!r}; "
+                "fix: e.g. {client_defense.type: leadfl}"
+            )
+        variants[str(label)] = _flatten(settings)
+    return variants
+
+
+# ----------------------------------------------------------------------------------------------
+# validation
+
+
+def _describe_range(meta: dict) -> str:
+    low, high = meta["low"], meta["high"]
+    if low is not None and high is not None:
+        left = "(" if meta["low_open"] else "["
+        right = ")" if meta["high_open"] else "]"
+        return f"in {left}{low:g}, {high:g}{right}"
+    if low is not None:
+        return f"{'>' if meta['low_open'] else '>='} {low:g}"
+    return f"{'<' if meta['high_open'] else '<='} {high:g}"
+
+
+def _in_range(value: float, meta: dict) -> bool:
+    low, high = meta["low"], meta["high"]
+    if low is not None and (value <= low if meta["low_open"] else value < low):
+        return False
+    if high is not None and (value >= high if meta["high_open"] else value > high):
+        return False
+    return True
+
+
+def _show(value: Any) -> str:
+    """A value as it would be typed after `--set path=`."""
+    if value is None:
+        return "null"
+    if isinstance(value, list):
+        return "[" + ",".join(_show(v) for v in value) + "]"
+    return str(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)) and math.isfinite(value)
+
+
+def _check_field(path: str, value: Any, meta: dict, default: Any) -> None:
+    kind = meta["kind"]
+    fix_default = f"fix: --set {path}={_show(default)}"
+    if value is None:
+        if meta["nullable"]:
+            return
+        raise ConfigError(f"{path}=null is not allowed; it needs a {kind.replace('_', ' ')} value; {fix_default}")
+    if kind == "int" and not _is_int(value):
+        raise ConfigError(f"{path}={value!r} must be a whole number; {fix_default}")
+    if kind == "float" and not _is_number(value):
+        raise ConfigError(f"{path}={value!r} must be a finite number; {fix_default}")
+    if kind == "str" and not isinstance(value, str):
+        raise ConfigError(f"{path}={value!r} must be text; {fix_default}")
+    if kind == "int_list":
+        if not isinstance(value, list) or not all(_is_int(v) for v in value):
+            raise ConfigError(f"{path}={value!r} must be a list of whole numbers; fix: --set {path}=[3,0,0]")
+        bad = [v for v in value if not _in_range(v, meta)]
+        if bad:
+            raise ConfigError(
+                f"{path} holds {bad[0]!r}, but every entry must be {_describe_range(meta)}; fix: --set {path}=[3,0,0]"
+            )
+        return
+    choices = meta["choices"]
+    if choices and value not in choices:
+        close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.0)
+        raise ConfigError(
+            f"{path}={value!r} is not one of {', '.join(choices)}; fix: --set {path}={close[0]}"
+        )
+    if kind in ("int", "float") and (meta["low"] is not None or meta["high"] is not None):
+        if not _in_range(value, meta):
+            suggestion = default if default is not None and _in_range(default, meta) else meta["low"]
+            raise ConfigError(
+                f"{path}={value!r} is out of range: it must be {_describe_range(meta)}; "
+                f"fix: --set {path}={_show(suggestion)}"
+            )
+
+
+def _check_tree(obj: Any, cls: type, prefix: str = "") -> None:
+    if not isinstance(obj, cls):
+        raise ConfigError(f"{prefix.rstrip('.') or 'the config'} must be a {cls.__name__}, got {type(obj).__name__}")
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        path = prefix + f.name
+        value = getattr(obj, f.name)
+        if _is_section(f):
+            _check_tree(value, _section_class(f), path + ".")
+        else:
+            _check_field(path, value, f.metadata, getattr(defaults, f.name))
+
+
+def byzantine_f(cfg: Config) -> int:
+    """The Byzantine count krum/multikrum/bulyan assume: `server.f`, or else the expected
+    number of malicious clients per round, rounded up (25 of 100 at 10 per round -> 3)."""
+    if cfg.server.f is not None:
+        return cfg.server.f
+    if cfg.clients.num_clients == 0:
+        return 0
+    expected = cfg.clients.clients_per_round * cfg.clients.num_malicious / cfg.clients.num_clients
+    return math.ceil(expected - 1e-9)
+
+
+def multikrum_m(cfg: Config) -> int:
+    """How many updates multikrum averages: `server.m`, or else n - f."""
+    if cfg.server.m is not None:
+        return cfg.server.m
+    return cfg.clients.clients_per_round - byzantine_f(cfg)
+
+
+def _check_selection(cfg: Config) -> None:
+    clients, sel = cfg.clients, cfg.selection
+    benign = clients.num_clients - clients.num_malicious
+    per_round = clients.clients_per_round
+    most_malicious = min(clients.num_malicious, per_round)
+
+    def need_benign(malicious_in_round: int, setting: str) -> None:
+        if per_round - malicious_in_round > benign:
+            raise ConfigError(
+                f"{setting}={malicious_in_round} leaves {per_round - malicious_in_round} benign places per "
+                f"round, but only {benign} clients are benign (clients.num_clients={clients.num_clients}, "
+                f"clients.num_malicious={clients.num_malicious}); fix: raise clients.num_clients or lower "
+                f"clients.clients_per_round"
+            )
+
+    if sel.schedule == "periodic":
+        if sel.burst_rounds > sel.period:
+            raise ConfigError(
+                f"selection.burst_rounds={sel.burst_rounds} is longer than selection.period={sel.period}; "
+                f"fix: --set selection.burst_rounds={sel.period}"
+            )
+        if sel.burst_malicious > most_malicious:
+            raise ConfigError(
+                f"selection.burst_malicious={sel.burst_malicious} exceeds what a round can hold "
+                f"(min of clients.num_malicious={clients.num_malicious} and clients.clients_per_round={per_round}); "
+                f"fix: --set selection.burst_malicious={most_malicious}"
+            )
+        if sel.burst_rounds > 0:
+            need_benign(sel.burst_malicious, "selection.burst_malicious")
+        if sel.burst_rounds < sel.period:
+            need_benign(0, "the quiet rounds of selection.schedule=periodic (malicious per round)")
+    elif sel.schedule == "fixed":
+        if sel.fixed_malicious > most_malicious:
+            raise ConfigError(
+                f"selection.fixed_malicious={sel.fixed_malicious} exceeds what a round can hold "
+                f"(min of clients.num_malicious={clients.num_malicious} and clients.clients_per_round={per_round}); "
+                f"fix: --set selection.fixed_malicious={most_malicious}"
+            )
+        need_benign(sel.fixed_malicious, "selection.fixed_malicious")
+    elif sel.schedule == "schedule":
+        if not sel.malicious_counts:
+            raise ConfigError(
+                "selection.malicious_counts is empty, but selection.schedule=schedule reads one malicious "
+                "count per round from it; fix: --set selection.malicious_counts=[5,0,0,0,0]"
+            )
+        for count in sel.malicious_counts:
+            if count > most_malicious:
+                raise ConfigError(
+                    f"selection.malicious_counts holds {count}, more than a round can hold (min of "
+                    f"clients.num_malicious={clients.num_malicious} and clients.clients_per_round={per_round}); "
+                    f"fix: keep every entry <= {most_malicious}"
+                )
+            need_benign(count, "an entry of selection.malicious_counts")
+
+
+def _check_server(cfg: Config) -> None:
+    server = cfg.server
+    n = cfg.clients.clients_per_round
+    name = server.aggregator
+    f = byzantine_f(cfg)
+    f_source = "server.f" if server.f is not None else "server.f (null, so the malicious share)"
+    if name in ("krum", "multikrum") and n < 2 * f + 3:
+        best = max(0, (n - 3) // 2)
+        raise ConfigError(
+            f"server.aggregator={name} needs clients.clients_per_round >= 2f+3, but {f_source} gives f={f} "
+            f"with clients_per_round={n}; fix: --set server.f={best}"
+        )
+    if name == "bulyan" and n < 4 * f + 3:
+        best = max(0, (n - 3) // 4)
+        raise ConfigError(
+            f"server.aggregator=bulyan needs clients.clients_per_round >= 4f+3, but {f_source} gives f={f} "
+            f"with clients_per_round={n}; fix: --set server.f={best}"
+        )
+    if name == "multikrum":
+        m = multikrum_m(cfg)
+        if not 1 <= m <= n:
+            raise ConfigError(
+                f"server.m={m} must be in [1, clients.clients_per_round] = [1, {n}] for multikrum; "
+                f"fix: --set server.m=null (n - f = {n - f})"
+            )
+    if name == "sparsefed" and server.sparsefed_k > 1 and server.sparsefed_k != int(server.sparsefed_k):
+        raise ConfigError(
+            f"server.sparsefed_k={server.sparsefed_k} must be a fraction in (0, 1] or a whole count of "
+            "coordinates; fix: --set server.sparsefed_k=0.1"
+        )
+
+
+def validate(cfg: Config) -> Config:
+    """Check every setting (type, choices, range) and the ones that constrain each other.
+
+    Returns `cfg` unchanged so it can be chained; raises ConfigError on the first problem.
+    """
+    _check_tree(cfg, Config)
+    if not DEVICE_PATTERN.match(cfg.device):
+        raise ConfigError(f"device={cfg.device!r} is not one of cpu, cuda, cuda:N; fix: --set device=cpu")
+
+    clients = cfg.clients
+    if clients.num_malicious > clients.num_clients:
+        raise ConfigError(
+            f"clients.num_malicious={clients.num_malicious} exceeds clients.num_clients={clients.num_clients}; "
+            f"fix: --set clients.num_malicious={clients.num_clients // 4}"
+        )
+    if clients.clients_per_round > clients.num_clients:
+        raise ConfigError(
+            f"clients.clients_per_round={clients.clients_per_round} exceeds clients.num_clients="
+            f"{clients.num_clients}; fix: --set clients.clients_per_round={clients.num_clients}"
+        )
+    _check_selection(cfg)
+
+    dataset, model = cfg.data.dataset, cfg.model
+    if model in MODEL_INPUT and dataset in DATASET_INPUT and MODEL_INPUT[model] != DATASET_INPUT[dataset]:
+        fitting = [m for m, shape in MODEL_INPUT.items() if shape == DATASET_INPUT[dataset]] + ["mlp"]
+        raise ConfigError(
+            f"model={model} takes {MODEL_INPUT[model]} images, but data.dataset={dataset} has "
+            f"{DATASET_INPUT[dataset]}; fix: --set model={fitting[0]}"
+        )
+    classes = DATASET_CLASSES.get(dataset)
+    if classes is not None and cfg.attack.target_label >= classes:
+        raise ConfigError(
+            f"attack.target_label={cfg.attack.target_label} is not a class of {dataset} (0..{classes - 1}); "
+            "fix: --set attack.target_label=8"
+        )
+    _check_server(cfg)
+    return cfg

@@ -1,0 +1,132 @@
+"""Figures of a run and of a comparison, drawn with matplotlib's Agg canvas.
+
+Figures are built as `matplotlib.figure.Figure` objects without pyplot, so plotting never opens
+a window, needs no display, and does not change the backend of a session that imports `sim`.
+Each PNG is written to a temporary name and moved into place.
+"""
+
+from __future__ import annotations
+
+import io
+import textwrap
+from pathlib import Path
+from typing import Any, Sequence
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+MALICIOUS_COLOR = "tab:red"
+MAIN_COLOR = "tab:blue"
+BACKDOOR_COLOR = "tab:orange"
+
+
+def _save(figure: Figure, path: Path) -> None:
+    from sim.runner import write_atomic
+
+    FigureCanvasAgg(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    write_atomic(Path(path), buffer.getvalue())
+
+
+def _malicious_bars(axes, rounds: Sequence[int], counts: Sequence[int], label: bool = True):
+    """Malicious clients per round as light bars on a right-hand axis (empty for all-benign rounds)."""
+    twin = axes.twinx()
+    twin.bar(
+        rounds,
+        counts,
+        width=0.9,
+        color=MALICIOUS_COLOR,
+        alpha=0.18,
+        label="malicious clients selected" if label else None,
+        zorder=0,
+    )
+    twin.set_ylabel("malicious clients selected", color=MALICIOUS_COLOR)
+    twin.tick_params(axis="y", colors=MALICIOUS_COLOR)
+    twin.set_ylim(0, max(1, max(counts, default=0)) * 3)  # keeps the bars in the lower third
+    twin.yaxis.get_major_locator().set_params(integer=True)
+    # Curves in front of the bars.
+    axes.set_zorder(twin.get_zorder() + 1)
+    axes.patch.set_visible(False)
+    return twin
+
+
+def plot_run(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """Main and backdoor accuracy per round, with the malicious clients of each round as bars."""
+    path = Path(path)
+    rounds = [row["round"] for row in rows]
+    figure = Figure(figsize=(8, 4.5))
+    axes = figure.add_subplot()
+    twin = _malicious_bars(axes, rounds, [row["malicious_selected"] for row in rows])
+    axes.plot(rounds, [row["main_accuracy"] for row in rows], color=MAIN_COLOR, marker=".", label="main accuracy")
+    backdoor = [(row["round"], row["backdoor_accuracy"]) for row in rows if row["backdoor_accuracy"] is not None]
+    if backdoor:
+        axes.plot(*zip(*backdoor), color=BACKDOOR_COLOR, marker=".", label="backdoor accuracy")
+    axes.set_xlabel("round")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_ylabel("accuracy (%)")
+    axes.set_ylim(0, 100)
+    axes.grid(True, alpha=0.3)
+    handles, labels = axes.get_legend_handles_labels()
+    bar_handles, bar_labels = twin.get_legend_handles_labels()
+    axes.legend(handles + bar_handles, labels + bar_labels, loc="center right", fontsize="small")
+    if title:
+        axes.set_title(textwrap.fill(title, 80), fontsize="medium")
+    _save(figure, path)
+    return path
+
+
+def plot_comparison(runs: dict[str, list[dict[str, Any]]], path: str | Path, title: str = "") -> Path:
+    """Backdoor accuracy (top) and main accuracy (bottom), one curve per run label.
+
+    When every run selected the same number of malicious clients each round (runs that differ
+    only in a defense), those counts are drawn once as bars; otherwise each curve marks its own
+    malicious rounds with a point on the curve.
+    """
+    path = Path(path)
+    figure = Figure(figsize=(9, 7.5))
+    backdoor_axes, main_axes = figure.subplots(2, 1, sharex=True)
+    counts = {label: [row["malicious_selected"] for row in rows] for label, rows in runs.items()}
+    shared = len({tuple(c) for c in counts.values()}) <= 1
+    longest = max(runs.values(), key=len, default=[])
+    twins = []
+    if shared and longest:
+        for axes in (backdoor_axes, main_axes):
+            twins.append(_malicious_bars(axes, [row["round"] for row in longest], counts[next(iter(runs))]))
+
+    colors = [f"C{i % 10}" for i in range(len(runs))]
+    for color, (label, rows) in zip(colors, runs.items()):
+        for axes, column in ((backdoor_axes, "backdoor_accuracy"), (main_axes, "main_accuracy")):
+            points = [(row["round"], row[column]) for row in rows if row[column] is not None]
+            if not points:
+                continue
+            axes.plot(*zip(*points), color=color, label=label)
+            if not shared:
+                marked = [
+                    (row["round"], row[column])
+                    for row in rows
+                    if row[column] is not None and row["malicious_selected"] > 0
+                ]
+                if marked:
+                    axes.plot(*zip(*marked), linestyle="none", marker="v", markersize=4, color=color)
+
+    backdoor_axes.set_ylabel("backdoor accuracy (%)")
+    main_axes.set_ylabel("main accuracy (%)")
+    main_axes.set_xlabel("round")
+    main_axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for axes in (backdoor_axes, main_axes):
+        axes.set_ylim(0, 100)
+        axes.grid(True, alpha=0.3)
+    handles, labels = backdoor_axes.get_legend_handles_labels()
+    if twins:
+        bar_handles, bar_labels = twins[0].get_legend_handles_labels()
+        handles, labels = handles + bar_handles, labels + bar_labels
+    elif runs:
+        labels = labels + ["(triangles: rounds with malicious clients)"]
+        handles = handles + [backdoor_axes.plot([], [], linestyle="none", marker="v", color="grey")[0]]
+    backdoor_axes.legend(handles, labels, loc="upper right", fontsize="small")
+    if title:
+        backdoor_axes.set_title(textwrap.fill(title, 90), fontsize="medium")
+    _save(figure, path)
+    return path
