@@ -318,15 +318,21 @@ class _Parts:
 # run folder
 
 
-def _config_differences(saved: dict, requested: dict, prefix: str = "") -> list[str]:
+def _config_differences(saved: dict, requested: dict, defaults: dict, prefix: str = "") -> list[str]:
+    """Settings that differ between a saved and a requested config. A setting the saved config
+    lacks (added to the simulator after that run started) counts only if the request moves it
+    off its default, since at the default it changes nothing."""
     differences = []
     for key in sorted(set(saved) | set(requested)):
         path = prefix + key
         if path in RESUMABLE_CHANGES:
             continue
         old, new = saved.get(key), requested.get(key)
+        default = defaults.get(key) if isinstance(defaults, dict) else None
+        if key not in saved and new == default:
+            continue
         if isinstance(old, dict) and isinstance(new, dict):
-            differences.extend(_config_differences(old, new, path + "."))
+            differences.extend(_config_differences(old, new, default if isinstance(default, dict) else {}, path + "."))
         elif old != new:
             differences.append(f"{path} (saved {old!r}, requested {new!r})")
     return differences
@@ -345,7 +351,7 @@ def _load_checkpoint(out_dir: Path, cfg: Config) -> dict:
             f"{path} was written in checkpoint format {checkpoint.get('format')!r}, this version reads "
             f"{CHECKPOINT_FORMAT}; fix: start a new run in another folder"
         )
-    differences = _config_differences(checkpoint["config"], to_dict(cfg))
+    differences = _config_differences(checkpoint["config"], to_dict(cfg), to_dict(Config()))
     if differences:
         raise ConfigError(
             f"cannot resume {out_dir}: the requested config differs from the saved one in "

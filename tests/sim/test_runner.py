@@ -226,3 +226,18 @@ def test_unknown_engine_is_a_config_error(tmp_path):
     cfg.engine = "batched"  # past validation, the factory still refuses it
     with pytest.raises(ConfigError, match=r"engine='batched'"):
         runner.build_engine(cfg, None, [], [])
+
+
+def test_resume_accepts_settings_added_after_the_run_started_only_at_their_default(tmp_path):
+    run(tiny_config("rounds=1"), tmp_path / "run", progress=False)
+    path = tmp_path / "run" / "checkpoint.pt"
+    checkpoint = torch.load(path, weights_only=False)
+    del checkpoint["config"]["client_defense"]["q"]     # as if `q` did not exist when the run started
+    torch.save(checkpoint, path)
+    summary = run(tiny_config("rounds=2"), tmp_path / "run", resume=True, progress=False)
+    assert summary["rounds"] == 2
+    checkpoint = torch.load(path, weights_only=False)
+    del checkpoint["config"]["client_defense"]["q"]
+    torch.save(checkpoint, path)
+    with pytest.raises(ConfigError, match="client_defense.q"):
+        run(tiny_config("rounds=3", "client_defense.q=0.3"), tmp_path / "run", resume=True, progress=False)
