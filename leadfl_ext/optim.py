@@ -51,8 +51,10 @@ class LeadFL(torch.optim.Optimizer):
             accumulated onto the task gradient, value clip, second step, momentum shared by
             both. Call :meth:`reset_local_epoch` at the start of every local epoch.
 
-    Momentum (heavy ball, like ``torch.optim.SGD``) acts on the task gradient; for ``paper`` the
-    momentum direction takes the place of ``lr*g`` in the lookahead. A group with
+    Momentum (heavy ball, like ``torch.optim.SGD``) acts on the task gradient only: the
+    parameters first move by ``-lr*mu*v_prev``, the LeadFL update then uses the plain gradient
+    ``g``, and ``v = mu*v_prev + g``; for ``paper``, ``D`` still holds the step's total change.
+    A group with
     ``regularized=False`` is plain SGD for ``hessian``/``paper`` and is left out of the norm
     term for ``original`` (see :func:`leadfl_param_groups`).
     """
@@ -157,19 +159,27 @@ class LeadFL(torch.optim.Optimizer):
             if not params:
                 continue
             grads = [p.grad for p in params]
-            mu = group["momentum"]
-            if mu > 0:
-                buffers = self._momentum_buffers(params)
-                grads = [g.clone() if b is None else b.mul_(mu).add_(g) for g, b in zip(grads, buffers)]
-                self._store_momentum(params, grads)
             deltas = []
             for p in params:
                 state = self.state[p]
                 if "delta" not in state:
                     state["delta"] = torch.zeros_like(p)
                 deltas.append(state["delta"])
+            mu, lr = group["momentum"], group["lr"]
+            started = []
+            if mu > 0:
+                buffers = self._momentum_buffers(params)
+                started = [(p, d, b) for p, d, b in zip(params, deltas, buffers) if b is not None]
+                for b in (b for _, _, b in started):
+                    b.mul_(mu)
+                if started:  # heavy ball on the task gradient: W -= lr*mu*v_prev first
+                    torch._foreach_add_([p for p, _, _ in started], [b for _, _, b in started], alpha=-lr)
             alpha = group["alpha"] if group["regularized"] else 0.0
-            paper_step_(params, grads, deltas, lr=group["lr"], alpha=alpha, q=group["q"])
+            paper_step_(params, grads, deltas, lr=lr, alpha=alpha, q=group["q"])
+            if started:  # D is the step's total change, the momentum shift included
+                torch._foreach_add_([d for _, d, _ in started], [b for _, _, b in started], alpha=-lr)
+            if mu > 0:
+                self._store_momentum(params, [g.clone() if b is None else b.add_(g) for g, b in zip(grads, buffers)])
 
     def _step_original(self):
         # All groups take the task step before any regulariser step, as the authors' two

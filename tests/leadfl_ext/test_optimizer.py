@@ -226,3 +226,21 @@ def test_optimizer_uses_fused_op(monkeypatch):
         return loss
     opt.step(closure)
     assert calls == [6]   # one call for the whole parameter list
+
+
+def test_paper_steps_with_momentum_by_hand():
+    w = torch.tensor([1.0, -3.0], dtype=D, requires_grad=True)
+    c = torch.tensor([1.0, 2.0], dtype=D)
+    lr, alpha, q, mu = 0.1, 0.5, 0.2, 0.5
+    opt = LeadFL([w], lr=lr, alpha=alpha, q=q, variant="paper", momentum=mu)
+    closure = quadratic_closure(w, c)
+    expected, d, v = torch.tensor([1.0, -3.0], dtype=D), torch.zeros(2, dtype=D), torch.zeros(2, dtype=D)
+    for _ in range(3):
+        g = c * expected
+        shifted = expected - lr * mu * v                  # momentum part of the step
+        r = torch.clamp(1 - lr * g - d, -q, q)
+        new = shifted - lr * g - lr * alpha * r
+        d, expected, v = new - expected, new, mu * v + g  # D = total change of the step
+        opt.step(closure)
+        torch.testing.assert_close(w.detach(), expected)
+        torch.testing.assert_close(opt.state[w]["delta"], d)

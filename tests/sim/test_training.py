@@ -213,18 +213,20 @@ def test_leadfl_without_regularisation_is_momentum_sgd(dataset, client_indices, 
     assert torch.allclose(train_one(leadfl_engine, start, BENIGN_CLIENT), plain, atol=1e-6)
 
 
-def test_leadfl_hessian_matches_the_leadfl_optimizer(dataset, client_indices):
+@pytest.mark.parametrize("variant", ["hessian", "paper"])
+def test_leadfl_engine_matches_the_leadfl_optimizer(dataset, client_indices, variant):
     leadfl_ext = pytest.importorskip("leadfl_ext")
     start = initial_parameters(dataset, "fmnist_cnn")
     # With one batch holding the whole client every step sees the same samples, so the engine
     # and a hand-written optimizer loop train on identical minibatches.
     training = {"batch_size": 64, "local_epochs": 4, "momentum": 0.5}
-    engine = make_engine(dataset, client_indices, model="fmnist_cnn", training=training, defense={"type": "leadfl"})
+    engine = make_engine(dataset, client_indices, model="fmnist_cnn", training=training,
+                         defense={"type": "leadfl", "variant": variant})
     engine_update = train_one(engine, start, BENIGN_CLIENT)
 
     model = build_model("fmnist_cnn", dataset.image_shape, dataset.num_classes)
     load_flat_parameters_(model, start)
-    optimizer = leadfl_ext.LeadFL(model.parameters(), lr=0.1, alpha=0.4, q=0.2, variant="hessian", momentum=0.5)
+    optimizer = leadfl_ext.LeadFL(model.parameters(), lr=0.1, alpha=0.4, q=0.2, variant=variant, momentum=0.5)
     x, y = dataset.train_x[client_indices[BENIGN_CLIENT]], dataset.train_y[client_indices[BENIGN_CLIENT]]
 
     def closure():
