@@ -191,6 +191,7 @@ def main(argv=None):
     result = {
         "device": describe_device(args.device),
         "torch": torch.__version__,
+        "cpu_kernel_isa": leadfl_ext.cpu_kernel_isa(),
         "dtype": "float32",
         "bytes_per_element": {"fused": 16, "copy": 8},
         "rows": rows,

@@ -1,16 +1,18 @@
-// CPU kernels of leadfl::fused_step_ and leadfl::paper_step_: one pass over memory, vectorised
-// with ATen's Vectorized<T>, parallel over fixed-size chunks of all tensors with at::parallel_for.
+// CPU kernels of leadfl::fused_step_ and leadfl::paper_step_: one pass over memory, parallel over
+// fixed-size chunks of all tensors with at::parallel_for; the vectorised loops over each chunk
+// (ATen's Vectorized<T>, chosen per CPU) are in leadfl_cpu_spans.h.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <string>
 #include <vector>
 
 #include "../checks.h"
 #include "../leadfl_math.h"
+#include "leadfl_cpu_spans_table.h"
 
 namespace leadfl {
 namespace {
@@ -24,52 +26,19 @@ constexpr int64_t kParallelThreshold = 1 << 17;
 enum class Variant { kHessian, kPaper };
 
 template <typename T>
-struct VecClamp {
-  using Vec = at::vec::Vectorized<T>;
-  // minimum/maximum propagate NaN, so a NaN element stays NaN as in the scalar path.
-  Vec operator()(const Vec& x, const Vec& lo, const Vec& hi) const {
-    return at::vec::minimum(at::vec::maximum(x, lo), hi);
-  }
-};
-
-template <typename T>
 Coefficients<T> coefficients(double lr, double alpha, double q) {
   return Coefficients<T>{T(1), static_cast<T>(lr), static_cast<T>(lr * alpha), static_cast<T>(q),
                          static_cast<T>(-q)};
 }
 
-template <typename T>
-at::vec::Vectorized<T> splat(T x) {
-  return at::vec::Vectorized<T>(x);
+void span(const SpanKernels& k, Variant v, float* w, const float* a, float* b, int64_t n,
+          const Coefficients<float>& c) {
+  v == Variant::kHessian ? k.hessian_f32(w, a, b, n, c) : k.paper_f32(w, a, b, n, c);
 }
 
-// Hessian variant over a contiguous span: w <- f(w, g, g~).
-template <typename T>
-void hessian_span(T* w, const T* g, const T* gl, int64_t n, const Coefficients<T>& c) {
-  using Vec = at::vec::Vectorized<T>;
-  const Coefficients<Vec> cv{splat(c.one), splat(c.lr), splat(c.lr_alpha), splat(c.q), splat(c.neg_q)};
-  int64_t i = 0;
-  for (; i + Vec::size() <= n; i += Vec::size()) {
-    const Vec out = hessian_update(Vec::loadu(w + i), Vec::loadu(g + i), Vec::loadu(gl + i), cv, VecClamp<T>{});
-    out.store(w + i);
-  }
-  for (; i < n; ++i) w[i] = hessian_update(w[i], g[i], gl[i], c, ScalarClamp{});
-}
-
-// Paper variant over a contiguous span: (w, d) <- f(w, g, d).
-template <typename T>
-void paper_span(T* w, const T* g, T* d, int64_t n, const Coefficients<T>& c) {
-  using Vec = at::vec::Vectorized<T>;
-  const Coefficients<Vec> cv{splat(c.one), splat(c.lr), splat(c.lr_alpha), splat(c.q), splat(c.neg_q)};
-  int64_t i = 0;
-  for (; i + Vec::size() <= n; i += Vec::size()) {
-    Vec wv = Vec::loadu(w + i);
-    Vec dv = Vec::loadu(d + i);
-    paper_update(wv, Vec::loadu(g + i), dv, cv, VecClamp<T>{});
-    wv.store(w + i);
-    dv.store(d + i);
-  }
-  for (; i < n; ++i) paper_update(w[i], g[i], d[i], c, ScalarClamp{});
+void span(const SpanKernels& k, Variant v, double* w, const double* a, double* b, int64_t n,
+          const Coefficients<double>& c) {
+  v == Variant::kHessian ? k.hessian_f64(w, a, b, n, c) : k.paper_f64(w, a, b, n, c);
 }
 
 struct WorkItem {
@@ -80,6 +49,7 @@ struct WorkItem {
 
 void run(Variant variant, at::TensorList params, at::TensorList first, at::TensorList second, double lr,
          double alpha, const c10::optional<at::Tensor>& alpha_rows, double q) {
+  const SpanKernels& kernels = span_kernels_for_this_cpu();
   const bool per_row = alpha_rows.has_value();
   at::Tensor alpha_values;
   const double* alpha_ptr = nullptr;
@@ -104,15 +74,11 @@ void run(Variant variant, at::TensorList params, at::TensorList first, at::Tenso
       scalar_t* w = p.data_ptr<scalar_t>();
       scalar_t* a = first[item.tensor].data_ptr<scalar_t>();
       scalar_t* b = second[item.tensor].data_ptr<scalar_t>();
-      auto span = [&](int64_t lo, int64_t hi, const Coefficients<scalar_t>& c) {
-        if (variant == Variant::kHessian) {
-          hessian_span<scalar_t>(w + lo, a + lo, b + lo, hi - lo, c);
-        } else {
-          paper_span<scalar_t>(w + lo, a + lo, b + lo, hi - lo, c);
-        }
+      auto run_span = [&](int64_t lo, int64_t hi, const Coefficients<scalar_t>& c) {
+        span(kernels, variant, w + lo, a + lo, b + lo, hi - lo, c);
       };
       if (!per_row) {
-        span(item.begin, item.end, coefficients<scalar_t>(lr, alpha, q));
+        run_span(item.begin, item.end, coefficients<scalar_t>(lr, alpha, q));
         return;
       }
       // Split the chunk where rows (and so alpha) change.
@@ -120,7 +86,7 @@ void run(Variant variant, at::TensorList params, at::TensorList first, at::Tenso
       for (int64_t lo = item.begin; lo < item.end;) {
         const int64_t row = lo / len;
         const int64_t hi = std::min(item.end, (row + 1) * len);
-        span(lo, hi, coefficients<scalar_t>(lr, alpha_ptr[row], q));
+        run_span(lo, hi, coefficients<scalar_t>(lr, alpha_ptr[row], q));
         lo = hi;
       }
     });
@@ -153,6 +119,10 @@ void paper_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
 }
 
 }  // namespace
+
+std::string cpu_kernel_isa() { return span_kernels_name(); }
+
+TORCH_LIBRARY_FRAGMENT(leadfl, m) { m.def("cpu_kernel_isa() -> str", &cpu_kernel_isa); }
 
 TORCH_LIBRARY_IMPL(leadfl, CPU, m) {
   m.impl("fused_step_", &fused_step_cpu);

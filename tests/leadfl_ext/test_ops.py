@@ -213,3 +213,40 @@ def test_non_tensor_arguments_are_refused():
         leadfl_ext.fused_step_(3, g, t, lr=0.1, alpha=0.4, q=0.2)
     with pytest.raises(TypeError, match="alpha must be a float or a 1-D tensor"):
         leadfl_ext.fused_step_(p, g, t, lr=0.1, alpha="0.4", q=0.2)
+
+
+def test_portable_cpu_build_matches_reference_too():
+    """The CPU kernel picks AVX2 loops where the CPU has them; the portable build is checked here
+    in a fresh process that forces it."""
+    import os
+    import subprocess
+    import sys
+    script = """
+import math, torch, leadfl_ext
+from leadfl_ext import reference
+assert leadfl_ext.cpu_kernel_isa() == "default", leadfl_ext.cpu_kernel_isa()
+gen = torch.Generator().manual_seed(7)
+for dtype in (torch.float64, torch.float32):
+    shapes = [(7,), (3, 5, 7), (4, 3, 5, 5), (1031,), (200_003,)]
+    for op in ("fused_step_", "paper_step_"):
+        for alpha in (0.4, torch.tensor([0.4, 0.0, 1.5], dtype=torch.float64)):
+            use = shapes if isinstance(alpha, float) else [(3, 5, 7), (3, 1031)]
+            p = [torch.randn(s, generator=gen, dtype=torch.float64).to(dtype) for s in use]
+            g = [torch.randn(s, generator=gen, dtype=torch.float64).to(dtype) for s in use]
+            t = [(0.5 * torch.randn(s, generator=gen, dtype=torch.float64)).to(dtype) for s in use]
+            g[0].view(-1)[0] = math.nan
+            ep, et = [x.clone() for x in p], [x.clone() for x in t]
+            getattr(reference, op)(ep, g, et, lr=0.05, alpha=alpha, q=0.2)
+            getattr(leadfl_ext, op)(p, g, t, lr=0.05, alpha=alpha, q=0.2)
+            tol = 1e-13 if dtype == torch.float64 else 1e-6
+            for a, b in zip(p + t, ep + et):
+                torch.testing.assert_close(a, b, rtol=tol, atol=tol, equal_nan=True)
+print("ok")
+"""
+    env = dict(os.environ, LEADFL_CPU_ISA="default")
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stdout + done.stderr
+
+
+def test_cpu_kernel_reports_its_instruction_set():
+    assert leadfl_ext.cpu_kernel_isa() in ("avx2", "default")
