@@ -2,7 +2,8 @@
 
 For each parameter list (FashionMNIST CNN, CIFAR CNN, ResNet-18, one flat 64M tensor) it times
 the fused op, the eager reference, a ``torch._foreach_*`` version and, where it compiles,
-``torch.compile`` of the reference, plus a plain copy of the same number of elements. It reports
+``torch.compile`` of the reference, plus a plain copy of the same number of elements, all
+timed in turn in one loop (medians), so that load on a shared machine hits them alike. It reports
 the median time, the effective bandwidth (16 bytes per fp32 element: read W, g, g~, write W) and
 its ratio to the copy's bandwidth (8 bytes per element) measured in the same run.
 
@@ -48,6 +49,9 @@ def make_lists(shapes, device, seed=0):
 
 
 class Timer:
+    """Median time per call of several callables, timed in turn (interleaved), so that load on
+    a shared machine falls on all of them alike."""
+
     def __init__(self, device):
         self.device = device
 
@@ -55,25 +59,32 @@ class Timer:
         if self.device == "cuda":
             torch.cuda.synchronize()
 
-    def median_seconds(self, fn, *, min_time=0.4, min_reps=5, max_reps=2000):
-        for _ in range(3):
+    def _once(self, fn) -> float:
+        if self.device == "cuda":
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
             fn()
+            end.record()
+            end.synchronize()
+            return begin.elapsed_time(end) / 1e3
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+    def medians(self, fns: dict, *, min_time=1.5, min_reps=7, max_reps=500) -> dict:
+        for fn in fns.values():
+            for _ in range(2):
+                fn()
         self.sync()
-        times = []
-        start_all = time.perf_counter()
-        while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() - start_all < min_time):
-            if self.device == "cuda":
-                begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                begin.record()
-                fn()
-                end.record()
-                end.synchronize()
-                times.append(begin.elapsed_time(end) / 1e3)
-            else:
-                t0 = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t0)
-        return statistics.median(times)
+        times = {name: [] for name in fns}
+        start = time.perf_counter()
+        while True:
+            for name, fn in fns.items():
+                times[name].append(self._once(fn))
+            reps = len(next(iter(times.values())))
+            if reps >= max_reps or (reps >= min_reps and time.perf_counter() - start >= min_time):
+                break
+        return {name: statistics.median(values) for name, values in times.items()}
 
 
 def count_kernel_launches(fn) -> int:
@@ -90,8 +101,6 @@ def bench_size(name, shapes, device, timer, use_compile):
     row = {"size": name, "tensors": len(shapes), "elements": n}
     src = torch.randn(n, device=device)
     dst = torch.empty_like(src)
-    copy_s = timer.median_seconds(lambda: dst.copy_(src))
-    row["copy_gbps"] = 8 * n / copy_s / 1e9
     impls = {
         "fused": lambda: leadfl_ext.fused_step_(p, g, gl, lr=LR, alpha=ALPHA, q=Q),
         "eager_reference": lambda: reference.fused_step_(p, g, gl, lr=LR, alpha=ALPHA, q=Q),
@@ -104,8 +113,10 @@ def bench_size(name, shapes, device, timer, use_compile):
             impls["compiled_reference"] = lambda: compiled(p, g, gl, lr=LR, alpha=ALPHA, q=Q)
         except Exception as exc:  # report, do not hide: the table says why the column is empty
             row["compiled_reference_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-    for impl, fn in impls.items():
-        seconds = timer.median_seconds(fn)
+    medians = timer.medians({"copy": lambda: dst.copy_(src), **impls})
+    row["copy_gbps"] = 8 * n / medians["copy"] / 1e9
+    for impl in impls:
+        seconds = medians[impl]
         row[f"{impl}_us"] = seconds * 1e6
         row[f"{impl}_gbps"] = 16 * n / seconds / 1e9
     row["fused_vs_copy_bandwidth"] = row["fused_gbps"] / row["copy_gbps"]
