@@ -24,6 +24,9 @@ Rules (``AGGREGATORS`` maps the config name ``server.aggregator`` to the class):
 * ``sparsefed(k, clip)`` -- Panda et al. 2022: rows L2-clipped to ``clip``, averaged, added to a
   server error accumulator; the top-k coordinates by magnitude are released and the rest stay in
   the accumulator for later rounds.
+* ``robust_dpfl`` -- Qi et al. 2024 (Robust-DPFL): each row's detection score is the absolute
+  mean of its coordinates; the scores are split into two clusters by exact 1-D 2-means and the
+  rows of the lower-score cluster are averaged.
 * ``fltk_multikrum`` and ``fltk_bulyan`` -- compatibility rules that reproduce what the LeadFL
   reference code runs under the names ``multiKrum`` and ``bulyan`` (constants fixed for ten
   clients; the second is not Bulyan). Use them only to compare with numbers from that code.
@@ -44,6 +47,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sim.config import UNAVAILABLE_AGGREGATORS
 from sim.errors import ConfigError
 
 __all__ = [
@@ -58,6 +62,7 @@ __all__ = [
     "Median",
     "MultiKrum",
     "SparseFed",
+    "RobustDPFL",
     "TrimmedMean",
     "build_aggregator",
     "default_f",
@@ -367,6 +372,48 @@ class FltkBulyan(Aggregator):
         return updates[chosen].mean(dim=0), chosen
 
 
+def two_means_low_cluster(scores: Tensor) -> list[int]:
+    """Indices of the lower cluster of the best split of 1-D ``scores`` into two groups.
+
+    Exact 2-means in one dimension: after sorting, every optimal clustering is a split into a
+    low and a high run, so each of the ``n - 1`` split points is tried and the one with the
+    smallest within-cluster sum of squares wins (ties: the split with fewer low rows). When all
+    scores are equal there is nothing to separate and every row is returned.
+    """
+    n = scores.shape[0]
+    values = scores.double()
+    if n < 2 or bool((values == values[0]).all()):
+        return list(range(n))
+    order = torch.sort(values, stable=True).indices
+    ordered = values[order]
+    best_split, best_cost = 1, math.inf
+    for split in range(1, n):
+        low, high = ordered[:split], ordered[split:]
+        cost = float(((low - low.mean()) ** 2).sum() + ((high - high.mean()) ** 2).sum())
+        if cost < best_cost:
+            best_split, best_cost = split, cost
+    return sorted(order[:best_split].tolist())
+
+
+class RobustDPFL(Aggregator):
+    """Robust-DPFL (Qi, Wang, Huang, AAAI 2024): keep the rows whose |mean of coordinates| falls
+    in the lower of two 2-means clusters, and average them.
+
+    Honest DP uploads are dominated by zero-mean noise, whose coordinate mean is about
+    sigma / sqrt(d); a poisoned update rescaled to the noisy norm keeps its own, larger, mean.
+    (The authors' code scores the uploaded model vectors; here, as for every rule, the rows are
+    updates. It clusters with scikit-learn's KMeans; the exact 1-D split is what KMeans aims for.)
+    """
+
+    @staticmethod
+    def scores(updates: Tensor) -> Tensor:
+        return updates.double().mean(dim=1).abs()
+
+    def _aggregate(self, updates: Tensor) -> tuple[Tensor, list[int]]:
+        kept = two_means_low_cluster(self.scores(updates))
+        return updates[kept].mean(dim=0), kept
+
+
 AGGREGATORS: dict[str, type[Aggregator]] = {
     "fedavg": FedAvg,
     "krum": Krum,
@@ -377,6 +424,7 @@ AGGREGATORS: dict[str, type[Aggregator]] = {
     "sparsefed": SparseFed,
     "fltk_multikrum": FltkMultiKrum,
     "fltk_bulyan": FltkBulyan,
+    "robust_dpfl": RobustDPFL,
 }
 
 
@@ -429,6 +477,8 @@ def build_aggregator(server: Any, clients_per_round: int, num_clients: int, num_
         )
 
     name = _read(server, "aggregator", "multikrum")
+    if isinstance(name, str) and name in UNAVAILABLE_AGGREGATORS:
+        raise ConfigError(UNAVAILABLE_AGGREGATORS[name])
     if name not in AGGREGATORS:
         raise ConfigError(
             f"server.aggregator={name!r} is not a known rule; allowed: {', '.join(AGGREGATORS)}"

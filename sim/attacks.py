@@ -108,15 +108,28 @@ def mgda_backdoor_weight_tensor(
     may be floats or 0-d tensors.
     """
     device = grad_backdoor_flat.device
+    losses = [torch.as_tensor(loss, dtype=torch.float64, device=device).detach().reshape(1) for loss in (loss_backdoor, loss_clean)]
+    return mgda_backdoor_weights(
+        grad_backdoor_flat.reshape(1, -1), grad_clean_flat.reshape(1, -1), losses[0], losses[1]
+    ).reshape(())
+
+
+def mgda_backdoor_weights(
+    grad_backdoor_rows: Tensor, grad_clean_rows: Tensor, loss_backdoor: Tensor, loss_clean: Tensor
+) -> Tensor:
+    """The two-task MGDA weight of `mgda_backdoor_weight` for many clients at once.
+
+    Row k of the [n, d] gradients and entry k of the [n] losses belong to client k; returns the
+    [n] float64 weights. A one-row call is exactly what a single client gets.
+    """
     # Float64 so the branch comparisons are not decided by float32 rounding.
-    losses = (loss_backdoor, loss_clean)
-    scales = torch.stack([torch.as_tensor(loss, dtype=torch.float64, device=device).detach().reshape(()) for loss in losses])
+    scales = torch.stack([loss_backdoor.detach().double().reshape(-1), loss_clean.detach().double().reshape(-1)])
     scales = scales.clamp(max=MGDA_LOSS_CAP) + MGDA_LOSS_EPS
-    grad_backdoor = grad_backdoor_flat.detach().reshape(-1).double() / scales[0]
-    grad_clean = grad_clean_flat.detach().reshape(-1).double() / scales[1]
-    backdoor_sq = grad_backdoor @ grad_backdoor
-    cross = grad_backdoor @ grad_clean
-    clean_sq = grad_clean @ grad_clean
+    grad_backdoor = grad_backdoor_rows.detach().double() / scales[0, :, None]
+    grad_clean = grad_clean_rows.detach().double() / scales[1, :, None]
+    backdoor_sq = (grad_backdoor * grad_backdoor).sum(dim=1)
+    cross = (grad_backdoor * grad_clean).sum(dim=1)
+    clean_sq = (grad_clean * grad_clean).sum(dim=1)
     # The interior formula is evaluated on every path; where the denominator is 0 (equal
     # gradients) its NaN is discarded by the first branch, which then applies.
     interior = (clean_sq - cross) / (backdoor_sq + clean_sq - 2.0 * cross)

@@ -45,6 +45,18 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="shortcut for --set seed=N")
     parser.add_argument("--device", help="shortcut for --set device=cpu|cuda|cuda:N")
     parser.add_argument("--rounds", type=int, help="shortcut for --set rounds=N")
+    parser.add_argument(
+        "--engine",
+        help="shortcut for --set engine=sequential|batched|auto (auto: the fastest for the device; "
+        "under torchrun every rank trains its share of each round with it)",
+    )
+    parser.add_argument(
+        "--client-chunk",
+        dest="client_chunk",
+        type=int,
+        metavar="N",
+        help="shortcut for --set client_chunk=N: most clients the batched engine stacks at once (default: from free memory)",
+    )
     parser.add_argument("--out", metavar="DIR", help="output folder (default: runs/<preset>-<timestamp>)")
     parser.add_argument(
         "--resume", action="store_true", help="continue the stopped run (or comparison) in --out from its checkpoint"
@@ -80,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _overrides(args: argparse.Namespace) -> list[str]:
     overrides = list(args.overrides)
-    for name in ("seed", "device", "rounds"):
+    for name in ("seed", "device", "rounds", "engine", "client_chunk"):
         value = getattr(args, name)
         if value is not None:
             overrides.append(f"{name}={value}")
@@ -121,10 +133,18 @@ def _command_run(args: argparse.Namespace) -> int:
     out_dir = _out_dir(args)
     _set_threads(args)
     summary = run(cfg, out_dir, resume=args.resume, progress=not args.no_progress)
-    print(format_summary(summary))
-    print(f"results: {out_dir}")
-    print(f"plot: {out_dir / PLOT_FILE}")
+    if _is_main_process():
+        print(format_summary(summary))
+        print(f"results: {out_dir}")
+        print(f"plot: {out_dir / PLOT_FILE}")
     return 0
+
+
+def _is_main_process() -> bool:
+    # Under torchrun only rank 0 prints (sim.distributed).
+    from sim.distributed import is_main_process
+
+    return is_main_process()
 
 
 def _command_compare(args: argparse.Namespace) -> int:
@@ -141,9 +161,12 @@ def _command_compare(args: argparse.Namespace) -> int:
             "(see list-presets, e.g. --preset table1-fmnist) or add a compare: section to a --config file"
         )
     out_dir = _out_dir(args)
-    compare(cfg, variants, out_dir, resume=args.resume, progress=not args.no_progress)
-    print(f"table: {out_dir / TABLE_FILE}")
-    print(f"plot: {out_dir / PLOT_FILE}")
+    main_process = _is_main_process()
+    compare(cfg, variants, out_dir, resume=args.resume, progress=not args.no_progress,
+            echo=print if main_process else (lambda _text: None))
+    if main_process:
+        print(f"table: {out_dir / TABLE_FILE}")
+        print(f"plot: {out_dir / PLOT_FILE}")
     return 0
 
 
@@ -198,3 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         hint = f"; continue with the same command plus --resume --out {out}" if out else ""
         print(f"\ninterrupted; finished rounds are saved{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        if "torch" in sys.modules:
+            from sim.distributed import shutdown
+
+            shutdown()  # leave the torchrun process group, if `run` joined one

@@ -6,7 +6,8 @@ clients, the same malicious rounds, and the same initial model.
 
 Files written:
 * `<variant>/...`       each run's own files (see `sim.runner`)
-* `table.md`            variants as rows; final main accuracy, average and final backdoor accuracy
+* `table.md`            variants as rows; final main accuracy, average and final backdoor accuracy,
+                        and, where the comparison holds a matching clean run, the main-accuracy loss
 * `comparison.png`      backdoor and main accuracy per round, one curve per variant
 * `comparison.json`     the base settings, each variant's overrides, folder and summary
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Union
 
 from sim.config import Config, apply_overrides, to_dict
+from sim.distributed import broadcast_object, init_from_env, is_main_process
 from sim.errors import ConfigError
 from sim.plots import plot_comparison
 from sim.runner import CHECKPOINT_FILE, read_metrics, run, write_atomic
@@ -48,26 +50,76 @@ def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f}"
 
 
-def table_markdown(summaries: dict[str, dict[str, Any]], caption: str = "") -> str:
-    """Markdown table: one row per variant, accuracies in percent."""
+def table_markdown(
+    summaries: dict[str, dict[str, Any]], caption: str = "", baselines: dict[str, str | None] | None = None
+) -> str:
+    """Markdown table: one row per variant, accuracies in percent.
+
+    `baselines` maps a variant to its clean run (see `clean_baselines`); when any variant has one,
+    a column gives the main-accuracy loss against it in percentage points."""
+    baselines = {label: clean for label, clean in (baselines or {}).items() if clean in summaries}
     lines = []
     if caption:
         lines += [caption, ""]
-    lines += [
-        "| variant | main accuracy, final (%) | backdoor accuracy, average (%) | backdoor accuracy, final (%) |",
-        "| --- | ---: | ---: | ---: |",
-    ]
+    header = "| variant | main accuracy, final (%) | backdoor accuracy, average (%) | backdoor accuracy, final (%) |"
+    rule = "| --- | ---: | ---: | ---: |"
+    if baselines:
+        header += " main accuracy loss vs clean run (points) |"
+        rule += " ---: |"
+    lines += [header, rule]
     for label, summary in summaries.items():
-        lines.append(
+        line = (
             f"| {label} | {_percent(summary['final_main_accuracy'])} | "
             f"{_percent(summary['mean_backdoor_accuracy'])} | {_percent(summary['final_backdoor_accuracy'])} |"
         )
+        if baselines:
+            clean = baselines.get(label)
+            loss = main_accuracy_loss(summary, summaries[clean]) if clean else None
+            line += f" {_percent(loss)}{f' (vs {clean})' if clean else ''} |"
+        lines.append(line)
     return "\n".join(lines) + "\n"
+
+
+def is_clean(cfg: Config) -> bool:
+    """No malicious behaviour at all: the malicious clients train and upload honestly."""
+    return cfg.attack.type == "none" and cfg.model_poisoning.type == "none"
+
+
+def _without_attacks(cfg: Config) -> dict[str, Any]:
+    settings = to_dict(cfg)
+    settings.pop("attack")
+    settings.pop("model_poisoning")
+    return settings
+
+
+def clean_baselines(configs: dict[str, Config]) -> dict[str, str | None]:
+    """For every attacked variant, the first clean variant whose settings equal its own apart from
+    the `attack` and `model_poisoning` sections (the same selections, defenses and DP), or None."""
+    clean = [(label, _without_attacks(cfg)) for label, cfg in configs.items() if is_clean(cfg)]
+    baselines: dict[str, str | None] = {}
+    for label, cfg in configs.items():
+        if is_clean(cfg):
+            continue
+        settings = _without_attacks(cfg)
+        baselines[label] = next((name for name, other in clean if other == settings), None)
+    return baselines
+
+
+def main_accuracy_loss(summary: dict[str, Any], clean_summary: dict[str, Any]) -> float | None:
+    """Final main accuracy of the clean run minus that of the attacked run, in points."""
+    attacked, clean = summary.get("final_main_accuracy"), clean_summary.get("final_main_accuracy")
+    if attacked is None or clean is None:
+        return None
+    return clean - attacked
 
 
 def caption_for(cfg: Config) -> str:
     """What every variant shares, in one sentence above the table."""
     attack = {"backdoor": "9-pixel backdoor", "label_flip": "label flipping", "none": "no attack"}[cfg.attack.type]
+    if cfg.model_poisoning.type != "none":
+        attack = f"model poisoning {cfg.model_poisoning.type}" + (f" with {attack}" if cfg.attack.type != "none" else "")
+    if cfg.privacy.type != "none":
+        attack += f", client-level DP (epsilon {cfg.privacy.epsilon:g}, clip {cfg.privacy.clip:g})"
     return (
         f"{attack} on {cfg.data.dataset} ({cfg.data.partition}), model {cfg.model}, server aggregator "
         f"{cfg.server.aggregator}, {cfg.selection.schedule} selection of {cfg.clients.clients_per_round} "
@@ -113,14 +165,18 @@ def compare(
     variants = {label: list(overrides) for label, overrides in variants.items()}
     configs = variant_configs(cfg, variants)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    init_from_env(cfg.device)  # under torchrun: join the process group before the ranks decide anything
+    writer = is_main_process()  # only rank 0 writes (sim.distributed)
+    if writer:
+        out_dir.mkdir(parents=True, exist_ok=True)
 
     summaries = {}
     for label, variant_cfg in configs.items():
         run_dir = out_dir / folder_name(label)
-        continue_run = resume and (run_dir / CHECKPOINT_FILE).is_file()
+        continue_run = broadcast_object(resume and writer and (run_dir / CHECKPOINT_FILE).is_file())
         summaries[label] = run(variant_cfg, run_dir, resume=continue_run, progress=progress, label=label)
 
+    baselines = clean_baselines(configs)
     comparison = {
         "caption": caption_for(cfg),
         "base_config": to_dict(cfg),
@@ -129,19 +185,31 @@ def compare(
                 "overrides": [_override_text(item) for item in variants[label]],
                 "folder": folder_name(label),
                 "summary": summaries[label],
+                **(
+                    {
+                        "clean_baseline": baselines[label],
+                        "main_accuracy_loss": main_accuracy_loss(summaries[label], summaries[baselines[label]])
+                        if baselines[label]
+                        else None,
+                    }
+                    if label in baselines
+                    else {}
+                ),
             }
             for label in configs
         },
     }
-    write_outputs(out_dir, comparison)
-    echo(table_markdown(summaries, comparison["caption"]))
+    if writer:
+        write_outputs(out_dir, comparison)
+    echo(table_markdown(summaries, comparison["caption"], baselines))
     return comparison
 
 
 def write_outputs(out_dir: Path, comparison: dict[str, Any]) -> None:
     """table.md, comparison.png and comparison.json from the variants' summaries and metrics."""
     summaries = {label: entry["summary"] for label, entry in comparison["variants"].items()}
-    write_atomic(out_dir / TABLE_FILE, table_markdown(summaries, comparison["caption"]))
+    baselines = {label: entry.get("clean_baseline") for label, entry in comparison["variants"].items()}
+    write_atomic(out_dir / TABLE_FILE, table_markdown(summaries, comparison["caption"], baselines))
     write_atomic(out_dir / JSON_FILE, json.dumps(comparison, indent=2) + "\n")
     replot(out_dir, comparison)
 

@@ -36,7 +36,7 @@ PRESET_ONLY_KEYS = ("description", "compare")
 DATASETS = ("fashion_mnist", "mnist", "cifar10", "synthetic")
 PARTITIONS = ("iid", "dirichlet", "shards")
 MODEL_NAMES = ("fmnist_cnn", "cifar_cnn", "mlp")
-ENGINE_NAMES = ("sequential",)
+ENGINE_NAMES = ("sequential", "batched", "auto")
 SCHEDULES = ("random", "periodic", "fixed", "schedule")
 ATTACKS = ("none", "backdoor", "label_flip")
 BLENDS = ("mgda", "fixed")
@@ -52,7 +52,22 @@ AGGREGATOR_NAMES = (
     "sparsefed",
     "fltk_multikrum",
     "fltk_bulyan",
+    "robust_dpfl",
 )
+# Names a user may reach for that the simulator deliberately does not provide, with the reason.
+UNAVAILABLE_AGGREGATORS = {
+    "prodigy": (
+        "server.aggregator='prodigy' (ProDiGy, Ergisi, Massny, Bitar, arXiv 2509.09534) is not implemented: its "
+        "proximity and dissimilarity scoring formulas are not available to this project (no public code, and "
+        "the paper body could not be read), and a rule invented under its name would misreport it; allowed: "
+        + ", ".join(AGGREGATOR_NAMES)
+        + "; fix: --set server.aggregator=multikrum (or median, trimmed_mean, robust_dpfl)"
+    ),
+}
+MODEL_POISONING_TYPES = ("none", "lie", "fang", "min_max", "poisonedfl", "attack_dpfl", "attack_dpfl_adaptive")
+POISONEDFL_COORDINATES = ("shared", "partitioned")
+PRIVACY_TYPES = ("none", "gaussian")
+LR_SCHEDULES = ("constant", "step", "cosine")
 DEVICE_PATTERN = re.compile(r"^(cpu|cuda|cuda:\d+)$")
 
 # Input shape each model is built for; `mlp` flattens whatever it gets.
@@ -126,6 +141,12 @@ class TrainingConfig:
     batch_size: int = _setting(16, "int", low=1)
     local_epochs: int = _setting(10, "int", low=1)
     local_steps: int | None = _setting(None, "int", low=1, nullable=True)
+    # Local learning rate over rounds (sim.training.local_lr): constant, step (times lr_gamma every
+    # lr_step_rounds rounds) or cosine (from lr down towards lr_min over the run's rounds).
+    lr_schedule: str = _setting("constant", "str", choices=LR_SCHEDULES)
+    lr_step_rounds: int = _setting(10, "int", low=1)
+    lr_gamma: float = _setting(0.5, "float", low=0, high=1, low_open=True)
+    lr_min: float = _setting(0.0, "float", low=0)
 
 
 @dataclass
@@ -144,6 +165,31 @@ class ClientDefenseConfig:
     variant: str = _setting("hessian", "str", choices=LEADFL_VARIANTS)
     alpha: float = _setting(0.4, "float", low=0)
     q: float = _setting(0.2, "float", low=0, low_open=True)
+
+
+@dataclass
+class ModelPoisoningConfig:
+    # Replaces the selected malicious clients' uploads (sim.model_poisoning); none = off.
+    type: str = _setting("none", "str", choices=MODEL_POISONING_TYPES)
+    lie_z: float | None = _setting(None, "float", low=0, nullable=True)  # null: Baruch et al.'s z_max
+    poisonedfl_scale: float = _setting(8.0, "float", low=0, low_open=True)  # c_0
+    poisonedfl_beta: float = _setting(0.7, "float", low=0, high=1, low_open=True, high_open=True)
+    poisonedfl_check_period: int = _setting(50, "int", low=1)
+    poisonedfl_min_scale: float = _setting(0.5, "float", low=0)
+    poisonedfl_confidence: float = _setting(0.99, "float", low=0.5, high=1, high_open=True)
+    poisonedfl_noise: float = _setting(0.0, "float", low=0)
+    poisonedfl_flip_prob: float = _setting(0.0, "float", low=0, high=0.5)
+    poisonedfl_coordinates: str = _setting("shared", "str", choices=POISONEDFL_COORDINATES)
+
+
+@dataclass
+class PrivacyConfig:
+    # Client-level local DP on the protocol-following uploads (sim.privacy); none = off.
+    type: str = _setting("none", "str", choices=PRIVACY_TYPES)
+    clip: float = _setting(3.0, "float", low=0, low_open=True)
+    epsilon: float = _setting(5.0, "float", low=0, low_open=True)
+    delta: float = _setting(1e-8, "float", low=0, high=1, low_open=True, high_open=True)
+    rdp_order: float | None = _setting(None, "float", low=1, low_open=True, nullable=True)
 
 
 @dataclass
@@ -170,13 +216,17 @@ class Config:
     device: str = _setting("cpu", "str")
     rounds: int = _setting(80, "int", low=1)
     engine: str = _setting("sequential", "str", choices=ENGINE_NAMES)
+    # Clients stacked per batch by the batched engine (null: as many as free memory allows).
+    client_chunk: int | None = _setting(None, "int", low=1, nullable=True)
     data: DataConfig = field(default_factory=DataConfig)
     model: str = _setting("fmnist_cnn", "str", choices=MODEL_NAMES)
     clients: ClientsConfig = field(default_factory=ClientsConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
+    model_poisoning: ModelPoisoningConfig = field(default_factory=ModelPoisoningConfig)
     client_defense: ClientDefenseConfig = field(default_factory=ClientDefenseConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -712,6 +762,9 @@ def validate(cfg: Config) -> Config:
 
     Returns `cfg` unchanged so it can be chained; raises ConfigError on the first problem.
     """
+    aggregator = getattr(getattr(cfg, "server", None), "aggregator", None)
+    if isinstance(aggregator, str) and aggregator in UNAVAILABLE_AGGREGATORS:
+        raise ConfigError(UNAVAILABLE_AGGREGATORS[aggregator])
     _check_tree(cfg, Config)
     if not DEVICE_PATTERN.match(cfg.device):
         raise ConfigError(f"device={cfg.device!r} is not one of cpu, cuda, cuda:N; fix: --set device=cpu")
@@ -743,4 +796,27 @@ def validate(cfg: Config) -> Config:
             "fix: --set attack.target_label=8"
         )
     _check_server(cfg)
+    _check_uploads(cfg)
     return cfg
+
+
+def _check_uploads(cfg: Config) -> None:
+    """The learning-rate schedule, model poisoning and DP settings that depend on each other."""
+    training = cfg.training
+    if training.lr_schedule == "cosine" and training.lr_min > training.lr:
+        raise ConfigError(
+            f"training.lr_min={training.lr_min} exceeds training.lr={training.lr}: the cosine schedule would "
+            f"raise the learning rate; fix: --set training.lr_min={training.lr / 10:g}"
+        )
+    kind = cfg.model_poisoning.type
+    if kind in ("attack_dpfl", "attack_dpfl_adaptive"):
+        if cfg.privacy.type == "none":
+            raise ConfigError(
+                f"model_poisoning.type={kind} rescales the malicious updates to the norm of a DP-noised update, "
+                "but privacy.type=none; fix: --set privacy.type=gaussian"
+            )
+        if cfg.attack.type == "none":
+            raise ConfigError(
+                f"model_poisoning.type={kind} uploads the malicious clients' own poisoned updates, but "
+                "attack.type=none trains them honestly; fix: --set attack.type=backdoor"
+            )

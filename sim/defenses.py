@@ -34,6 +34,15 @@ def laplace_(out: Tensor, scale: float, generator: torch.Generator | None = None
     `-scale * sign(v) * log(1 - |v|)` is Laplace(0, scale).
     """
     out.uniform_(-1.0, 1.0, generator=generator)
+    return uniform_to_laplace_(out, scale)
+
+
+def uniform_to_laplace_(out: Tensor, scale: float) -> Tensor:
+    """Turns uniform draws on [-1, 1) in `out` into Laplace(0, `scale`) samples, in place.
+
+    Split from `laplace_` so many clients' rows, each drawn from its own generator, are
+    transformed in one pass.
+    """
     sign = torch.sign(out)
     out.abs_().clamp_(max=_UNIFORM_BELOW_ONE).neg_().log1p_().mul_(sign).mul_(-float(scale))
     return out

@@ -39,11 +39,12 @@ class SequentialEngine:
         client_defense,
         seed: int,
         device,
+        rounds: int | None = None,
     ):
         self.client_indices = [indices.to(torch.device(device)) for indices in client_indices]
         self.malicious = frozenset(int(client) for client in malicious)
         self.seed = int(seed)
-        self.trainer = LocalTrainer(model_name, dataset, training, attack, client_defense, device)
+        self.trainer = LocalTrainer(model_name, dataset, training, attack, client_defense, device, rounds=rounds)
         self.device = self.trainer.device
 
     @property

@@ -96,12 +96,14 @@ def plot_comparison(runs: dict[str, list[dict[str, Any]]], path: str | Path, tit
             twins.append(_malicious_bars(axes, [row["round"] for row in longest], counts[next(iter(runs))]))
 
     colors = [f"C{i % 10}" for i in range(len(runs))]
-    for color, (label, rows) in zip(colors, runs.items()):
+    # Past ten curves the colours repeat, so each further ten get their own line style.
+    styles = [("-", "--", ":", "-.")[(i // 10) % 4] for i in range(len(runs))]
+    for color, style, (label, rows) in zip(colors, styles, runs.items()):
         for axes, column in ((backdoor_axes, "backdoor_accuracy"), (main_axes, "main_accuracy")):
             points = [(row["round"], row[column]) for row in rows if row[column] is not None]
             if not points:
                 continue
-            axes.plot(*zip(*points), color=color, label=label)
+            axes.plot(*zip(*points), color=color, linestyle=style, label=label)
             if not shared:
                 marked = [
                     (row["round"], row[column])
@@ -125,7 +127,11 @@ def plot_comparison(runs: dict[str, list[dict[str, Any]]], path: str | Path, tit
     elif runs:
         labels = labels + ["(triangles: rounds with malicious clients)"]
         handles = handles + [backdoor_axes.plot([], [], linestyle="none", marker="v", color="grey")[0]]
-    backdoor_axes.legend(handles, labels, loc="upper right", fontsize="small")
+    if len(runs) > 6:  # a long legend goes beside the axes instead of over the curves
+        right = 1.12 if twins else 1.01  # clear of the bar axis' labels
+        backdoor_axes.legend(handles, labels, loc="upper left", bbox_to_anchor=(right, 1.0), fontsize="small")
+    else:
+        backdoor_axes.legend(handles, labels, loc="upper right", fontsize="small")
     if title:
         backdoor_axes.set_title(textwrap.fill(title, 90), fontsize="medium")
     _save(figure, path)

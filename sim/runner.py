@@ -16,11 +16,13 @@ Every file is written to a temporary name and moved into place, so a run stopped
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
 import os
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -181,6 +183,13 @@ def key_settings(cfg: Config) -> dict[str, Any]:
         settings["client_defense.noise_scale"] = cfg.client_defense.noise_scale
     if cfg.server.aggregator in ("krum", "multikrum", "bulyan"):
         settings["server.f (resolved)"] = byzantine_f(cfg)
+    if cfg.training.lr_schedule != "constant":
+        settings["training.lr_schedule"] = cfg.training.lr_schedule
+    if cfg.model_poisoning.type != "none":
+        settings["model_poisoning.type"] = cfg.model_poisoning.type
+    if cfg.privacy.type != "none":
+        settings["privacy.type"] = cfg.privacy.type
+        settings["privacy.epsilon"] = cfg.privacy.epsilon
     return settings
 
 
@@ -188,8 +197,9 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def summarize(rows: list[dict[str, Any]], cfg: Config) -> dict[str, Any]:
-    """Headline numbers of a run (accuracies in percent) and its key settings."""
+def summarize(rows: list[dict[str, Any]], cfg: Config, engine: str | None = None) -> dict[str, Any]:
+    """Headline numbers of a run (accuracies in percent) and its key settings; `engine` is
+    what trained the clients (`engine: auto` resolved, distributed or not)."""
     main = [row["main_accuracy"] for row in rows]
     backdoor = [row["backdoor_accuracy"] for row in rows if row["backdoor_accuracy"] is not None]
     malicious = [row["malicious_selected"] for row in rows]
@@ -203,8 +213,18 @@ def summarize(rows: list[dict[str, Any]], cfg: Config) -> dict[str, Any]:
         "mean_malicious_per_round": _mean(malicious),
         "rounds_with_malicious": sum(1 for count in malicious if count > 0),
         "wall_time_s": sum(row["wall_time_s"] for row in rows),
-        "settings": key_settings(cfg),
+        "settings": {**key_settings(cfg), **({"engine (resolved)": engine} if engine else {})},
+        **_privacy_summary(rows, cfg),
     }
+
+
+def _privacy_summary(rows: list[dict[str, Any]], cfg: Config) -> dict[str, Any]:
+    """{"privacy": the DP budget (see sim.privacy.privacy_budget)} when DP is on, else {}."""
+    if cfg.privacy.type == "none":
+        return {}
+    from sim.privacy import privacy_budget
+
+    return {"privacy": privacy_budget(cfg.privacy, [row["selected"].split() for row in rows])}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -224,21 +244,63 @@ def _build_sequential_engine(cfg: Config, dataset, partitions, malicious):
         cfg.client_defense,
         seed=cfg.seed,
         device=cfg.device,
+        rounds=cfg.rounds,
     )
 
 
-# engine name (the `engine` setting) -> builder(cfg, dataset, partitions, malicious) -> Engine
-ENGINE_BUILDERS: dict[str, Callable] = {"sequential": _build_sequential_engine}
+def _build_batched_engine(cfg: Config, dataset, partitions, malicious):
+    from sim.engine_batched import BatchedEngine
+
+    return BatchedEngine(
+        cfg.model,
+        dataset,
+        partitions,
+        malicious,
+        cfg.training,
+        cfg.attack,
+        cfg.client_defense,
+        seed=cfg.seed,
+        device=cfg.device,
+        rounds=cfg.rounds,
+        client_chunk=cfg.client_chunk,
+    )
+
+
+# engine name (the `engine` setting) -> builder(cfg, dataset, partitions, malicious) -> Engine;
+# `engine: auto` picks one of these for the device (sim.engine_batched.choose_engine).
+ENGINE_BUILDERS: dict[str, Callable] = {"sequential": _build_sequential_engine, "batched": _build_batched_engine}
+
+
+def resolve_engine(cfg: Config) -> tuple[str, str]:
+    """(engine name, why) for `cfg.engine`, with `auto` resolved for `cfg.device`."""
+    if cfg.engine == "auto":
+        from sim.engine_batched import choose_engine
+
+        return choose_engine(cfg.device)
+    return cfg.engine, "set by the engine setting"
 
 
 def build_engine(cfg: Config, dataset, partitions, malicious: list[int]):
-    """The client-training engine named by `cfg.engine`; every engine trains the same maths."""
-    builder = ENGINE_BUILDERS.get(cfg.engine)
+    """The client-training engine named by `cfg.engine`; every engine trains the same maths.
+    Under torchrun with several ranks it is wrapped to share each round over the ranks."""
+    name, _ = resolve_engine(cfg)
+    builder = ENGINE_BUILDERS.get(name)
     if builder is None:
         raise ConfigError(
-            f"engine={cfg.engine!r} is not one of {', '.join(ENGINE_BUILDERS)}; fix: --set engine=sequential"
+            f"engine={cfg.engine!r} is not one of {', '.join([*ENGINE_BUILDERS, 'auto'])}; fix: --set engine=auto"
         )
-    return builder(cfg, dataset, partitions, malicious)
+    engine = builder(cfg, dataset, partitions, malicious)
+    from sim import distributed
+
+    return distributed.DistributedEngine(engine) if distributed.is_active() else engine
+
+
+def describe_engine(cfg: Config) -> str:
+    """What trains the clients, e.g. `sequential` or `batched on each of 4 ranks`."""
+    from sim import distributed
+
+    name, _ = resolve_engine(cfg)
+    return f"{name} on each of {distributed.world_size()} ranks" if distributed.is_active() else name
 
 
 def _check_device(device: str) -> torch.device:
@@ -280,6 +342,7 @@ class _Parts:
         from sim.data import load_dataset, partition
         from sim.models import build_model, flatten_parameters
         from sim.selection import Selector
+        from sim.uploads import UploadPipeline
 
         self.dataset = load_dataset(
             cfg.data.dataset,
@@ -307,6 +370,7 @@ class _Parts:
         ).to(device)
         self.initial_params = flatten_parameters(self.model)
         self.engine = build_engine(cfg, self.dataset, self.partitions, self.malicious)
+        self.uploads = UploadPipeline(cfg, self.malicious, self.initial_params.numel())
         test_size = cfg.eval.test_size
         self.test_x = self.dataset.test_x[:test_size] if test_size else self.dataset.test_x
         self.test_y = self.dataset.test_y[:test_size] if test_size else self.dataset.test_y
@@ -376,11 +440,13 @@ def _refuse_overwrite(out_dir: Path) -> None:
             )
 
 
-def write_outputs(out_dir: Path, rows: list[dict[str, Any]], cfg: Config, label: str | None = None) -> dict:
+def write_outputs(
+    out_dir: Path, rows: list[dict[str, Any]], cfg: Config, label: str | None = None, engine: str | None = None
+) -> dict:
     """summary.json and accuracy.png from the rows; returns the summary."""
     from sim.plots import plot_run
 
-    summary = summarize(rows, cfg)
+    summary = summarize(rows, cfg, engine)
     if label is not None:
         summary = {"label": label, **summary}
     write_atomic(out_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
@@ -393,6 +459,10 @@ def _plot_title(cfg: Config, label: str | None) -> str:
     if defense == "leadfl":
         defense = f"leadfl ({cfg.client_defense.variant}, alpha {cfg.client_defense.alpha:g})"
     title = f"{cfg.data.dataset}, {cfg.server.aggregator}, client defense {defense}, {cfg.selection.schedule} selection"
+    if cfg.model_poisoning.type != "none":
+        title += f", model poisoning {cfg.model_poisoning.type}"
+    if cfg.privacy.type != "none":
+        title += f", DP epsilon {cfg.privacy.epsilon:g}"
     return f"{label}: {title}" if label else title
 
 
@@ -417,19 +487,29 @@ def run(
     from sim.metrics import evaluate
     from sim.models import load_flat_parameters_
 
+    from sim import distributed
+
     validate(cfg)
-    device = _check_device(cfg.device)
+    # Under torchrun: join the process group; this rank's device (cuda -> its LOCAL_RANK's GPU).
+    device = distributed.init_from_env(_check_device(cfg.device))
+    writer = distributed.is_main_process()  # only rank 0 writes files and prints
     out_dir = Path(out_dir)
 
     checkpoint = None
     if resume:
-        checkpoint = _load_checkpoint(out_dir, cfg)
-    elif out_dir.exists():
+        checkpoint = distributed.broadcast_object(_load_checkpoint(out_dir, cfg) if writer else None)
+    elif writer and out_dir.exists():
         _refuse_overwrite(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if writer:
+        out_dir.mkdir(parents=True, exist_ok=True)
 
     _seed_everything(cfg.seed, 0)
-    parts = _Parts(cfg, device)
+    parts = _Parts(cfg if str(device) == cfg.device else dataclasses.replace(cfg, device=str(device)), device)
+    _, engine_reason = resolve_engine(cfg)
+    engine_description = describe_engine(cfg)
+    if writer and (cfg.engine == "auto" or distributed.is_active()):
+        choice = f"auto -> {engine_description} ({engine_reason})" if cfg.engine == "auto" else engine_description
+        print(f"engine: {choice}", file=sys.stderr, flush=True)
 
     if checkpoint is None:
         start_round = 0
@@ -441,9 +521,11 @@ def run(
         global_params = checkpoint["global_params"].to(device)
         _restore(parts.aggregator, checkpoint["aggregator_state"])
         _restore(parts.engine, checkpoint["engine_state"])
+        _restore(parts.uploads, checkpoint.get("upload_state"))
 
-    write_atomic(out_dir / CONFIG_FILE, yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    if start_round < cfg.rounds:
+    if writer:
+        write_atomic(out_dir / CONFIG_FILE, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    if writer and start_round < cfg.rounds:
         # A run extended past its old end has no final results until it reaches the new one.
         for name in (SUMMARY_FILE, PLOT_FILE):
             (out_dir / name).unlink(missing_ok=True)
@@ -455,7 +537,7 @@ def run(
         initial=start_round,
         desc=label or "rounds",
         unit="round",
-        disable=not progress,
+        disable=not progress or not writer,
         dynamic_ncols=True,
     )
     try:
@@ -465,7 +547,9 @@ def run(
 
             selected = parts.selector.select(round_index)
             updates = parts.engine.train_clients(global_params, selected, round_index)
+            updates = parts.uploads(updates, selected, round_index, global_params)  # DP, model poisoning
             aggregation = parts.aggregator(updates)
+            parts.uploads.observe(aggregation.update)
             global_params = global_params + aggregation.update.to(device=global_params.device, dtype=global_params.dtype)
 
             load_flat_parameters_(parts.model, global_params)
@@ -495,26 +579,30 @@ def run(
                 }
             )
 
-            write_atomic(out_dir / METRICS_FILE, metrics_csv_text(rows))
-            save_torch_atomic(
-                {
-                    "format": CHECKPOINT_FORMAT,
-                    "config": to_dict(cfg),
-                    "next_round": round_index + 1,
-                    "global_params": global_params.detach().cpu(),
-                    "aggregator_state": _state_of(parts.aggregator),
-                    "engine_state": _state_of(parts.engine),
-                    "rows": rows,
-                },
-                out_dir / CHECKPOINT_FILE,
-            )
+            if writer:
+                write_atomic(out_dir / METRICS_FILE, metrics_csv_text(rows))
+                save_torch_atomic(
+                    {
+                        "format": CHECKPOINT_FORMAT,
+                        "config": to_dict(cfg),
+                        "next_round": round_index + 1,
+                        "global_params": global_params.detach().cpu(),
+                        "aggregator_state": _state_of(parts.aggregator),
+                        "engine_state": _state_of(parts.engine),
+                        "upload_state": _state_of(parts.uploads),
+                        "rows": rows,
+                    },
+                    out_dir / CHECKPOINT_FILE,
+                )
             bar.set_postfix(_postfix(rows[-1]), refresh=False)
             bar.update(1)
     finally:
         bar.close()
 
+    if not writer:
+        return summarize(rows, cfg, engine_description)
     write_atomic(out_dir / METRICS_FILE, metrics_csv_text(rows))
-    return write_outputs(out_dir, rows, cfg, label)
+    return write_outputs(out_dir, rows, cfg, label, engine=engine_description)
 
 
 def _postfix(row: dict[str, Any]) -> dict[str, str]:

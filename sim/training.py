@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -52,6 +53,97 @@ def derive_seed(*words: int) -> int:
     """A 63-bit seed that depends on every word (distinct tuples give unrelated streams)."""
     state = np.random.SeedSequence([int(word) for word in words]).generate_state(2, dtype=np.uint32)
     return (int(state[0]) << 31) ^ int(state[1])
+
+
+def noise_generator(seed: int, client: int, round: int, device) -> torch.Generator:
+    """The client-defense noise stream of client `client` in round `round`, on `device`."""
+    generator = torch.Generator(device=torch.device(device))
+    generator.manual_seed(derive_seed(seed, client, round, _STREAM_DEFENSE_NOISE))
+    return generator
+
+
+LR_SCHEDULES = ("constant", "step", "cosine")
+
+
+def local_lr(training, round: int, rounds: int | None = None) -> float:
+    """The local learning rate of every client in round `round` (0-based) of a `rounds`-round run.
+
+    * `constant`: `lr`.
+    * `step`: `lr * lr_gamma ** (round // lr_step_rounds)`.
+    * `cosine`: `lr_min + (lr - lr_min) * (1 + cos(pi * round / rounds)) / 2`, from `lr` in
+      round 0 towards `lr_min` (reached at `round = rounds`, one past the last round).
+
+    `training` is the config section (objects without the schedule fields count as `constant`).
+    Every engine takes its clients' learning rate from here. A cosine run extended with more
+    rounds on resume follows the longer schedule from then on.
+    """
+    lr = float(training.lr)
+    schedule = getattr(training, "lr_schedule", "constant")
+    if schedule == "constant":
+        return lr
+    if schedule == "step":
+        return lr * float(training.lr_gamma) ** (int(round) // int(training.lr_step_rounds))
+    if schedule == "cosine":
+        if rounds is None or rounds < 1:
+            raise ValueError(f"the cosine schedule needs the run's number of rounds, got {rounds!r}")
+        lr_min = float(training.lr_min)
+        return lr_min + (lr - lr_min) * (1.0 + math.cos(math.pi * int(round) / int(rounds))) / 2.0
+    raise ConfigError(
+        f"training.lr_schedule={schedule!r} is not one of {', '.join(LR_SCHEDULES)}; fix: --set training.lr_schedule=constant"
+    )
+
+
+def num_local_steps(training, num_samples: int) -> int:
+    """Local steps of a client holding `num_samples` samples: `local_steps`, or
+    `local_epochs` passes of ceil(num_samples / batch_size) minibatches."""
+    if training.local_steps is not None:
+        return int(training.local_steps)
+    return int(training.local_epochs) * math.ceil(num_samples / int(training.batch_size))
+
+
+@dataclass
+class BatchPlan:
+    """Which samples a client trains on at each local step.
+
+    `batch_order[e]` is epoch e's permutation of the client's sample ids (into the training
+    set); step s reads epoch s // steps_per_epoch, slice [i*batch_size, (i+1)*batch_size) with
+    i = s % steps_per_epoch, so an epoch's last batch is short when batch_size does not divide
+    the sample count. `generator` is the client's order stream, left where the permutations
+    end (label-flip shifts are drawn from it next).
+    """
+
+    batch_order: Tensor
+    num_steps: int
+    steps_per_epoch: int
+    batch_size: int
+    generator: torch.Generator
+
+    def batch(self, step: int) -> tuple[Tensor, int]:
+        """(sample ids, position of the step in its epoch) for local step `step`."""
+        epoch, step_in_epoch = divmod(step, self.steps_per_epoch)
+        start = step_in_epoch * self.batch_size
+        return self.batch_order[epoch, start : start + self.batch_size], step_in_epoch
+
+    def batch_length(self, step: int) -> int:
+        num_samples = self.batch_order.shape[1]
+        start = (step % self.steps_per_epoch) * self.batch_size
+        return min(self.batch_size, num_samples - start)
+
+
+def plan_batches(sample_indices: Tensor, training, *, seed: int, client: int, round: int, device) -> BatchPlan:
+    """The minibatch schedule of client `client` in round `round` (sample order from the
+    `(seed, client, round)` order stream); the client must hold at least one sample."""
+    num_samples = int(sample_indices.numel())
+    batch_size = int(training.batch_size)
+    generator = torch.Generator().manual_seed(derive_seed(seed, client, round, _STREAM_BATCH_ORDER))
+    num_steps = num_local_steps(training, num_samples)
+    steps_per_epoch = math.ceil(num_samples / batch_size)
+    num_epochs = math.ceil(num_steps / steps_per_epoch)
+    # All epochs' sample orders up front: one transfer, then each batch is a slice.
+    orders = torch.stack([torch.randperm(num_samples, generator=generator) for _ in range(num_epochs)])
+    device = torch.device(device)
+    batch_order = sample_indices.to(device)[orders.to(device)]
+    return BatchPlan(batch_order, num_steps, steps_per_epoch, batch_size, generator)
 
 
 def _require(condition: bool, message: str) -> None:
@@ -128,10 +220,11 @@ class LocalTrainer:
     objects with the fields of the YAML schema).
     """
 
-    def __init__(self, model_name: str, dataset: Dataset, training, attack, client_defense, device):
+    def __init__(self, model_name: str, dataset: Dataset, training, attack, client_defense, device, *, rounds=None):
         validate_training_settings(training, attack, client_defense, dataset.num_classes)
         self.dataset = dataset
         self.training = training
+        self.rounds = rounds  # the run's length, for the cosine learning-rate schedule
         self.attack = attack
         self.client_defense = client_defense
         self.device = torch.device(device)
@@ -169,9 +262,7 @@ class LocalTrainer:
         return math.ceil(num_samples / self.batch_size)
 
     def num_steps(self, num_samples: int) -> int:
-        if self.training.local_steps is not None:
-            return int(self.training.local_steps)
-        return int(self.training.local_epochs) * self.steps_per_epoch(num_samples)
+        return num_local_steps(self.training, num_samples)
 
     def train(
         self,
@@ -195,14 +286,13 @@ class LocalTrainer:
         load_flat_parameters_(self.model, global_params)
         for buffer in self.momentum_buffers:
             buffer.zero_()
+        self.lr = local_lr(self.training, round, self.rounds)
+        if hasattr(self.defense, "lr"):
+            self.defense.lr = self.lr  # the noise defenses scale their noise by the current lr
 
-        order_generator = torch.Generator().manual_seed(derive_seed(seed, client, round, _STREAM_BATCH_ORDER))
-        num_steps = self.num_steps(num_samples)
-        steps_per_epoch = self.steps_per_epoch(num_samples)
-        num_epochs = math.ceil(num_steps / steps_per_epoch)
-        # All epochs' sample orders up front: one transfer, then each batch is a slice.
-        orders = torch.stack([torch.randperm(num_samples, generator=order_generator) for _ in range(num_epochs)])
-        batch_order = sample_indices.to(self.device)[orders.to(self.device)]
+        plan = plan_batches(sample_indices, self.training, seed=seed, client=client, round=round, device=self.device)
+        batch_order, num_steps, steps_per_epoch = plan.batch_order, plan.num_steps, plan.steps_per_epoch
+        order_generator = plan.generator
 
         attack_type = self.attack.type if malicious else "none"
         if attack_type == "backdoor":
@@ -213,9 +303,7 @@ class LocalTrainer:
         elif self.leadfl_variant is not None:
             self._train_leadfl(batch_order, num_steps, steps_per_epoch)
         else:
-            noise_generator = torch.Generator(device=self.device)
-            noise_generator.manual_seed(derive_seed(seed, client, round, _STREAM_DEFENSE_NOISE))
-            self.defense.start_local_training(noise_generator)
+            self.defense.start_local_training(noise_generator(seed, client, round, self.device))
             self._train_plain(batch_order, num_steps, steps_per_epoch, defense=self.defense)
 
         with torch.no_grad():

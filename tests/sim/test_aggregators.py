@@ -12,6 +12,7 @@ from sim.aggregators import (
     Krum,
     Median,
     MultiKrum,
+    RobustDPFL,
     SparseFed,
     TrimmedMean,
     build_aggregator,
@@ -250,6 +251,7 @@ def standard_instances():
         "sparsefed": SparseFed(k=0.5, clip=10.0),
         "fltk_multikrum": FltkMultiKrum(),
         "fltk_bulyan": FltkBulyan(),
+        "robust_dpfl": RobustDPFL(),
     }
 
 

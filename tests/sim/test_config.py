@@ -92,7 +92,7 @@ def test_every_range_setting_names_the_value_the_range_and_the_fix(path, meta, d
         load_config(overrides=[f"{path}={bad}"])
     message = str(caught.value)
     assert f"{path}={bad!r}" in message
-    assert "must be" in message and ("in [" in message or ">" in message or "<" in message)
+    assert "must be" in message and ("in [" in message or "in (" in message or ">" in message or "<" in message)
     assert f"fix: --set {path}=" in message
 
 

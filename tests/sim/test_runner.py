@@ -221,10 +221,10 @@ def test_engines_plug_in_through_the_factory_and_non_finite_updates_are_recorded
 
 def test_unknown_engine_is_a_config_error(tmp_path):
     cfg = tiny_config("rounds=1")
-    with pytest.raises(ConfigError, match=r"engine='batched' is not one of sequential; fix: --set engine=sequential"):
-        load_config(overrides=[*TINY, "engine=batched"])
-    cfg.engine = "batched"  # past validation, the factory still refuses it
-    with pytest.raises(ConfigError, match=r"engine='batched'"):
+    with pytest.raises(ConfigError, match=r"engine='vectorised' is not one of sequential, batched, auto; fix: --set engine="):
+        load_config(overrides=[*TINY, "engine=vectorised"])
+    cfg.engine = "vectorised"  # past validation, the factory still refuses it
+    with pytest.raises(ConfigError, match=r"engine='vectorised' is not one of sequential, batched, auto; fix: --set engine=auto"):
         runner.build_engine(cfg, None, [], [])
 
 

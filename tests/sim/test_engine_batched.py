@@ -1,0 +1,238 @@
+"""The batched engine computes what the sequential engine computes, for every client role."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from sim import runner
+from sim.config import load_config
+from sim.data import make_synthetic_dataset, partition
+from sim.engine import SequentialEngine
+from sim.engine_batched import BatchedEngine, choose_engine
+from sim.errors import ConfigError
+from sim.models import build_model, flatten_parameters
+
+pytest.importorskip("leadfl_ext")
+
+NUM_CLIENTS = 8
+MALICIOUS = [1, 5]
+ROUND = 3
+# Vmapped kernels sum in another order than per-client ones. In float64 the engines agree to
+# ~1e-13; in float32 a 2-sample last batch through BatchNorm amplifies rounding to ~1e-4 over
+# a few epochs, so the float32 checks use short runs.
+FLOAT64_TOLERANCE = 1e-10
+FLOAT32_TOLERANCE = 2e-5
+
+ATTACKS = {
+    "no attack": {"type": "none"},
+    "backdoor, mgda": {"type": "backdoor", "blend": "mgda"},
+    "backdoor, fixed blend, boost 2": {"type": "backdoor", "blend": "fixed", "boost": 2.0},
+    "label_flip": {"type": "label_flip"},
+}
+DEFENSES = {
+    "none": {"type": "none"},
+    "ldp": {"type": "ldp"},
+    "flwbc": {"type": "flwbc"},
+    "leadfl hessian": {"type": "leadfl", "variant": "hessian"},
+    "leadfl paper": {"type": "leadfl", "variant": "paper"},
+    "leadfl original": {"type": "leadfl", "variant": "original"},
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return make_synthetic_dataset(300, 60, "cpu", seed=0)
+
+
+@pytest.fixture(scope="module")
+def uneven_clients(dataset):
+    # Dirichlet sizes 46, 13, 47, 29, 43, 34, 38, 50: different step counts per client and a
+    # short last batch in every epoch (none of size 1, which BatchNorm cannot train on).
+    parts = partition(dataset.train_y, NUM_CLIENTS, "dirichlet", seed=0, dirichlet_beta=0.5)
+    sizes = [len(p) for p in parts]
+    assert len(set(math.ceil(size / 16) for size in sizes)) > 2 and all(size % 16 not in (0, 1) for size in sizes)
+    return parts
+
+
+def sections(attack, defense, **training):
+    training_section = dict(lr=0.1, momentum=0.1, batch_size=16, local_epochs=2, local_steps=None)
+    training_section.update(training)
+    attack_section = dict(type="backdoor", target_label=8, blend="mgda", blend_weight=0.5, boost=1.0)
+    attack_section.update(attack)
+    defense_section = dict(type="none", noise_scale=0.2, variant="hessian", alpha=0.4, q=0.2)
+    defense_section.update(defense)
+    return SimpleNamespace(**training_section), SimpleNamespace(**attack_section), SimpleNamespace(**defense_section)
+
+
+def both_engines(dataset, clients, attack, defense, model="mlp", client_chunk=None, **training):
+    training, attack, defense = sections(attack, defense, **training)
+    sequential = SequentialEngine(model, dataset, clients, MALICIOUS, training, attack, defense, 0, "cpu")
+    batched = BatchedEngine(model, dataset, clients, MALICIOUS, training, attack, defense, 0, "cpu", client_chunk=client_chunk)
+    return sequential, batched
+
+
+def start_params(dataset, model="mlp"):
+    params = flatten_parameters(build_model(model, dataset.image_shape, dataset.num_classes, seed=0))
+    return params.to(dataset.train_x.dtype)
+
+
+@pytest.fixture
+def float64(monkeypatch, dataset):
+    """Both engines in float64 (models and data), so rounding cannot hide a difference in the maths."""
+    import sim.engine_batched
+    import sim.training
+
+    def build_float64_model(*args, **kwargs):
+        return build_model(*args, **kwargs).double()
+
+    monkeypatch.setattr(sim.training, "build_model", build_float64_model)
+    monkeypatch.setattr(sim.engine_batched, "build_model", build_float64_model)
+    return dataclasses.replace(
+        dataset,
+        train_x=dataset.train_x.double(),
+        trigger_hi=dataset.trigger_hi.double(),
+        trigger_lo=dataset.trigger_lo.double(),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Client updates
+
+
+@pytest.mark.parametrize("defense", DEFENSES)
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_batched_updates_equal_sequential_for_every_attack_and_defense(float64, uneven_clients, attack, defense):
+    sequential, batched = both_engines(float64, uneven_clients, ATTACKS[attack], DEFENSES[defense], client_chunk=5)
+    start = start_params(float64)
+    clients = [3, 1, 0, 7, 5, 2, 6, 4]  # both malicious clients, in chunks of 5 and 3
+    expected = sequential.train_clients(start, clients, ROUND)
+    got = batched.train_clients(start, clients, ROUND)
+    assert got.dtype == torch.float64 and got.shape == expected.shape
+    assert torch.allclose(got, expected, rtol=0, atol=FLOAT64_TOLERANCE), (got - expected).abs().max()
+
+
+@pytest.mark.parametrize(
+    "attack, defense", [("backdoor, mgda", "leadfl hessian"), ("label_flip", "flwbc"), ("no attack", "leadfl original")]
+)
+def test_batched_fmnist_cnn_updates_equal_sequential(dataset, uneven_clients, attack, defense):
+    # Convolutions and 2-D BatchNorm under vmap: the FashionMNIST CNN, three steps per client.
+    sequential, batched = both_engines(
+        dataset, uneven_clients, ATTACKS[attack], DEFENSES[defense], model="fmnist_cnn", local_steps=3
+    )
+    start = start_params(dataset, "fmnist_cnn")
+    clients = [0, 1, 2, 5]
+    expected = sequential.train_clients(start, clients, ROUND)
+    assert torch.allclose(batched.train_clients(start, clients, ROUND), expected, rtol=0, atol=FLOAT32_TOLERANCE)
+
+
+def test_chunk_size_does_not_change_the_updates(float64, uneven_clients):
+    start = start_params(float64)
+    updates = [
+        both_engines(float64, uneven_clients, ATTACKS["backdoor, mgda"], DEFENSES["ldp"], client_chunk=chunk)[1]
+        .train_clients(start, list(range(NUM_CLIENTS)), ROUND)
+        for chunk in (1, 3, NUM_CLIENTS)
+    ]
+    for other in updates[1:]:
+        assert torch.allclose(other, updates[0], rtol=0, atol=FLOAT64_TOLERANCE)
+
+
+def test_batched_client_without_samples_returns_a_zero_update(dataset, uneven_clients):
+    clients = list(uneven_clients[:-1]) + [torch.empty(0, dtype=torch.int64)]
+    _, batched = both_engines(dataset, clients, ATTACKS["label_flip"], DEFENSES["leadfl hessian"])
+    updates = batched.train_clients(start_params(dataset), [0, NUM_CLIENTS - 1], ROUND)
+    assert updates[1].abs().sum().item() == 0.0 and updates[0].abs().sum().item() > 0
+
+
+def test_chunk_from_free_memory_is_between_one_and_all_clients(dataset, uneven_clients):
+    _, batched = both_engines(dataset, uneven_clients, ATTACKS["backdoor, mgda"], DEFENSES["none"])
+    assert 1 <= batched.chunk_size(1000) <= 1000
+    assert batched.chunk_size(3) == 3
+
+
+def test_bad_client_chunk_names_the_value_and_the_fix(dataset, uneven_clients):
+    with pytest.raises(ConfigError, match=r"client_chunk=0 .*fix: --set client_chunk="):
+        both_engines(dataset, uneven_clients, ATTACKS["no attack"], DEFENSES["none"], client_chunk=0)
+    with pytest.raises(ConfigError, match=r"client_chunk=0.*>= 1"):
+        load_config(overrides=["client_chunk=0"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole runs: per-round metrics
+
+RUN = [
+    "data.dataset=synthetic",
+    "data.synthetic_train_size=300",
+    "data.synthetic_test_size=100",
+    "data.partition=dirichlet",
+    "model=mlp",
+    f"clients.num_clients={NUM_CLIENTS}",
+    "clients.num_malicious=2",
+    "clients.clients_per_round=6",
+    "selection.schedule=fixed",
+    "selection.fixed_malicious=2",
+    "training.local_epochs=1",
+    "training.lr=0.1",
+    "server.aggregator=fedavg",
+    "rounds=3",
+]
+# One run per attack and one per client defense (every attack and every defense appears).
+RUN_CASES = {
+    "backdoor mgda, no defense": ["attack.type=backdoor"],
+    "backdoor fixed, ldp": ["attack.type=backdoor", "attack.blend=fixed", "client_defense.type=ldp"],
+    "label_flip, flwbc": ["attack.type=label_flip", "client_defense.type=flwbc"],
+    "backdoor, leadfl hessian, multikrum": [
+        "client_defense.type=leadfl", "server.aggregator=multikrum", "server.f=1",
+    ],
+    "no attack, leadfl paper": ["attack.type=none", "client_defense.type=leadfl", "client_defense.variant=paper"],
+    "label_flip, leadfl original": [
+        "attack.type=label_flip", "client_defense.type=leadfl", "client_defense.variant=original",
+    ],
+}
+
+
+@pytest.mark.parametrize("case", RUN_CASES)
+def test_batched_run_metrics_equal_sequential(tmp_path, case):
+    rows = {}
+    for engine in ("sequential", "batched"):
+        cfg = load_config(overrides=[*RUN, *RUN_CASES[case], f"engine={engine}"])
+        runner.run(cfg, tmp_path / engine, progress=False)
+        rows[engine] = runner.read_metrics(tmp_path / engine)
+    test_size = 100
+    assert len(rows["batched"]) == len(rows["sequential"]) == 3
+    for got, expected in zip(rows["batched"], rows["sequential"]):
+        for column in ("round", "selected", "malicious_ids", "kept", "rejected_nonfinite"):
+            assert got[column] == expected[column]
+        # Accuracies count test images: float rounding may at most move one image.
+        for column in ("main_accuracy", "backdoor_accuracy"):
+            if expected[column] is None:
+                assert got[column] is None
+            else:
+                assert got[column] == pytest.approx(expected[column], abs=100 / test_size + 1e-9)
+        assert got["test_loss"] == pytest.approx(expected["test_loss"], rel=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# engine: auto
+
+
+def test_auto_picks_the_sequential_engine_on_cpu_and_says_so(tmp_path, capsys):
+    assert choose_engine("cpu")[0] == "sequential"
+    assert choose_engine("cuda")[0] == "batched"
+    cfg = load_config(overrides=[*RUN, "rounds=1", "engine=auto"])
+    summary = runner.run(cfg, tmp_path / "auto", progress=False)
+    assert summary["settings"]["engine"] == "auto"
+    assert summary["settings"]["engine (resolved)"] == "sequential"
+    assert "engine: auto -> sequential" in capsys.readouterr().err
