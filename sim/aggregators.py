@@ -139,7 +139,22 @@ def _check_count(name: str, value: Any, minimum: int) -> int:
     return value
 
 
-class Aggregator:
+class Component:
+    """Checkpointing and repr shared by server rules and update-level attacks: stateless ones
+    checkpoint as nothing, stateful ones (SparseFed, PoisonedFL) override the two methods."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not isinstance(v, Tensor))
+        return f"{type(self).__name__}({params})"
+
+
+class Aggregator(Component):
     """Base rule: set aside non-finite rows, run ``_aggregate`` on the rest."""
 
     def __call__(self, updates: Tensor) -> Aggregation:
@@ -153,16 +168,6 @@ class Aggregator:
     def _aggregate(self, updates: Tensor) -> tuple[Tensor, list[int]]:
         raise NotImplementedError
 
-    # Stateless rules checkpoint as nothing; SparseFed overrides these.
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        pass
-
-    def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not isinstance(v, Tensor))
-        return f"{type(self).__name__}({params})"
 
 
 class FedAvg(Aggregator):

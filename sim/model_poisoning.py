@@ -44,6 +44,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from sim.aggregators import Component
 from sim.errors import ConfigError
 
 __all__ = [
@@ -106,7 +107,7 @@ def _check_mask(updates: Tensor, malicious: Tensor) -> Tensor:
     return malicious
 
 
-class ModelPoisoningAttack:
+class ModelPoisoningAttack(Component):
     """Base: `craft` returns the malicious rows; `__call__` puts them in place of the originals."""
 
     name = "base"
@@ -126,16 +127,6 @@ class ModelPoisoningAttack:
     def craft(self, updates: Tensor, malicious: Tensor, context: AttackContext) -> Tensor:
         raise NotImplementedError
 
-    # Stateless attacks checkpoint as nothing; PoisonedFL overrides these.
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        pass
-
-    def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not isinstance(v, Tensor))
-        return f"{type(self).__name__}({params})"
 
 
 # ----------------------------------------------------------------------------------------------

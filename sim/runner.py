@@ -231,39 +231,24 @@ def _privacy_summary(rows: list[dict[str, Any]], cfg: Config) -> dict[str, Any]:
 # the parts of a run
 
 
+def _engine_arguments(cfg: Config, dataset, partitions, malicious) -> tuple[tuple, dict]:
+    """What every client-training engine is built from."""
+    args = (cfg.model, dataset, partitions, malicious, cfg.training, cfg.attack, cfg.client_defense)
+    return args, dict(seed=cfg.seed, device=cfg.device, rounds=cfg.rounds)
+
+
 def _build_sequential_engine(cfg: Config, dataset, partitions, malicious):
     from sim.engine import SequentialEngine
 
-    return SequentialEngine(
-        cfg.model,
-        dataset,
-        partitions,
-        malicious,
-        cfg.training,
-        cfg.attack,
-        cfg.client_defense,
-        seed=cfg.seed,
-        device=cfg.device,
-        rounds=cfg.rounds,
-    )
+    args, kwargs = _engine_arguments(cfg, dataset, partitions, malicious)
+    return SequentialEngine(*args, **kwargs)
 
 
 def _build_batched_engine(cfg: Config, dataset, partitions, malicious):
     from sim.engine_batched import BatchedEngine
 
-    return BatchedEngine(
-        cfg.model,
-        dataset,
-        partitions,
-        malicious,
-        cfg.training,
-        cfg.attack,
-        cfg.client_defense,
-        seed=cfg.seed,
-        device=cfg.device,
-        rounds=cfg.rounds,
-        client_chunk=cfg.client_chunk,
-    )
+    args, kwargs = _engine_arguments(cfg, dataset, partitions, malicious)
+    return BatchedEngine(*args, **kwargs, client_chunk=cfg.client_chunk)
 
 
 # engine name (the `engine` setting) -> builder(cfg, dataset, partitions, malicious) -> Engine;
