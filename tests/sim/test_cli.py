@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from sim.cli import main
 from sim.config import list_presets
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = [
     "data.dataset=synthetic",
@@ -34,13 +35,6 @@ def tiny_flags(*extra: str) -> list[str]:
     return flags
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models run fastest on one thread, and a busy machine cannot stall them in spin-waits.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_list_presets_prints_each_name_with_its_description(capsys):

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 
-import pytest
-import torch
 
 from sim.compare import clean_baselines, compare, main_accuracy_loss, table_markdown
 from sim.config import apply_overrides, load_config
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models run fastest on one thread, and a busy machine cannot stall them in spin-waits.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+
 
 
 def test_each_attacked_variant_is_matched_with_the_clean_run_that_differs_only_in_the_attack():

@@ -17,6 +17,8 @@ from sim.engine_batched import BatchedEngine, choose_engine
 from sim.errors import ConfigError
 from sim.models import build_model, flatten_parameters
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 pytest.importorskip("leadfl_ext")
 
 NUM_CLIENTS = 8
@@ -44,12 +46,6 @@ DEFENSES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -18,14 +18,9 @@ from sim.models import build_model, flatten_parameters
 from sim.runner import run
 from sim.training import local_lr
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models run fastest on one thread, and a busy machine cannot stall them in spin-waits.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+
 
 
 def schedule(**fields):

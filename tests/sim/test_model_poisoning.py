@@ -24,6 +24,8 @@ from sim.model_poisoning import (
 )
 from sim.runner import read_metrics, run
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def context(round=3, global_params=None, last_global_update=None, seed=0, clients=(), privacy=None):
     d = 4 if global_params is None else global_params.shape[0]
@@ -292,12 +294,6 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny(*extra):

@@ -24,6 +24,8 @@ from sim.privacy import (
 from sim.runner import read_metrics, run
 from sim.uploads import UploadPipeline
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def test_name_list_matches_the_module():
     assert set(config_module.PRIVACY_TYPES) == set(privacy_module.PRIVACY_TYPES)
@@ -159,12 +161,6 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_dp_run_end_to_end_reports_its_budget_and_robust_dpfl_drops_attack_dpfl(tmp_path):

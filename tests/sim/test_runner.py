@@ -13,6 +13,8 @@ from sim.config import load_config
 from sim.errors import ConfigError
 from sim.runner import METRIC_COLUMNS, read_metrics, run
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # Seconds-sized runs on the synthetic dataset; periodic bursts so some rounds hold malicious
 # clients, and SparseFed so the aggregator carries state from round to round.
 TINY = [
@@ -37,13 +39,6 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models run fastest on one thread, and a busy machine cannot stall them in spin-waits.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_config(*extra: str):
