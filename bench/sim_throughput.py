@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -43,6 +42,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.common import device_name as bench_device_name  # noqa: E402
 
 SAMPLES_PER_CLIENT = 32
 BATCH_SIZE = 16
@@ -209,23 +209,6 @@ def _parse_steps(text: str) -> dict[int, int]:
     return pairs
 
 
-def _device_name(device: str) -> str:
-    import torch
-
-    if device == "cuda":
-        return torch.cuda.get_device_name(0)
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as stream:
-            for line in stream:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} cores"
-
-
 def _fmt(value, digits=1):
     return "n/a" if value is None else f"{value:,.{digits}f}"
 
@@ -353,7 +336,7 @@ def main(argv=None) -> int:
         rows += timed
 
     load_after = os.getloadavg()
-    device_name = _device_name(args.device)
+    device_name = bench_device_name(args.device)
     from sim.engine_batched import choose_engine
 
     auto_choice, auto_reason = choose_engine(args.device)

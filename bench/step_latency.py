@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -25,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import leadfl_ext  # noqa: E402
+from bench.common import device_name  # noqa: E402
 from bench.shapes import CIFAR_CNN, FLAT_64M, FMNIST_CNN, RESNET18, numel  # noqa: E402
 from leadfl_ext import reference  # noqa: E402
 
@@ -168,21 +168,6 @@ def check_targets(rows, device):
     return verdicts
 
 
-def describe_device(device):
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads"
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -200,7 +185,7 @@ def main(argv=None):
     table = markdown(rows, args.device)
     verdicts = check_targets(rows, args.device)
     result = {
-        "device": describe_device(args.device),
+        "device": f"{device_name(args.device)}, {torch.get_num_threads()} threads",
         "torch": torch.__version__,
         "cpu_kernel_isa": leadfl_ext.cpu_kernel_isa(),
         "dtype": "float32",
