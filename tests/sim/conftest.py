@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -10,3 +12,23 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def float64(monkeypatch, dataset):
+    """Both engines in float64 (models and data), so rounding cannot hide a difference in the maths."""
+    import sim.engine_batched
+    import sim.training
+    from sim.models import build_model
+
+    def build_float64_model(*args, **kwargs):
+        return build_model(*args, **kwargs).double()
+
+    monkeypatch.setattr(sim.training, "build_model", build_float64_model)
+    monkeypatch.setattr(sim.engine_batched, "build_model", build_float64_model)
+    return dataclasses.replace(
+        dataset,
+        train_x=dataset.train_x.double(),
+        trigger_hi=dataset.trigger_hi.double(),
+        trigger_lo=dataset.trigger_lo.double(),
+    )

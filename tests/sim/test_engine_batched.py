@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -83,25 +82,6 @@ def both_engines(dataset, clients, attack, defense, model="mlp", client_chunk=No
 def start_params(dataset, model="mlp"):
     params = flatten_parameters(build_model(model, dataset.image_shape, dataset.num_classes, seed=0))
     return params.to(dataset.train_x.dtype)
-
-
-@pytest.fixture
-def float64(monkeypatch, dataset):
-    """Both engines in float64 (models and data), so rounding cannot hide a difference in the maths."""
-    import sim.engine_batched
-    import sim.training
-
-    def build_float64_model(*args, **kwargs):
-        return build_model(*args, **kwargs).double()
-
-    monkeypatch.setattr(sim.training, "build_model", build_float64_model)
-    monkeypatch.setattr(sim.engine_batched, "build_model", build_float64_model)
-    return dataclasses.replace(
-        dataset,
-        train_x=dataset.train_x.double(),
-        trigger_hi=dataset.trigger_hi.double(),
-        trigger_lo=dataset.trigger_lo.double(),
-    )
 
 
 # ---------------------------------------------------------------------------------------------
