@@ -8,24 +8,12 @@ import pytest
 
 from sim.cli import main
 from sim.config import list_presets
+from simtest import tiny_synthetic
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = [
-    "data.dataset=synthetic",
-    "data.synthetic_train_size=300",
-    "data.synthetic_test_size=100",
-    "model=mlp",
-    "clients.num_clients=6",
-    "clients.num_malicious=2",
-    "clients.clients_per_round=3",
-    "selection.schedule=fixed",
-    "selection.fixed_malicious=1",
-    "training.local_steps=2",
-    "server.aggregator=median",
-    "eval.batch_size=50",
-    "rounds=2",
-]
+TINY = [*tiny_synthetic(clients=6, malicious=2, per_round=3, fixed_malicious=1), "server.aggregator=median",
+        "rounds=2"]
 
 
 def tiny_flags(*extra: str) -> list[str]:

@@ -17,6 +17,7 @@ from sim.data import (
     read_idx,
 )
 from sim.errors import ConfigError
+from simtest import requires_fashion_mnist
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool) -> None:
@@ -239,15 +240,7 @@ def test_bad_partition_settings_are_config_errors():
 # Real data
 
 
-def _fashion_mnist_present() -> bool:
-    folder = Path(data_module.FASHION_MNIST_DEFAULT_DIR)
-    return all(data_module._find_idx_file(folder, stem) is not None for stem in IDX_FILE_STEMS.values())
-
-
-@pytest.mark.skipif(
-    not _fashion_mnist_present(),
-    reason="FashionMNIST is not installed (apt-get install -y dataset-fashion-mnist)",
-)
+@requires_fashion_mnist
 def test_real_fashion_mnist_loads_with_its_known_sizes_and_balance():
     dataset = load_dataset("fashion_mnist", None, "cpu")
     assert dataset.train_x.shape == (60000, 1, 28, 28) and dataset.test_x.shape == (10000, 1, 28, 28)

@@ -23,6 +23,7 @@ from sim.model_poisoning import (
     lie_z_max,
 )
 from sim.runner import read_metrics, run
+from simtest import tiny_synthetic
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -276,22 +277,7 @@ def test_bad_model_poisoning_settings_name_the_field_and_the_fix(overrides, expe
 # ---------------------------------------------------------------------------------------------
 # end to end on synthetic data
 
-TINY = [
-    "data.dataset=synthetic",
-    "data.synthetic_train_size=300",
-    "data.synthetic_test_size=100",
-    "model=mlp",
-    "clients.num_clients=8",
-    "clients.num_malicious=3",
-    "clients.clients_per_round=5",
-    "selection.schedule=fixed",
-    "selection.fixed_malicious=2",
-    "training.local_steps=2",
-    "attack.type=none",
-    "server.f=1",
-    "eval.batch_size=50",
-    "eval.test_size=50",
-]
+TINY = [*tiny_synthetic(), "attack.type=none", "server.f=1", "eval.test_size=50"]
 
 
 

@@ -23,6 +23,7 @@ from sim.privacy import (
 )
 from sim.runner import read_metrics, run
 from sim.uploads import UploadPipeline
+from simtest import tiny_synthetic
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -140,19 +141,9 @@ def test_pipeline_without_dp_or_attack_returns_the_updates_as_they_are():
 # end to end on synthetic data
 
 TINY = [
-    "data.dataset=synthetic",
-    "data.synthetic_train_size=300",
-    "data.synthetic_test_size=100",
-    "model=mlp",
-    "clients.num_clients=8",
-    "clients.num_malicious=3",
-    "clients.clients_per_round=5",
-    "selection.schedule=fixed",
-    "selection.fixed_malicious=2",
-    "training.local_steps=2",
+    *tiny_synthetic(),
     "attack.type=backdoor",
     "attack.blend=fixed",
-    "eval.batch_size=50",
     "eval.test_size=50",
     "privacy.type=gaussian",
     "privacy.clip=1.0",

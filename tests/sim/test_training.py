@@ -1,16 +1,15 @@
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-import sim.data as data_module
 from sim.attacks import stamp_trigger
-from sim.data import IDX_FILE_STEMS, load_dataset, make_synthetic_dataset, partition
+from sim.data import load_dataset, make_synthetic_dataset, partition
 from sim.engine import SequentialEngine
 from sim.errors import ConfigError
 from sim.models import build_model, flatten_parameters, load_flat_parameters_
+from simtest import requires_fashion_mnist
 
 NUM_CLIENTS = 8
 MALICIOUS = [1, 5]
@@ -250,15 +249,7 @@ def test_leadfl_engine_matches_the_leadfl_optimizer(float64, client_indices, var
 # Real data
 
 
-def _fashion_mnist_present() -> bool:
-    folder = Path(data_module.FASHION_MNIST_DEFAULT_DIR)
-    return all(data_module._find_idx_file(folder, stem) is not None for stem in IDX_FILE_STEMS.values())
-
-
-@pytest.mark.skipif(
-    not _fashion_mnist_present(),
-    reason="FashionMNIST is not installed (apt-get install -y dataset-fashion-mnist)",
-)
+@requires_fashion_mnist
 def test_fmnist_cnn_client_learns_on_real_fashion_mnist():
     real = load_dataset("fashion_mnist", None, "cpu")
     parts = partition(real.train_y, 100, "iid", seed=0)

@@ -1,0 +1,37 @@
+"""Settings and markers the simulator tests share."""
+
+from pathlib import Path
+
+import pytest
+
+import sim.data as data_module
+
+
+def tiny_synthetic(clients: int = 8, malicious: int = 3, per_round: int = 5, fixed_malicious: int = 2,
+                   train_size: int = 300) -> list[str]:
+    """`--set` overrides for a seconds-long run: synthetic data, the MLP, a fixed number of
+    malicious clients among the selected ones every round, two local steps."""
+    return [
+        "data.dataset=synthetic",
+        f"data.synthetic_train_size={train_size}",
+        "data.synthetic_test_size=100",
+        "model=mlp",
+        f"clients.num_clients={clients}",
+        f"clients.num_malicious={malicious}",
+        f"clients.clients_per_round={per_round}",
+        "selection.schedule=fixed",
+        f"selection.fixed_malicious={fixed_malicious}",
+        "training.local_steps=2",
+        "eval.batch_size=50",
+    ]
+
+
+def fashion_mnist_present() -> bool:
+    folder = Path(data_module.FASHION_MNIST_DEFAULT_DIR)
+    return all(data_module._find_idx_file(folder, stem) is not None for stem in data_module.IDX_FILE_STEMS.values())
+
+
+requires_fashion_mnist = pytest.mark.skipif(
+    not fashion_mnist_present(),
+    reason="FashionMNIST is not installed (apt-get install -y dataset-fashion-mnist)",
+)
