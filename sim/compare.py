@@ -23,7 +23,7 @@ from sim.config import Config, apply_overrides, to_dict
 from sim.distributed import broadcast_object, init_from_env, is_main_process
 from sim.errors import ConfigError
 from sim.plots import plot_comparison
-from sim.runner import CHECKPOINT_FILE, read_metrics, run, write_atomic
+from sim.runner import CHECKPOINT_FILE, METRICS_FILE, finished_summary, read_metrics, run, write_atomic
 
 TABLE_FILE = "table.md"
 PLOT_FILE = "comparison.png"
@@ -174,6 +174,19 @@ def compare(
     for label, variant_cfg in configs.items():
         run_dir = out_dir / folder_name(label)
         continue_run = broadcast_object(resume and writer and (run_dir / CHECKPOINT_FILE).is_file())
+        # A finished variant whose checkpoint was deleted is read back, not trained again.
+        finished = broadcast_object(
+            finished_summary(run_dir, variant_cfg) if resume and writer and not continue_run else None
+        )
+        if finished is not None:
+            summaries[label] = finished
+            continue
+        if resume and not continue_run and (run_dir / METRICS_FILE).exists():
+            raise ConfigError(
+                f"cannot resume {run_dir}: it holds a run but no {CHECKPOINT_FILE} to continue it from "
+                f"(a finished run is read back only at its own number of rounds); "
+                "fix: restore its checkpoint, or remove that folder to train the variant again"
+            )
         summaries[label] = run(variant_cfg, run_dir, resume=continue_run, progress=progress, label=label)
 
     baselines = clean_baselines(configs)

@@ -390,8 +390,9 @@ def _config_differences(saved: dict, requested: dict, defaults: dict, prefix: st
 def _load_checkpoint(out_dir: Path, cfg: Config) -> dict:
     path = out_dir / CHECKPOINT_FILE
     if not path.is_file():
+        finished = " (it holds a finished run: see its summary.json)" if (out_dir / SUMMARY_FILE).is_file() else ""
         raise ConfigError(
-            f"nothing to resume in {out_dir}: it has no {CHECKPOINT_FILE}; "
+            f"nothing to resume in {out_dir}: it has no {CHECKPOINT_FILE}{finished}; "
             "fix: drop --resume to start a new run, or point --out at a stopped run's folder"
         )
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
@@ -414,6 +415,26 @@ def _load_checkpoint(out_dir: Path, cfg: Config) -> dict:
             f"fix: --set rounds={done} or more"
         )
     return checkpoint
+
+
+def finished_summary(out_dir: str | Path, cfg: Config) -> dict | None:
+    """The summary of the run of `cfg` finished in `out_dir` (it may have no checkpoint left), or
+    None when `out_dir` holds no finished run. A finished run of other settings is refused."""
+    out_dir = Path(out_dir)
+    summary_path, config_path = out_dir / SUMMARY_FILE, out_dir / CONFIG_FILE
+    if not (summary_path.is_file() and config_path.is_file()):
+        return None
+    saved = yaml.safe_load(config_path.read_text()) or {}
+    differences = _config_differences(saved, to_dict(cfg), to_dict(Config()))
+    if differences:
+        raise ConfigError(
+            f"cannot read back {out_dir}: its finished run used other settings: "
+            + "; ".join(differences)
+            + "; fix: choose another --out, or request the settings in "
+            + str(config_path)
+        )
+    summary = json.loads(summary_path.read_text())
+    return summary if summary.get("rounds") == cfg.rounds else None
 
 
 def _refuse_overwrite(out_dir: Path) -> None:

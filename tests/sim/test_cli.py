@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -91,6 +92,32 @@ def test_compare_runs_each_variant_and_writes_the_table(tmp_path, capsys):
     (out_dir / "comparison.png").unlink()
     assert main(["plot", str(out_dir)]) == 0
     assert (out_dir / "comparison.png").is_file()
+
+
+def test_compare_resume_reads_back_finished_variants_whose_checkpoints_were_removed(tmp_path, capsys):
+    study = tmp_path / "study.yaml"
+    study.write_text("compare:\n  no defense: {client_defense.type: none}\n  LDP: {client_defense.type: ldp}\n")
+    out_dir = tmp_path / "cmp"
+    flags = ["compare", "--config", str(study), *tiny_flags(), "--out", str(out_dir), "--no-progress"]
+    assert main(flags) == 0
+    table = (out_dir / "table.md").read_text()
+    metrics = {folder: (out_dir / folder / "metrics.csv").read_text() for folder in ("no-defense", "LDP")}
+    for folder in metrics:
+        (out_dir / folder / "checkpoint.pt").unlink()
+        (out_dir / folder / "metrics.csv").write_text(metrics[folder] + "\n")  # a retrain would rewrite it
+    (out_dir / "table.md").unlink()
+
+    assert main([*flags, "--resume"]) == 0
+    assert (out_dir / "table.md").read_text() == table
+    for folder in metrics:
+        assert (out_dir / folder / "metrics.csv").read_text() == metrics[folder] + "\n"
+
+    # Other settings, or more rounds, cannot be read back and have no checkpoint to go on from.
+    capsys.readouterr()
+    assert main([*flags, "--resume", "--set", "training.lr=0.123"]) == 2
+    assert re.search(r"other settings: training.lr \(saved [0-9.]+, requested 0.123\).*fix:", capsys.readouterr().err)
+    assert main([*flags, "--resume", "--rounds", "3"]) == 2
+    assert re.search(r"no checkpoint.pt to continue it from .*fix:", capsys.readouterr().err)
 
 
 @pytest.mark.parametrize(

@@ -168,6 +168,9 @@ def test_resume_refuses_fewer_rounds_than_done_and_missing_checkpoints(tmp_path)
         run(tiny_config("rounds=2"), tmp_path / "run", resume=True, progress=False)
     with pytest.raises(ConfigError, match=r"nothing to resume .*no checkpoint.pt"):
         run(tiny_config("rounds=2"), tmp_path / "empty", resume=True, progress=False)
+    (tmp_path / "run" / "checkpoint.pt").unlink()
+    with pytest.raises(ConfigError, match=r"no checkpoint.pt \(it holds a finished run: see its summary.json\)"):
+        run(tiny_config("rounds=3"), tmp_path / "run", resume=True, progress=False)
 
 
 def test_a_new_run_does_not_overwrite_an_existing_one(tmp_path):
