@@ -149,6 +149,21 @@ def variant_configs(cfg: Config, variants: dict[str, Iterable[Override]]) -> dic
     return configs
 
 
+def _resume_plan(run_dir: Path, cfg: Config) -> tuple[bool, dict | None]:
+    """(continue from the checkpoint?, the summary of a finished run to read back) for `--resume`.
+    A finished variant whose checkpoint was deleted is read back, not trained again."""
+    if (run_dir / CHECKPOINT_FILE).is_file():
+        return True, None
+    finished = finished_summary(run_dir, cfg)
+    if finished is None and (run_dir / METRICS_FILE).exists():
+        raise ConfigError(
+            f"cannot resume {run_dir}: it holds a run but no {CHECKPOINT_FILE} to continue it from "
+            "(a finished run is read back only at its own number of rounds); "
+            "fix: restore its checkpoint, or remove that folder to train the variant again"
+        )
+    return False, finished
+
+
 def compare(
     cfg: Config,
     variants: dict[str, Iterable[Override]],
@@ -173,20 +188,12 @@ def compare(
     summaries = {}
     for label, variant_cfg in configs.items():
         run_dir = out_dir / folder_name(label)
-        continue_run = broadcast_object(resume and writer and (run_dir / CHECKPOINT_FILE).is_file())
-        # A finished variant whose checkpoint was deleted is read back, not trained again.
-        finished = broadcast_object(
-            finished_summary(run_dir, variant_cfg) if resume and writer and not continue_run else None
-        )
+        # Decided on rank 0 alone (the folder may exist only there) and shared with every rank.
+        plan = _resume_plan(run_dir, variant_cfg) if resume and writer else (False, None)
+        continue_run, finished = broadcast_object(plan)
         if finished is not None:
             summaries[label] = finished
             continue
-        if resume and not continue_run and (run_dir / METRICS_FILE).exists():
-            raise ConfigError(
-                f"cannot resume {run_dir}: it holds a run but no {CHECKPOINT_FILE} to continue it from "
-                f"(a finished run is read back only at its own number of rounds); "
-                "fix: restore its checkpoint, or remove that folder to train the variant again"
-            )
         summaries[label] = run(variant_cfg, run_dir, resume=continue_run, progress=progress, label=label)
 
     baselines = clean_baselines(configs)
