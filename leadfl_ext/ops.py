@@ -112,6 +112,10 @@ def _check_metadata(op: str, params, first, first_name: str, second, second_name
                 raise RuntimeError(f"{op}: {name}[{k}] has dtype {o.dtype} but params[{k}] has dtype {p.dtype}")
             if o.device != p.device:
                 raise RuntimeError(f"{op}: {name}[{k}] is on {o.device} but params[{k}] is on {p.device}")
+        if alpha_rows is not None and alpha_rows.device != p.device:
+            # Without this, an alpha on "meta" sends CPU params to this (meta) kernel: a silent no-op.
+            raise RuntimeError(f"{op}: alpha tensor is on {alpha_rows.device} but params[{k}] is on {p.device}; "
+                               f"move it with .to({str(p.device)!r})")
         if alpha_rows is not None and (p.dim() == 0 or p.shape[0] != alpha_rows.shape[0]):
             raise RuntimeError(f"{op}: alpha tensor has {alpha_rows.shape[0]} values but params[{k}] has shape "
                                f"{list(p.shape)}; a per-row alpha needs that many rows in dim 0 of every tensor")

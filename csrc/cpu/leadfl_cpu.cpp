@@ -51,11 +51,11 @@ void run(Variant variant, at::TensorList params, at::TensorList first, at::Tenso
          double alpha, const c10::optional<at::Tensor>& alpha_rows, double q) {
   const SpanKernels& kernels = span_kernels_for_this_cpu();
   const bool per_row = alpha_rows.has_value();
-  at::Tensor alpha_values;
+  at::Tensor alpha_copy;
   const double* alpha_ptr = nullptr;
   if (per_row) {
-    alpha_values = alpha_rows->to(at::kDouble).contiguous();
-    alpha_ptr = alpha_values.data_ptr<double>();
+    alpha_copy = alpha_values(*alpha_rows);
+    alpha_ptr = alpha_copy.const_data_ptr<double>();
   }
 
   std::vector<WorkItem> items;
@@ -105,16 +105,15 @@ void run(Variant variant, at::TensorList params, at::TensorList first, at::Tenso
 void fused_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList lookahead_grads, double lr,
                     double alpha, const c10::optional<at::Tensor>& alpha_rows, double q) {
   constexpr const char* op = "leadfl::fused_step_";
-  check_hyperparameters(op, lr, alpha, q);
-  check_tensor_lists(op, params, grads, "grads", lookahead_grads, "lookahead_grads", alpha_rows, false);
+  check_arguments(op, params, grads, "grads", lookahead_grads, "lookahead_grads", false, lr, alpha, alpha_rows, q,
+                  false);
   run(Variant::kHessian, params, grads, lookahead_grads, lr, alpha, alpha_rows, q);
 }
 
 void paper_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList deltas, double lr, double alpha,
                     const c10::optional<at::Tensor>& alpha_rows, double q) {
   constexpr const char* op = "leadfl::paper_step_";
-  check_hyperparameters(op, lr, alpha, q);
-  check_tensor_lists(op, params, grads, "grads", deltas, "deltas", alpha_rows, false);
+  check_arguments(op, params, grads, "grads", deltas, "deltas", true, lr, alpha, alpha_rows, q, false);
   run(Variant::kPaper, params, grads, deltas, lr, alpha, alpha_rows, q);
 }
 

@@ -56,16 +56,15 @@ void run(cuda::Variant variant, at::TensorList params, at::TensorList first, at:
 void fused_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList lookahead_grads, double lr,
                      double alpha, const c10::optional<at::Tensor>& alpha_rows, double q) {
   constexpr const char* op = "leadfl::fused_step_";
-  check_hyperparameters(op, lr, alpha, q);
-  check_tensor_lists(op, params, grads, "grads", lookahead_grads, "lookahead_grads", alpha_rows, true);
+  check_arguments(op, params, grads, "grads", lookahead_grads, "lookahead_grads", false, lr, alpha, alpha_rows, q,
+                  true);
   run(cuda::Variant::kHessian, params, grads, lookahead_grads, lr, alpha, alpha_rows, q);
 }
 
 void paper_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList deltas, double lr, double alpha,
                      const c10::optional<at::Tensor>& alpha_rows, double q) {
   constexpr const char* op = "leadfl::paper_step_";
-  check_hyperparameters(op, lr, alpha, q);
-  check_tensor_lists(op, params, grads, "grads", deltas, "deltas", alpha_rows, true);
+  check_arguments(op, params, grads, "grads", deltas, "deltas", true, lr, alpha, alpha_rows, q, true);
   run(cuda::Variant::kPaper, params, grads, deltas, lr, alpha, alpha_rows, q);
 }
 

@@ -175,7 +175,50 @@ BAD_CASES = {
     "half_on_cpu": (lambda p, g, t: ([x.half() for x in p], [x.half() for x in g], [x.half() for x in t]), {},
                     "float16/bfloat16 only on CUDA"),
     "meta_device_mix": (lambda p, g, t: (p, [g[0], torch.empty(5, device="meta")], t), {}, "is on meta"),
+    # An alpha on "meta" would send the call to the meta kernel, which wrote nothing.
+    "alpha_on_meta": (lambda p, g, t: _three_rows(p, g, t), dict(alpha=torch.ones(3, device="meta")),
+                      "alpha tensor is on meta but params[0] is on cpu"),
+    # A strided alpha: its values are [0.4, -1], which the kernel would use.
+    "alpha_strided_negative": (lambda p, g, t: _two_rows(p, g, t),
+                               dict(alpha=torch.tensor([0.4, 0.4, -1.0, 0.4], dtype=torch.float64)[::2]),
+                               "alpha[1]=-1 is not allowed"),
+    # Finite in double, not in the float32 arithmetic of float32 tensors.
+    "lr_overflows_float32": (None, dict(lr=1e300), "lr=1e+300 overflows float32, the arithmetic type of params[0]"),
+    "q_overflows_float32": (None, dict(q=1e39), "q=1e+39 overflows float32"),
+    "lr_alpha_overflows_float32": (None, dict(lr=1e20, alpha=1e20), "lr*alpha=1e+40 overflows float32"),
+    "lr_alpha_row_overflows_float32": (lambda p, g, t: _three_rows(p, g, t),
+                                       dict(lr=1e20, alpha=torch.tensor([0.1, 1e20, 0.3])),
+                                       "lr*alpha[1]=1e+40 overflows float32"),
+    "lr_rounds_to_zero_float32": (None, dict(lr=1e-50), "lr=1e-50 rounds to 0 in float32"),
+    "lr_alpha_overflows_float64": (lambda p, g, t: ([x.double() for x in p], [x.double() for x in g],
+                                                    [x.double() for x in t]),
+                                   dict(lr=1e200, alpha=1e200), "lr*alpha=inf overflows float64"),
+    # Written tensors that share memory with another argument.
+    "same_tensor_twice": (lambda p, g, t: ([p[0], p[0]], [g[0], g[0].clone()], [t[0], t[0].clone()]), {},
+                          "params[0] and params[1] share memory"),
+    "third_is_params": (lambda p, g, t: (p[:1], g[:1], p[:1]), {}, "params[0] and "),
+    "grads_overlap_params": (lambda p, g, t: _shifted_views(p, g, t), {}, "params[0] and grads[0] share memory"),
+    "inference_params": (lambda p, g, t: (_inference(p), g, t), {}, "params[0] is an inference tensor"),
 }
+
+
+def _three_rows(p, g, t):
+    return tuple([x[:3].contiguous() for x in xs] for xs in (p, g, t))
+
+
+def _two_rows(p, g, t):
+    return tuple([x[:2].contiguous() for x in xs] for xs in (p, g, t))
+
+
+def _shifted_views(p, g, t):
+    """params = x[4:], grads = x[:-4]: overlapping views of one tensor."""
+    x = torch.randn(1000)
+    return [x[4:]], [x[:-4]], [torch.zeros(996)]
+
+
+def _inference(tensors):
+    with torch.inference_mode():
+        return [x.clone() for x in tensors]
 
 
 @pytest.mark.parametrize("op_name", list(OPS))
@@ -250,3 +293,157 @@ print("ok")
 
 def test_cpu_kernel_reports_its_instruction_set():
     assert leadfl_ext.cpu_kernel_isa() in ("avx2", "default")
+
+
+# -- the in-place contract: alpha's layout, versions, autograd, aliasing -----------------------
+
+@pytest.mark.parametrize("op_name", list(OPS))
+@pytest.mark.parametrize("layout", ["strided", "expanded"])
+def test_alpha_is_read_through_its_strides(op_name, layout, device):
+    """A strided or expanded alpha acts as its contiguous copy (the values between or after its
+    elements, -1 here, would be refused if they were read)."""
+    fast = OPS[op_name][0]
+    if layout == "strided":
+        base = torch.tensor([0.4, -1.0, 0.0, -1.0, 1.5, -1.0, 0.25, -1.0], dtype=torch.float64, device=device)
+        alpha = base[::2]
+    else:
+        alpha = torch.tensor([0.4, -1.0], dtype=torch.float64, device=device)[:1].expand(4)
+    shapes = [(4, 3), (4,), (4, 2, 5)]
+    p, g, t = fresh_inputs(shapes, torch.float64, device, 21)
+    p2, t2 = [x.clone() for x in p], [x.clone() for x in t]
+    fast(p, g, t, lr=0.1, alpha=alpha, q=0.2)
+    fast(p2, g, t2, lr=0.1, alpha=alpha.contiguous(), q=0.2)
+    for a, b in zip(p + t, p2 + t2):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("op_name", list(OPS))
+def test_written_tensors_get_a_new_version(op_name, device):
+    fast = OPS[op_name][0]
+    p, g, t = fresh_inputs([(3, 4), (5,)], torch.float32, device, 1)
+    before = [x._version for x in p + g + t]
+    fast(p, g, t, lr=0.1, alpha=0.4, q=0.2)
+    third_written = op_name == "paper_step_"
+    expected = [v + 1 for v in before[:2]] + before[2:4] + [v + third_written for v in before[4:]]
+    assert [x._version for x in p + g + t] == expected
+
+
+@pytest.mark.parametrize("op_name", list(OPS))
+@pytest.mark.parametrize("saved", ["params", "third"])
+def test_a_tensor_saved_for_backward_is_not_changed_silently(op_name, saved, device):
+    """y = (x * p).sum() saves p; updating p afterwards must make y.backward() fail (as after any
+    in-place op of torch), not give a wrong x.grad."""
+    fast = OPS[op_name][0]
+    if saved == "third" and op_name == "fused_step_":
+        pytest.skip("fused_step_ does not write lookahead_grads")
+    p, g, t = fresh_inputs([(3, 4)], torch.float32, device, 2)
+    x = torch.ones(3, 4, device=device, requires_grad=True)
+    y = (x * (p[0] if saved == "params" else t[0])).sum()
+    fast(p, g, t, lr=0.1, alpha=0.4, q=0.2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()
+
+
+@pytest.mark.parametrize("op_name", list(OPS))
+@pytest.mark.parametrize("case", ["leaf", "view_of_leaf", "leaf_third"])
+def test_leaf_requiring_grad_is_refused_in_grad_mode_and_updated_under_no_grad(op_name, case):
+    fast = OPS[op_name][0]
+    if case == "leaf_third" and op_name == "fused_step_":
+        pytest.skip("fused_step_ does not write lookahead_grads")
+    p, g, t = _good()
+    leaf = torch.randn(2, 5, requires_grad=True)
+    if case == "leaf":
+        p[1] = p[1].requires_grad_()
+        name, message = "params[1]", "params[1] is a leaf tensor that requires grad, and grad mode is on"
+    elif case == "view_of_leaf":
+        p[1] = leaf[0]
+        name, message = "params[1]", "params[1] is a view of a leaf tensor that requires grad"
+    else:
+        t[1] = t[1].requires_grad_()
+        name, message = "deltas[1]", "deltas[1] is a leaf tensor that requires grad"
+    before = [x.detach().clone() for x in p + t]
+    with pytest.raises(RuntimeError, match=_escape(message)):
+        fast(p, g, t, lr=0.1, alpha=0.4, q=0.2)
+    for old, new in zip(before, p + t):
+        assert torch.equal(old, new.detach()), f"{name}: written before the error"
+    with torch.no_grad():
+        fast(p, g, t, lr=0.1, alpha=0.4, q=0.2)
+    assert not torch.equal(before[1], p[1].detach())
+
+
+@pytest.mark.parametrize("op_name", list(OPS))
+@pytest.mark.parametrize("requiring", ["params", "grads"])
+def test_backward_through_an_updated_tensor_raises(op_name, requiring):
+    """The op has no derivative: a gradient that would flow through it raises instead of
+    silently skipping the update (params as a non-leaf, or a gradient that requires grad)."""
+    fast = OPS[op_name][0]
+    p, g, t = _good()
+    w = torch.randn(3, 4, requires_grad=True)
+    if requiring == "params":
+        p[0] = w * 2
+    else:
+        g[0] = w * 2
+    fast(p, g, t, lr=0.1, alpha=0.4, q=0.2)
+    assert p[0].requires_grad
+    with pytest.raises(RuntimeError, match=_escape(f"derivative for leadfl::{op_name} is not implemented")):
+        p[0].sum().backward()
+
+
+@pytest.mark.parametrize("op_name", list(OPS))
+def test_inference_mode_updates_inference_and_normal_tensors(op_name):
+    fast, ref, _ = OPS[op_name]
+    p, g, t = _good()
+    exp_p, exp_t = [x.clone() for x in p], [x.clone() for x in t]
+    ref(exp_p, g, exp_t, lr=0.1, alpha=0.4, q=0.2)
+    inference_p = _inference(p)
+    with torch.inference_mode():
+        fast(inference_p, g, t, lr=0.1, alpha=0.4, q=0.2)
+    for a, b in zip(inference_p + t, exp_p + exp_t):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_read_only_arguments_may_share_memory():
+    """grads and lookahead_grads are only read: one tensor for both is fine."""
+    p, g, _ = _good()
+    expected = [x.clone() for x in p]
+    reference.fused_step_(expected, g, g, lr=0.1, alpha=0.4, q=0.2)
+    leadfl_ext.fused_step_(p, g, g, lr=0.1, alpha=0.4, q=0.2)
+    for a, b in zip(p, expected):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("op_name", list(OPS))
+def test_alpha_sharing_memory_with_params_is_refused(op_name):
+    fast = OPS[op_name][0]
+    x = torch.rand(3, 4)
+    alpha = x[:, 0]  # three values in [0, 1) inside params[0]
+    before = x.clone()
+    with pytest.raises(RuntimeError, match=_escape("params[0] and alpha share memory")):
+        fast([x], [torch.randn(3, 4)], [torch.randn(3, 4)], lr=0.1, alpha=alpha, q=0.2)
+    assert torch.equal(x, before)
+
+
+def test_paper_step_with_deltas_aliasing_params_names_both():
+    p = torch.randn(1003)
+    before = p.clone()
+    with pytest.raises(RuntimeError, match=_escape("params[0] and deltas[0] share memory; the op writes params[0]")):
+        leadfl_ext.paper_step_(p, torch.randn(1003), p, lr=0.1, alpha=0.4, q=0.2)
+    assert torch.equal(p, before)
+
+
+@pytest.mark.parametrize("op_name", list(OPS))
+def test_ops_compile_into_one_graph(op_name):
+    """torch.compile traces the ops (fake kernels, functionalisation) and gives eager's result."""
+    op = getattr(torch.ops.leadfl, op_name)
+
+    def step(p, g, t):
+        op([p], [g], [t], lr=0.1, alpha=0.4, alpha_rows=None, q=0.2)
+        return p * 2
+
+    torch._dynamo.reset()
+    p, g, t = fresh_inputs([(4, 5)], torch.float32, "cpu", 3)
+    p, g, t = p[0], g[0], t[0]
+    p2, t2 = p.clone(), t.clone()
+    out = torch.compile(step, backend="aot_eager", fullgraph=True)(p, g, t)
+    out2 = step(p2, g, t2)
+    assert torch.equal(out, out2) and torch.equal(p, p2) and torch.equal(t, t2)
