@@ -44,7 +44,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from sim.aggregators import Component
+from sim.server.aggregators import Component
 from sim.errors import ConfigError
 
 __all__ = [
@@ -206,7 +206,7 @@ class Fang(ModelPoisoningAttack):
         self.last_lambda: float | None = None
 
     def craft(self, updates: Tensor, malicious: Tensor, context: AttackContext) -> Tensor:
-        from sim.aggregators import Krum
+        from sim.server.aggregators import Krum
 
         m = int(malicious.sum())
         if m == 0:

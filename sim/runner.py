@@ -322,7 +322,7 @@ class _Parts:
     """Dataset, selector, engine, aggregator and evaluation model of one run."""
 
     def __init__(self, cfg: Config, device: torch.device):
-        from sim.aggregators import build_aggregator
+        from sim.server.aggregators import build_aggregator
         from sim.attacks import stamp_trigger
         from sim.data import load_dataset, partition
         from sim.models import build_model, flatten_parameters

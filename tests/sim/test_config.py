@@ -230,7 +230,7 @@ def test_validate_catches_values_set_in_python():
 
 
 def test_byzantine_f_matches_the_aggregators_default():
-    from sim.aggregators import default_f
+    from sim.server.aggregators import default_f
 
     for num_clients, num_malicious, per_round in [(100, 25, 10), (30, 8, 10), (10, 0, 5), (7, 7, 7), (50, 1, 10)]:
         cfg = Config()
@@ -241,7 +241,8 @@ def test_byzantine_f_matches_the_aggregators_default():
 
 
 def test_name_lists_match_the_registries():
-    from sim import aggregators, attacks, data, defenses, models, selection
+    from sim import attacks, data, defenses, models, selection
+    from sim.server import aggregators
 
     assert set(config_module.AGGREGATOR_NAMES) == set(aggregators.AGGREGATORS)
     assert set(config_module.MODEL_NAMES) == set(models.MODELS)
