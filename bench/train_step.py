@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sim.config import load_config  # noqa: E402
 from sim.data import make_synthetic_dataset  # noqa: E402
 from sim.models import build_model, flatten_parameters  # noqa: E402
-from sim.training import LocalTrainer  # noqa: E402
+from sim.engines.schedules import LocalTrainer  # noqa: E402
 
 ROLES = {
     "benign, no defense": (["client_defense.type=none"], False),

@@ -141,8 +141,8 @@ def _command_run(args: argparse.Namespace) -> int:
 
 
 def _is_main_process() -> bool:
-    # Under torchrun only rank 0 prints (sim.distributed).
-    from sim.distributed import is_main_process
+    # Under torchrun only rank 0 prints (sim.engines.distributed).
+    from sim.engines.distributed import is_main_process
 
     return is_main_process()
 
@@ -223,6 +223,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     finally:
         if "torch" in sys.modules:
-            from sim.distributed import shutdown
+            from sim.engines.distributed import shutdown
 
             shutdown()  # leave the torchrun process group, if `run` joined one

@@ -141,7 +141,7 @@ class TrainingConfig:
     batch_size: int = _setting(16, "int", low=1)
     local_epochs: int = _setting(10, "int", low=1)
     local_steps: int | None = _setting(None, "int", low=1, nullable=True)
-    # Local learning rate over rounds (sim.training.local_lr): constant, step (times lr_gamma every
+    # Local learning rate over rounds (sim.engines.schedules.local_lr): constant, step (times lr_gamma every
     # lr_step_rounds rounds) or cosine (from lr down towards lr_min over the run's rounds).
     lr_schedule: str = _setting("constant", "str", choices=LR_SCHEDULES)
     lr_step_rounds: int = _setting(10, "int", low=1)
@@ -169,7 +169,7 @@ class ClientDefenseConfig:
 
 @dataclass
 class ModelPoisoningConfig:
-    # Replaces the selected malicious clients' uploads (sim.model_poisoning); none = off.
+    # Replaces the selected malicious clients' uploads (sim.attacks.model_poisoning); none = off.
     type: str = _setting("none", "str", choices=MODEL_POISONING_TYPES)
     lie_z: float | None = _setting(None, "float", low=0, nullable=True)  # null: Baruch et al.'s z_max
     poisonedfl_scale: float = _setting(8.0, "float", low=0, low_open=True)  # c_0
@@ -184,7 +184,7 @@ class ModelPoisoningConfig:
 
 @dataclass
 class PrivacyConfig:
-    # Client-level local DP on the protocol-following uploads (sim.privacy); none = off.
+    # Client-level local DP on the protocol-following uploads (sim.defenses.privacy); none = off.
     type: str = _setting("none", "str", choices=PRIVACY_TYPES)
     clip: float = _setting(3.0, "float", low=0, low_open=True)
     epsilon: float = _setting(5.0, "float", low=0, low_open=True)

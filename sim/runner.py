@@ -219,10 +219,10 @@ def summarize(rows: list[dict[str, Any]], cfg: Config, engine: str | None = None
 
 
 def _privacy_summary(rows: list[dict[str, Any]], cfg: Config) -> dict[str, Any]:
-    """{"privacy": the DP budget (see sim.privacy.privacy_budget)} when DP is on, else {}."""
+    """{"privacy": the DP budget (see sim.defenses.privacy.privacy_budget)} when DP is on, else {}."""
     if cfg.privacy.type == "none":
         return {}
-    from sim.privacy import privacy_budget
+    from sim.defenses.privacy import privacy_budget
 
     return {"privacy": privacy_budget(cfg.privacy, [row["selected"].split() for row in rows])}
 
@@ -238,28 +238,28 @@ def _engine_arguments(cfg: Config, dataset, partitions, malicious) -> tuple[tupl
 
 
 def _build_sequential_engine(cfg: Config, dataset, partitions, malicious):
-    from sim.engine import SequentialEngine
+    from sim.engines.sequential import SequentialEngine
 
     args, kwargs = _engine_arguments(cfg, dataset, partitions, malicious)
     return SequentialEngine(*args, **kwargs)
 
 
 def _build_batched_engine(cfg: Config, dataset, partitions, malicious):
-    from sim.engine_batched import BatchedEngine
+    from sim.engines.batched import BatchedEngine
 
     args, kwargs = _engine_arguments(cfg, dataset, partitions, malicious)
     return BatchedEngine(*args, **kwargs, client_chunk=cfg.client_chunk)
 
 
 # engine name (the `engine` setting) -> builder(cfg, dataset, partitions, malicious) -> Engine;
-# `engine: auto` picks one of these for the device (sim.engine_batched.choose_engine).
+# `engine: auto` picks one of these for the device (sim.engines.batched.choose_engine).
 ENGINE_BUILDERS: dict[str, Callable] = {"sequential": _build_sequential_engine, "batched": _build_batched_engine}
 
 
 def resolve_engine(cfg: Config) -> tuple[str, str]:
     """(engine name, why) for `cfg.engine`, with `auto` resolved for `cfg.device`."""
     if cfg.engine == "auto":
-        from sim.engine_batched import choose_engine
+        from sim.engines.batched import choose_engine
 
         return choose_engine(cfg.device)
     return cfg.engine, "set by the engine setting"
@@ -275,14 +275,14 @@ def build_engine(cfg: Config, dataset, partitions, malicious: list[int]):
             f"engine={cfg.engine!r} is not one of {', '.join([*ENGINE_BUILDERS, 'auto'])}; fix: --set engine=auto"
         )
     engine = builder(cfg, dataset, partitions, malicious)
-    from sim import distributed
+    from sim.engines import distributed
 
     return distributed.DistributedEngine(engine) if distributed.is_active() else engine
 
 
 def describe_engine(cfg: Config) -> str:
     """What trains the clients, e.g. `sequential` or `batched on each of 4 ranks`."""
-    from sim import distributed
+    from sim.engines import distributed
 
     name, _ = resolve_engine(cfg)
     return f"{name} on each of {distributed.world_size()} ranks" if distributed.is_active() else name
@@ -323,7 +323,7 @@ class _Parts:
 
     def __init__(self, cfg: Config, device: torch.device):
         from sim.server.aggregators import build_aggregator
-        from sim.attacks import stamp_trigger
+        from sim.attacks.data_poisoning import stamp_trigger
         from sim.data import load_dataset, partition
         from sim.models import build_model, flatten_parameters
         from sim.selection import Selector
@@ -493,7 +493,7 @@ def run(
     from sim.metrics import evaluate
     from sim.models import load_flat_parameters_
 
-    from sim import distributed
+    from sim.engines import distributed
 
     validate(cfg)
     # Under torchrun: join the process group; this rank's device (cuda -> its LOCAL_RANK's GPU).

@@ -241,7 +241,9 @@ def test_byzantine_f_matches_the_aggregators_default():
 
 
 def test_name_lists_match_the_registries():
-    from sim import attacks, data, defenses, models, selection
+    from sim import data, models, selection
+    from sim.attacks import data_poisoning as attacks
+    from sim.defenses import client as defenses
     from sim.server import aggregators
 
     assert set(config_module.AGGREGATOR_NAMES) == set(aggregators.AGGREGATORS)

@@ -3,7 +3,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sim.defenses import (
+from sim.defenses.client import (
     FLWBCDefense,
     LaplaceNoiseDefense,
     NoClientDefense,

@@ -13,7 +13,8 @@ import pytest
 import torch
 import yaml
 
-from sim import distributed, runner
+from sim import runner
+from sim.engines import distributed
 from sim.config import load_config
 from sim.errors import ConfigError
 

@@ -11,8 +11,8 @@ import torch
 from sim import runner
 from sim.config import load_config
 from sim.data import make_synthetic_dataset, partition
-from sim.engine import SequentialEngine
-from sim.engine_batched import BatchedEngine, choose_engine
+from sim.engines.sequential import SequentialEngine
+from sim.engines.batched import BatchedEngine, choose_engine
 from sim.errors import ConfigError
 from sim.models import build_model, flatten_parameters
 

@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from sim import config as config_module
-from sim import training as training_module
+from sim.engines import schedules as training_module
 from sim.config import load_config
 from sim.data import make_synthetic_dataset, partition
-from sim.engine import SequentialEngine
+from sim.engines.sequential import SequentialEngine
 from sim.errors import ConfigError
 from sim.models import build_model, flatten_parameters
 from sim.runner import run
-from sim.training import local_lr
+from sim.engines.schedules import local_lr
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

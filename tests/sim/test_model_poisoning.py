@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from sim import config as config_module
-from sim import model_poisoning
+from sim.attacks import model_poisoning
 from sim.config import load_config
 from sim.errors import ConfigError
-from sim.model_poisoning import (
+from sim.attacks.model_poisoning import (
     AttackContext,
     Fang,
     LittleIsEnough,

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from sim import config as config_module
-from sim import privacy as privacy_module
+from sim.defenses import privacy as privacy_module
 from sim.config import load_config
-from sim.model_poisoning import AttackContext, AttackDPFL, AttackDPFLAdaptive
-from sim.privacy import (
+from sim.attacks.model_poisoning import AttackContext, AttackDPFL, AttackDPFLAdaptive
+from sim.defenses.privacy import (
     GaussianPrivacy,
     clip_rows,
     effective_epsilon,

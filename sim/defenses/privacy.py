@@ -50,7 +50,7 @@ __all__ = [
 
 PRIVACY_TYPES = ("none", "gaussian")
 
-# Stream tag of the DP noise, apart from the training streams of sim.training.
+# Stream tag of the DP noise, apart from the training streams of sim.engines.schedules.
 _STREAM_PRIVACY_NOISE = 7
 
 
@@ -87,7 +87,7 @@ def clip_rows(rows: Tensor, clip: float) -> Tensor:
 
 def noise_generator(seed: int, client: int, round: int) -> torch.Generator:
     """Client `client`'s DP-noise stream in round `round` (CPU)."""
-    from sim.training import derive_seed
+    from sim.engines.schedules import derive_seed
 
     return torch.Generator().manual_seed(derive_seed(seed, client, round, _STREAM_PRIVACY_NOISE))
 

@@ -6,7 +6,7 @@
 * `flwbc` (FL-WBC): the same noise, kept only on the elements whose gradient changed less
   than the noise since the previous step: it is zeroed where `|g_i - g_{i-1}| > |noise|`.
 * `leadfl`: the LeadFL regularised update, which replaces the optimizer step itself; it runs
-  through `leadfl_ext` and lives in `sim.training`.
+  through `leadfl_ext` and lives in `sim.engines.schedules`.
 
 Malicious clients never run a client defense. The noise defenses follow the LeadFL authors'
 code: the noise goes straight onto the parameters (not through the momentum), with no gradient

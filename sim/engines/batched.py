@@ -7,7 +7,7 @@ runs the model on one client's parameters, `grad_and_value` differentiates its l
 LeadFL that is ONE call of `leadfl_ext.fused_step_` (`hessian`) or `paper_step_` (`paper`) with
 a per-row `alpha` (0 for the rows that do not run LeadFL, e.g. malicious clients).
 
-It computes what `SequentialEngine` computes (see `sim.training`), client by client:
+It computes what `SequentialEngine` computes (see `sim.engines.schedules`), client by client:
 
 * the same minibatches: every client's `BatchPlan` comes from `plan_batches` and its
   `(seed, client, round)` order stream; label-flip shifts from the same stream;
@@ -38,12 +38,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call, grad_and_value, vmap
 
-from sim.attacks import draw_label_shifts, flip_labels, mgda_backdoor_weights, poison_batch
+from sim.attacks.data_poisoning import draw_label_shifts, flip_labels, mgda_backdoor_weights, poison_batch
 from sim.data import Dataset
-from sim.defenses import is_regularised_name, uniform_to_laplace_
+from sim.defenses.client import is_regularised_name, uniform_to_laplace_
 from sim.errors import ConfigError
 from sim.models import build_model, trainable_parameters
-from sim.training import (
+from sim.engines.schedules import (
     _import_leadfl_ext,
     local_lr,
     noise_generator,

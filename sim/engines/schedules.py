@@ -8,7 +8,7 @@ from the dataset tensors already on the device, and the optimizer steps are mult
 
 Client roles per step, with SGD(lr, momentum) throughout:
 * benign, client defense `none` / `ldp` / `flwbc`: an SGD-momentum step, then the defense's
-  noise (see `sim.defenses`);
+  noise (see `sim.defenses.client`);
 * benign, `leadfl`: the LeadFL update through `leadfl_ext` in the configured variant;
 * malicious `backdoor`: the batch and its fully triggered copy relabelled to the target, loss
   `a*L_backdoor + (1-a)*L_clean` with `a` from two-task MGDA or fixed, update times `boost`;
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sim.attacks import (
+from sim.attacks.data_poisoning import (
     ATTACK_TYPES,
     BLEND_RULES,
     draw_label_shifts,
@@ -40,7 +40,7 @@ from sim.attacks import (
     poison_batch,
 )
 from sim.data import Dataset
-from sim.defenses import LEADFL_VARIANTS, build_client_defense
+from sim.defenses.client import LEADFL_VARIANTS, build_client_defense
 from sim.errors import ConfigError
 from sim.models import build_model, load_flat_parameters_, trainable_parameters
 

@@ -82,11 +82,11 @@ class AttackContext:
     generator: torch.Generator  # CPU, seeded from (seed, round)
     clients: Sequence[int] = ()  # the selected client ids, one per row
     seed: int = 0
-    privacy: Any = None  # sim.privacy.GaussianPrivacy or None
+    privacy: Any = None  # sim.defenses.privacy.GaussianPrivacy or None
 
 
 def attack_generator(seed: int, round: int) -> torch.Generator:
-    from sim.training import derive_seed
+    from sim.engines.schedules import derive_seed
 
     return torch.Generator().manual_seed(derive_seed(seed, round, _STREAM_ATTACK))
 
@@ -315,7 +315,7 @@ class PoisonedFL(ModelPoisoningAttack):
         flip_prob: float = 0.0,
         coordinates: str = "shared",
     ):
-        from sim.training import derive_seed
+        from sim.engines.schedules import derive_seed
 
         if coordinates not in POISONEDFL_COORDINATES:
             raise ValueError(f"coordinates must be one of {', '.join(POISONEDFL_COORDINATES)}, got {coordinates!r}")
@@ -439,7 +439,7 @@ class AttackDPFL(ModelPoisoningAttack):
     remove_mean = False
 
     def craft(self, updates: Tensor, malicious: Tensor, context: AttackContext) -> Tensor:
-        from sim.privacy import noise_generator
+        from sim.defenses.privacy import noise_generator
 
         privacy = context.privacy
         if privacy is None:

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from sim.data import Dataset
-from sim.training import LocalTrainer
+from sim.engines.schedules import LocalTrainer
 
 
 class Engine(Protocol):
