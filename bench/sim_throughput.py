@@ -76,7 +76,7 @@ def _case(spec: dict) -> None:
     from sim.config import load_config
     from sim.data import make_synthetic_dataset, partition
     from sim.models import build_model, flatten_parameters
-    from sim.runner import build_engine, resolve_engine
+    from sim.engines.registry import build_engine, resolve_engine
 
     torch.set_num_threads(spec["threads"])
     device = distributed.init_from_env(torch.device(spec["device"]))
@@ -337,7 +337,7 @@ def main(argv=None) -> int:
 
     load_after = os.getloadavg()
     device_name = bench_device_name(args.device)
-    from sim.engines.batched import choose_engine
+    from sim.engines.registry import choose_engine
 
     auto_choice, auto_reason = choose_engine(args.device)
     what = (

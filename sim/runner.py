@@ -33,6 +33,7 @@ import torch
 import yaml
 
 from sim.config import Config, byzantine_f, config_from_dict, to_dict, validate
+from sim.engines.registry import build_engine, describe_engine, resolve_engine
 from sim.errors import ConfigError
 
 METRIC_COLUMNS = (
@@ -229,63 +230,6 @@ def _privacy_summary(rows: list[dict[str, Any]], cfg: Config) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------------
 # the parts of a run
-
-
-def _engine_arguments(cfg: Config, dataset, partitions, malicious) -> tuple[tuple, dict]:
-    """What every client-training engine is built from."""
-    args = (cfg.model, dataset, partitions, malicious, cfg.training, cfg.attack, cfg.client_defense)
-    return args, dict(seed=cfg.seed, device=cfg.device, rounds=cfg.rounds)
-
-
-def _build_sequential_engine(cfg: Config, dataset, partitions, malicious):
-    from sim.engines.sequential import SequentialEngine
-
-    args, kwargs = _engine_arguments(cfg, dataset, partitions, malicious)
-    return SequentialEngine(*args, **kwargs)
-
-
-def _build_batched_engine(cfg: Config, dataset, partitions, malicious):
-    from sim.engines.batched import BatchedEngine
-
-    args, kwargs = _engine_arguments(cfg, dataset, partitions, malicious)
-    return BatchedEngine(*args, **kwargs, client_chunk=cfg.client_chunk)
-
-
-# engine name (the `engine` setting) -> builder(cfg, dataset, partitions, malicious) -> Engine;
-# `engine: auto` picks one of these for the device (sim.engines.batched.choose_engine).
-ENGINE_BUILDERS: dict[str, Callable] = {"sequential": _build_sequential_engine, "batched": _build_batched_engine}
-
-
-def resolve_engine(cfg: Config) -> tuple[str, str]:
-    """(engine name, why) for `cfg.engine`, with `auto` resolved for `cfg.device`."""
-    if cfg.engine == "auto":
-        from sim.engines.batched import choose_engine
-
-        return choose_engine(cfg.device)
-    return cfg.engine, "set by the engine setting"
-
-
-def build_engine(cfg: Config, dataset, partitions, malicious: list[int]):
-    """The client-training engine named by `cfg.engine`; every engine trains the same maths.
-    Under torchrun with several ranks it is wrapped to share each round over the ranks."""
-    name, _ = resolve_engine(cfg)
-    builder = ENGINE_BUILDERS.get(name)
-    if builder is None:
-        raise ConfigError(
-            f"engine={cfg.engine!r} is not one of {', '.join([*ENGINE_BUILDERS, 'auto'])}; fix: --set engine=auto"
-        )
-    engine = builder(cfg, dataset, partitions, malicious)
-    from sim.engines import distributed
-
-    return distributed.DistributedEngine(engine) if distributed.is_active() else engine
-
-
-def describe_engine(cfg: Config) -> str:
-    """What trains the clients, e.g. `sequential` or `batched on each of 4 ranks`."""
-    from sim.engines import distributed
-
-    name, _ = resolve_engine(cfg)
-    return f"{name} on each of {distributed.world_size()} ranks" if distributed.is_active() else name
 
 
 def _check_device(device: str) -> torch.device:

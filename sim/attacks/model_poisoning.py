@@ -45,6 +45,7 @@ import torch
 from torch import Tensor
 
 from sim.server.aggregators import Component
+from sim import rng
 from sim.errors import ConfigError
 
 __all__ = [
@@ -69,9 +70,6 @@ POISONEDFL_COORDINATES = ("shared", "partitioned")
 LAMBDA_THRESHOLD = 1e-5
 MIN_MAX_START = 10.0
 
-# Stream tags of the per-round attack generator and of PoisonedFL's fixed direction.
-_STREAM_ATTACK = 8
-_STREAM_DIRECTION = 9
 
 
 @dataclass
@@ -86,9 +84,7 @@ class AttackContext:
 
 
 def attack_generator(seed: int, round: int) -> torch.Generator:
-    from sim.engines.schedules import derive_seed
-
-    return torch.Generator().manual_seed(derive_seed(seed, round, _STREAM_ATTACK))
+    return rng.torch_stream(seed, round, rng.MODEL_POISONING)
 
 
 def _mean_and_std(rows: Tensor) -> tuple[Tensor, Tensor]:
@@ -315,8 +311,6 @@ class PoisonedFL(ModelPoisoningAttack):
         flip_prob: float = 0.0,
         coordinates: str = "shared",
     ):
-        from sim.engines.schedules import derive_seed
-
         if coordinates not in POISONEDFL_COORDINATES:
             raise ValueError(f"coordinates must be one of {', '.join(POISONEDFL_COORDINATES)}, got {coordinates!r}")
         if not 0 < beta < 1:
@@ -332,7 +326,7 @@ class PoisonedFL(ModelPoisoningAttack):
         self.noise = float(noise)
         self.flip_prob = float(flip_prob)
         self.coordinates = coordinates
-        generator = torch.Generator().manual_seed(derive_seed(seed, _STREAM_DIRECTION))
+        generator = rng.torch_stream(seed, rng.POISONEDFL_DIRECTION)
         draw = torch.randn(self.num_parameters, generator=generator, dtype=torch.float64)
         self.direction = torch.where(draw >= 0, 1.0, -1.0).to(torch.float32)
         self.scale = self.scale0

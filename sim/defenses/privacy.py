@@ -35,6 +35,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import Tensor
 
+from sim import rng
 from sim.errors import ConfigError
 
 __all__ = [
@@ -51,7 +52,6 @@ __all__ = [
 PRIVACY_TYPES = ("none", "gaussian")
 
 # Stream tag of the DP noise, apart from the training streams of sim.engines.schedules.
-_STREAM_PRIVACY_NOISE = 7
 
 
 def effective_epsilon(epsilon: float, delta: float, rdp_order: float | None = None) -> float:
@@ -87,9 +87,7 @@ def clip_rows(rows: Tensor, clip: float) -> Tensor:
 
 def noise_generator(seed: int, client: int, round: int) -> torch.Generator:
     """Client `client`'s DP-noise stream in round `round` (CPU)."""
-    from sim.engines.schedules import derive_seed
-
-    return torch.Generator().manual_seed(derive_seed(seed, client, round, _STREAM_PRIVACY_NOISE))
+    return rng.torch_stream(seed, client, round, rng.PRIVACY_NOISE)
 
 
 class GaussianPrivacy:

@@ -18,13 +18,13 @@ def one_thread():
 def float64(monkeypatch, dataset):
     """Both engines in float64 (models and data), so rounding cannot hide a difference in the maths."""
     import sim.engines.batched
-    import sim.engines.schedules
+    import sim.engines.sequential
     from sim.models import build_model
 
     def build_float64_model(*args, **kwargs):
         return build_model(*args, **kwargs).double()
 
-    monkeypatch.setattr(sim.engines.schedules, "build_model", build_float64_model)
+    monkeypatch.setattr(sim.engines.sequential, "build_model", build_float64_model)
     monkeypatch.setattr(sim.engines.batched, "build_model", build_float64_model)
     return dataclasses.replace(
         dataset,

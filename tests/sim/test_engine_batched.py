@@ -12,7 +12,8 @@ from sim import runner
 from sim.config import load_config
 from sim.data import make_synthetic_dataset, partition
 from sim.engines.sequential import SequentialEngine
-from sim.engines.batched import BatchedEngine, choose_engine
+from sim.engines.batched import BatchedEngine
+from sim.engines.registry import choose_engine
 from sim.errors import ConfigError
 from sim.models import build_model, flatten_parameters
 
