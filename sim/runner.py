@@ -32,9 +32,10 @@ import numpy as np
 import torch
 import yaml
 
-from sim.config import Config, byzantine_f, config_from_dict, to_dict, validate
+from sim.config import Config, config_from_dict, to_dict, validate
 from sim.engines.registry import build_engine, describe_engine, resolve_engine
 from sim.errors import ConfigError
+from sim.server.aggregators import byzantine_f
 
 METRIC_COLUMNS = (
     "round",
@@ -183,7 +184,9 @@ def key_settings(cfg: Config) -> dict[str, Any]:
     elif cfg.client_defense.type in ("ldp", "flwbc"):
         settings["client_defense.noise_scale"] = cfg.client_defense.noise_scale
     if cfg.server.aggregator in ("krum", "multikrum", "bulyan"):
-        settings["server.f (resolved)"] = byzantine_f(cfg)
+        settings["server.f (resolved)"] = byzantine_f(
+            cfg.server, cfg.clients.clients_per_round, cfg.clients.num_clients, cfg.clients.num_malicious
+        )
     if cfg.training.lr_schedule != "constant":
         settings["training.lr_schedule"] = cfg.training.lr_schedule
     if cfg.model_poisoning.type != "none":

@@ -30,7 +30,12 @@ def _require_int(field: str, value: Any, low: int, high: int | None = None, fix:
     if not _is_int(value) or value < low or (high is not None and value > high):
         allowed = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
         message = f"{field}={value!r} is invalid: it must be {allowed}"
-        raise ConfigError(message + (f"; {fix}" if fix else ""))
+        if fix:
+            message += f"; {fix}"
+        if "[" not in field and _is_int(value):
+            nearest = max(low, value) if high is None else min(max(low, value), high)
+            message += f"; fix: --set {field}={nearest}"
+        raise ConfigError(message)
     return int(value)
 
 

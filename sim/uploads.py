@@ -28,6 +28,7 @@ from torch import Tensor
 
 from sim.attacks.model_poisoning import AttackContext, attack_generator, build_model_poisoning
 from sim.defenses.privacy import build_privacy, noise_generator
+from sim.server.aggregators import byzantine_f
 
 __all__ = ["UploadPipeline"]
 
@@ -36,13 +37,11 @@ class UploadPipeline:
     """DP and model poisoning for one run; `cfg` is the run's Config."""
 
     def __init__(self, cfg, malicious: Sequence[int], num_parameters: int):
-        from sim.config import byzantine_f
-
         self.seed = int(cfg.seed)
         self.malicious = frozenset(int(client) for client in malicious)
         self.privacy = build_privacy(cfg.privacy)
         self.attack = build_model_poisoning(
-            cfg.model_poisoning, num_parameters=num_parameters, seed=self.seed, krum_f=byzantine_f(cfg)
+            cfg.model_poisoning, num_parameters=num_parameters, seed=self.seed, krum_f=byzantine_f(cfg.server, cfg.clients.clients_per_round, cfg.clients.num_clients, cfg.clients.num_malicious)
         )
         self.last_global_update: Tensor | None = None
 

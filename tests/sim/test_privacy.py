@@ -9,8 +9,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sim import config as config_module
-from sim.defenses import privacy as privacy_module
 from sim.config import load_config
 from sim.attacks.model_poisoning import AttackContext, AttackDPFL, AttackDPFLAdaptive
 from sim.defenses.privacy import (
@@ -26,10 +24,6 @@ from sim.uploads import UploadPipeline
 from simtest import tiny_synthetic
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def test_name_list_matches_the_module():
-    assert set(config_module.PRIVACY_TYPES) == set(privacy_module.PRIVACY_TYPES)
 
 
 def test_sigma_is_the_gaussian_mechanism_formula():
