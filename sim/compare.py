@@ -22,8 +22,11 @@ from typing import Any, Iterable, Union
 from sim.config import Config, apply_overrides, to_dict
 from sim.engines.distributed import broadcast_object, init_from_env, is_main_process
 from sim.errors import ConfigError
+from sim.io import CHECKPOINT_FILE, METRICS_FILE, write_atomic
 from sim.plots import plot_comparison
-from sim.runner import CHECKPOINT_FILE, METRICS_FILE, finished_summary, read_metrics, run, write_atomic
+from sim.reporting import read_metrics
+from sim.resume import finished_summary
+from sim.runner import run
 
 TABLE_FILE = "table.md"
 PLOT_FILE = "comparison.png"

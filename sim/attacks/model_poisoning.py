@@ -44,7 +44,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from sim.server.aggregators import Component
+from sim.defenses.privacy import noise_generator
+from sim.server.aggregators import Component, Krum
 from sim import rng
 from sim.errors import ConfigError
 
@@ -202,8 +203,6 @@ class Fang(ModelPoisoningAttack):
         self.last_lambda: float | None = None
 
     def craft(self, updates: Tensor, malicious: Tensor, context: AttackContext) -> Tensor:
-        from sim.server.aggregators import Krum
-
         m = int(malicious.sum())
         if m == 0:
             return updates.new_zeros(0, updates.shape[1])
@@ -433,8 +432,6 @@ class AttackDPFL(ModelPoisoningAttack):
     remove_mean = False
 
     def craft(self, updates: Tensor, malicious: Tensor, context: AttackContext) -> Tensor:
-        from sim.defenses.privacy import noise_generator
-
         privacy = context.privacy
         if privacy is None:
             raise ConfigError(

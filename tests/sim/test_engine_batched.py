@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sim import runner
+from sim import reporting, runner
 from sim.config import load_config
 from sim.data import make_synthetic_dataset, partition
 from sim.engines.sequential import SequentialEngine
@@ -186,7 +186,7 @@ def test_batched_run_metrics_equal_sequential(tmp_path, case):
     for engine in ("sequential", "batched"):
         cfg = load_config(overrides=[*RUN, *RUN_CASES[case], f"engine={engine}"])
         runner.run(cfg, tmp_path / engine, progress=False)
-        rows[engine] = runner.read_metrics(tmp_path / engine)
+        rows[engine] = reporting.read_metrics(tmp_path / engine)
     test_size = 100
     assert len(rows["batched"]) == len(rows["sequential"]) == 3
     for got, expected in zip(rows["batched"], rows["sequential"]):

@@ -22,7 +22,8 @@ from sim.attacks.model_poisoning import (
     fang_lambda_bound,
     lie_z_max,
 )
-from sim.runner import read_metrics, run
+from sim.reporting import read_metrics
+from sim.runner import run
 from simtest import tiny_synthetic
 
 pytestmark = pytest.mark.usefixtures("one_thread")

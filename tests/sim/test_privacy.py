@@ -19,7 +19,8 @@ from sim.defenses.privacy import (
     noise_generator,
     privacy_budget,
 )
-from sim.runner import read_metrics, run
+from sim.reporting import read_metrics
+from sim.runner import run
 from sim.uploads import UploadPipeline
 from simtest import tiny_synthetic
 

@@ -8,11 +8,12 @@ import json
 import pytest
 import torch
 
-from sim import runner
+from sim import reporting, runner
 from sim.engines import registry
 from sim.config import load_config
 from sim.errors import ConfigError
-from sim.runner import METRIC_COLUMNS, read_metrics, run
+from sim.reporting import METRIC_COLUMNS, read_metrics
+from sim.runner import run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -49,7 +50,7 @@ def tiny_config(*extra: str):
 def metrics_without_timing(out_dir) -> list[list[str]]:
     with open(out_dir / "metrics.csv", newline="") as stream:
         rows = list(csv.reader(stream))
-    keep = [i for i, column in enumerate(rows[0]) if column not in runner.TIMING_COLUMNS]
+    keep = [i for i, column in enumerate(rows[0]) if column not in reporting.TIMING_COLUMNS]
     return [[row[i] for i in keep] for row in rows]
 
 
