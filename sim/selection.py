@@ -204,6 +204,3 @@ class Selector:
     def malicious_count(self, round: int) -> int:
         """How many of ``select(round)`` are malicious."""
         return sum(c in self._malicious_ids for c in self.select(round))
-
-    def is_malicious(self, client: int) -> bool:
-        return client in self._malicious_ids

@@ -93,8 +93,6 @@ def noise_generator(seed: int, client: int, round: int) -> torch.Generator:
 class GaussianPrivacy:
     """Clip each row to L2 norm `clip`, then add N(0, sigma^2) to every coordinate."""
 
-    name = "gaussian"
-
     def __init__(self, clip: float, epsilon: float, delta: float, rdp_order: float | None = None):
         self.clip = float(clip)
         self.epsilon = float(epsilon)
