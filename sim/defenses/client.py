@@ -286,15 +286,24 @@ class LeadFLOriginal(LeadFL):
         second_step = [self.defended[row] and active[row] and step_in_epoch[row] > 0 for row in range(n)]
         last_grads = list(grads)
         if any(second_step):
+            everyone = all(second_step)  # then the row masks are skipped (same values, less work)
             mask = torch.tensor(second_step, device=self.device)
             for k, (w, g) in enumerate(zip(self.params, grads)):
                 column = _column(mask, w)
                 h = g.clone()
                 if self.regularised[k]:
                     u = w - self.previous_params[k] - self.previous_grads[k] - lr
-                    norm = torch.linalg.vector_norm(u.reshape(n, -1), dim=1).reshape_as(column)
-                    h += torch.where(norm > 0, self.alpha * u / norm, torch.zeros_like(u))
+                    norm = torch.linalg.vector_norm(u.reshape(n, -1), dim=1).reshape(-1, *([1] * (w.dim() - 1)))
+                    h += torch.where(norm > 0, self.alpha * u / norm, 0.0)
                 h.clamp_(-self.q, self.q)
+                if everyone:
+                    if self.momentum_buffers is not None:
+                        buffer = self.momentum_buffers[k].mul_(mu).add_(h)
+                        w.sub_(lr * buffer)
+                    else:
+                        w.sub_(lr * h)
+                    last_grads[k] = h
+                    continue
                 if self.momentum_buffers is not None:
                     buffer = self.momentum_buffers[k]
                     buffer.copy_(torch.where(column, buffer * mu + h, buffer))
