@@ -31,6 +31,7 @@ from sim.attacks.model_poisoning import MODEL_POISONING, POISONEDFL_COORDINATES
 from sim.data import DATASET_NAMES, PARTITION_SCHEMES
 from sim.defenses.client import CLIENT_DEFENSES, LEADFL_VARIANTS
 from sim.defenses.privacy import PRIVACY_TYPES, build_privacy
+from sim.engines.client_training import check_training_settings
 from sim.engines.registry import AUTO, ENGINES
 from sim.engines.schedules import LR_SCHEDULES
 from sim.errors import ConfigError
@@ -676,12 +677,7 @@ def validate(cfg: Config) -> Config:
             f"model={model} takes {MODEL_INPUT[model]} images, but data.dataset={dataset} has "
             f"{DATASET_INPUT[dataset]}; fix: --set model={fitting[0]}"
         )
-    classes = DATASET_CLASSES.get(dataset)
-    if classes is not None and cfg.attack.target_label >= classes:
-        raise ConfigError(
-            f"attack.target_label={cfg.attack.target_label} is not a class of {dataset} (0..{classes - 1}); "
-            "fix: --set attack.target_label=8"
-        )
+    check_training_settings(cfg.training, cfg.attack, DATASET_CLASSES[dataset])
     build_aggregator(cfg.server, clients.clients_per_round, clients.num_clients, clients.num_malicious)
     build_privacy(cfg.privacy)
     _check_uploads(cfg)

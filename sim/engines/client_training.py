@@ -98,7 +98,8 @@ def check_training_settings(training, attack, num_classes: int) -> None:
     if attack.type == "backdoor":
         _require(
             isinstance(attack.target_label, int) and 0 <= attack.target_label < num_classes,
-            f"attack.target_label = {attack.target_label!r} must be a class id in 0..{num_classes - 1}.",
+            f"attack.target_label = {attack.target_label!r} is not a class of the dataset (0..{num_classes - 1}); "
+            "fix: --set attack.target_label=8",
         )
         _require(
             attack.blend in BLEND_RULES,

@@ -212,7 +212,7 @@ def test_malformed_override_is_an_error():
         (["selection.schedule=schedule", "selection.malicious_counts=[1,12]"], "selection.malicious_counts[1]=12 is invalid: it must be an integer in [0, 10]"),
         (["model=cifar_cnn"], "fix: --set model=fmnist_cnn"),
         (["data.dataset=cifar10"], "fix: --set model=cifar_cnn"),
-        (["attack.target_label=10"], "attack.target_label=10 is not a class of fashion_mnist"),
+        (["attack.target_label=10"], "attack.target_label = 10 is not a class of the dataset (0..9)"),
     ],
 )
 def test_settings_that_constrain_each_other_are_checked(overrides, expected):
