@@ -4,11 +4,11 @@ For 10, 100 and 1000 clients per round it times one round of `Engine.train_clien
 selected client's local training, from the same global model) with the FashionMNIST CNN and
 reports client local steps per second and peak memory, for
 
-* `sequential`  one client after another, one model (sim/engine.py)
-* `batched`     all clients stacked and vmapped, one fused LeadFL/SGD update (sim/engine_batched.py)
+* `sequential`  one client after another, one model (sim/engines/sequential.py)
+* `batched`     all clients stacked and vmapped, one fused LeadFL/SGD update (sim/engines/batched.py)
 * `auto`        whatever `engine: auto` picks on the device
 * `distributed` the round split over R processes under torchrun (gloo on CPU, NCCL on GPUs),
-                each rank running `auto` (sim/distributed.py)
+                each rank running `auto` (sim/engines/distributed.py)
 
 and, as the baseline, a plain single-model PyTorch loop (`zero_grad / forward / cross_entropy /
 backward / SGD.step` on batches of 16), measured in the same run.
@@ -72,11 +72,11 @@ def _case(spec: dict) -> None:
     import torch
     import torch.nn.functional as F
 
-    from sim import distributed
+    from sim.engines import distributed
     from sim.config import load_config
     from sim.data import make_synthetic_dataset, partition
     from sim.models import build_model, flatten_parameters
-    from sim.runner import build_engine, resolve_engine
+    from sim.engines.registry import build_engine, resolve_engine
 
     torch.set_num_threads(spec["threads"])
     device = distributed.init_from_env(torch.device(spec["device"]))
@@ -337,7 +337,7 @@ def main(argv=None) -> int:
 
     load_after = os.getloadavg()
     device_name = bench_device_name(args.device)
-    from sim.engine_batched import choose_engine
+    from sim.engines.registry import choose_engine
 
     auto_choice, auto_reason = choose_engine(args.device)
     what = (

@@ -3,7 +3,7 @@
 Both train the FashionMNIST CNN on batches of 16 gathered by index from tensors of FashionMNIST
 shape (synthetic values: the cost does not depend on them), with SGD(lr 0.01, momentum 0.1).
 The bare loop is `zero_grad / forward / cross_entropy / backward / optimizer.step()`; the
-simulator runs one client's local training (`LocalTrainer.train`) for the same number of steps,
+simulator runs one client's local training (`SequentialEngine.train_clients` on one client) for the same number of steps,
 for each client role. Blocks of steps are timed alternately and the medians compared, so load
 on the machine hits every loop alike.
 
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sim.config import load_config  # noqa: E402
 from sim.data import make_synthetic_dataset  # noqa: E402
 from sim.models import build_model, flatten_parameters  # noqa: E402
-from sim.training import LocalTrainer  # noqa: E402
+from sim.engines.sequential import SequentialEngine  # noqa: E402
 
 ROLES = {
     "benign, no defense": (["client_defense.type=none"], False),
@@ -72,8 +72,9 @@ def main(argv=None):
     loops = {"bare PyTorch loop": bare_block}
     for role, (overrides, malicious) in ROLES.items():
         cfg = load_config(overrides=[*base, *overrides])
-        trainer = LocalTrainer("fmnist_cnn", dataset, cfg.training, cfg.attack, cfg.client_defense, "cpu")
-        loops[role] = (lambda t=trainer, m=malicious: t.train(start, indices, malicious=m, seed=0, client=1, round=0))
+        engine = SequentialEngine("fmnist_cnn", dataset, [indices, indices], [1] if malicious else [], cfg.training,
+                                  cfg.attack, cfg.client_defense, seed=0, device="cpu")
+        loops[role] = (lambda e=engine: e.train_clients(start, [1], 0))
 
     times = {name: [] for name in loops}
     for fn in loops.values():

@@ -8,6 +8,9 @@
 `--set` takes any setting by its dotted path (`client_defense.alpha=0.3`); `--seed`, `--device`
 and `--rounds` are shortcuts for the three most common ones and win over `--set`.
 A bad setting prints one line naming it, the allowed values and the fix, and exits with status 2.
+
+Each command imports what it needs when it runs, so `--help` and `list-presets` answer without
+loading torch; no module of `sim` imports this one, so these imports hide no cycle.
 """
 
 from __future__ import annotations
@@ -127,7 +130,9 @@ def _set_threads(args: argparse.Namespace) -> None:
 
 def _command_run(args: argparse.Namespace) -> int:
     from sim.config import load_config
-    from sim.runner import PLOT_FILE, format_summary, run
+    from sim.io import PLOT_FILE
+    from sim.reporting import format_summary
+    from sim.runner import run
 
     cfg = load_config(args.preset, args.config, _overrides(args))
     out_dir = _out_dir(args)
@@ -141,8 +146,8 @@ def _command_run(args: argparse.Namespace) -> int:
 
 
 def _is_main_process() -> bool:
-    # Under torchrun only rank 0 prints (sim.distributed).
-    from sim.distributed import is_main_process
+    # Under torchrun only rank 0 prints (sim.engines.distributed).
+    from sim.engines.distributed import is_main_process
 
     return is_main_process()
 
@@ -171,15 +176,15 @@ def _command_compare(args: argparse.Namespace) -> int:
 
 
 def _command_plot(args: argparse.Namespace) -> int:
-    from sim.compare import JSON_FILE, replot
-    from sim.plots import plot_run
-    from sim.runner import METRICS_FILE, PLOT_FILE, _plot_title, load_run_config, read_metrics
+    from sim import compare, reporting
+    from sim.compare import JSON_FILE
+    from sim.io import METRICS_FILE
 
     folder = Path(args.folder)
     if (folder / JSON_FILE).is_file():
-        path = replot(folder)
+        path = compare.replot(folder)
     elif (folder / METRICS_FILE).is_file():
-        path = plot_run(read_metrics(folder), folder / PLOT_FILE, title=_plot_title(load_run_config(folder), None))
+        path = reporting.replot(folder)
     else:
         raise ConfigError(
             f"{folder} holds neither {JSON_FILE} nor {METRICS_FILE}; fix: point at a run or comparison folder"
@@ -223,6 +228,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     finally:
         if "torch" in sys.modules:
-            from sim.distributed import shutdown
+            from sim.engines.distributed import shutdown
 
             shutdown()  # leave the torchrun process group, if `run` joined one

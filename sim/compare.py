@@ -20,10 +20,13 @@ from pathlib import Path
 from typing import Any, Iterable, Union
 
 from sim.config import Config, apply_overrides, to_dict
-from sim.distributed import broadcast_object, init_from_env, is_main_process
+from sim.engines.distributed import broadcast_object, init_from_env, is_main_process
 from sim.errors import ConfigError
+from sim.io import CHECKPOINT_FILE, METRICS_FILE, write_atomic
 from sim.plots import plot_comparison
-from sim.runner import CHECKPOINT_FILE, METRICS_FILE, finished_summary, read_metrics, run, write_atomic
+from sim.reporting import read_metrics
+from sim.resume import finished_summary
+from sim.runner import run
 
 TABLE_FILE = "table.md"
 PLOT_FILE = "comparison.png"
@@ -181,7 +184,7 @@ def compare(
     configs = variant_configs(cfg, variants)
     out_dir = Path(out_dir)
     init_from_env(cfg.device)  # under torchrun: join the process group before the ranks decide anything
-    writer = is_main_process()  # only rank 0 writes (sim.distributed)
+    writer = is_main_process()  # only rank 0 writes (sim.engines.distributed)
     if writer:
         out_dir.mkdir(parents=True, exist_ok=True)
 

@@ -26,48 +26,39 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
+from sim.attacks.data_poisoning import ATTACK_TYPES, BLEND_RULES
+from sim.attacks.model_poisoning import MODEL_POISONING, POISONEDFL_COORDINATES
+from sim.data import DATASET_NAMES, PARTITION_SCHEMES
+from sim.defenses.client import CLIENT_DEFENSES, LEADFL_VARIANTS
+from sim.defenses.privacy import PRIVACY_TYPES, build_privacy
+from sim.engines.client_training import check_training_settings
+from sim.engines.registry import AUTO, ENGINES
+from sim.engines.schedules import LR_SCHEDULES
 from sim.errors import ConfigError
+from sim.models import MODELS
+from sim.selection import SCHEDULES as SELECTION_SCHEDULES
+from sim.selection import Selector
+from sim.server.aggregators import AGGREGATORS, UNAVAILABLE_AGGREGATORS, build_aggregator
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 # Keys a preset or config file may carry besides the settings themselves.
 PRESET_ONLY_KEYS = ("description", "compare")
 
-DATASETS = ("fashion_mnist", "mnist", "cifar10", "synthetic")
-PARTITIONS = ("iid", "dirichlet", "shards")
-MODEL_NAMES = ("fmnist_cnn", "cifar_cnn", "mlp")
-ENGINE_NAMES = ("sequential", "batched", "auto")
-SCHEDULES = ("random", "periodic", "fixed", "schedule")
-ATTACKS = ("none", "backdoor", "label_flip")
-BLENDS = ("mgda", "fixed")
-CLIENT_DEFENSES = ("none", "ldp", "flwbc", "leadfl")
-LEADFL_VARIANTS = ("hessian", "paper", "original")
-AGGREGATOR_NAMES = (
-    "fedavg",
-    "krum",
-    "multikrum",
-    "bulyan",
-    "median",
-    "trimmed_mean",
-    "sparsefed",
-    "fltk_multikrum",
-    "fltk_bulyan",
-    "robust_dpfl",
-)
-# Names a user may reach for that the simulator deliberately does not provide, with the reason.
-UNAVAILABLE_AGGREGATORS = {
-    "prodigy": (
-        "server.aggregator='prodigy' (ProDiGy, Ergisi, Massny, Bitar, arXiv 2509.09534) is not implemented: its "
-        "proximity and dissimilarity scoring formulas are not available to this project (no public code, and "
-        "the paper body could not be read), and a rule invented under its name would misreport it; allowed: "
-        + ", ".join(AGGREGATOR_NAMES)
-        + "; fix: --set server.aggregator=multikrum (or median, trimmed_mean, robust_dpfl)"
-    ),
-}
-MODEL_POISONING_TYPES = ("none", "lie", "fang", "min_max", "poisonedfl", "attack_dpfl", "attack_dpfl_adaptive")
-POISONEDFL_COORDINATES = ("shared", "partitioned")
-PRIVACY_TYPES = ("none", "gaussian")
-LR_SCHEDULES = ("constant", "step", "cosine")
+# Every choice list is its registry's keys: the component that owns a name is the one place it is
+# spelled.
+DATASETS = tuple(DATASET_NAMES)
+PARTITIONS = tuple(PARTITION_SCHEMES)
+MODEL_NAMES = tuple(MODELS)
+ENGINE_NAMES = (*ENGINES, AUTO)
+SCHEDULES = tuple(SELECTION_SCHEDULES)
+ATTACKS = tuple(ATTACK_TYPES)
+BLENDS = tuple(BLEND_RULES)
+CLIENT_DEFENSE_NAMES = tuple(CLIENT_DEFENSES)
+LEADFL_VARIANT_NAMES = tuple(LEADFL_VARIANTS)
+AGGREGATOR_NAMES = tuple(AGGREGATORS)
+MODEL_POISONING_TYPES = tuple(MODEL_POISONING)
+PRIVACY_NAMES = tuple(PRIVACY_TYPES)
 DEVICE_PATTERN = re.compile(r"^(cpu|cuda|cuda:\d+)$")
 
 # Input shape each model is built for; `mlp` flattens whatever it gets.
@@ -141,7 +132,7 @@ class TrainingConfig:
     batch_size: int = _setting(16, "int", low=1)
     local_epochs: int = _setting(10, "int", low=1)
     local_steps: int | None = _setting(None, "int", low=1, nullable=True)
-    # Local learning rate over rounds (sim.training.local_lr): constant, step (times lr_gamma every
+    # Local learning rate over rounds (sim.engines.schedules.local_lr): constant, step (times lr_gamma every
     # lr_step_rounds rounds) or cosine (from lr down towards lr_min over the run's rounds).
     lr_schedule: str = _setting("constant", "str", choices=LR_SCHEDULES)
     lr_step_rounds: int = _setting(10, "int", low=1)
@@ -160,16 +151,16 @@ class AttackConfig:
 
 @dataclass
 class ClientDefenseConfig:
-    type: str = _setting("none", "str", choices=CLIENT_DEFENSES)
+    type: str = _setting("none", "str", choices=CLIENT_DEFENSE_NAMES)
     noise_scale: float = _setting(0.2, "float", low=0)
-    variant: str = _setting("hessian", "str", choices=LEADFL_VARIANTS)
+    variant: str = _setting("hessian", "str", choices=LEADFL_VARIANT_NAMES)
     alpha: float = _setting(0.4, "float", low=0)
     q: float = _setting(0.2, "float", low=0, low_open=True)
 
 
 @dataclass
 class ModelPoisoningConfig:
-    # Replaces the selected malicious clients' uploads (sim.model_poisoning); none = off.
+    # Replaces the selected malicious clients' uploads (sim.attacks.model_poisoning); none = off.
     type: str = _setting("none", "str", choices=MODEL_POISONING_TYPES)
     lie_z: float | None = _setting(None, "float", low=0, nullable=True)  # null: Baruch et al.'s z_max
     poisonedfl_scale: float = _setting(8.0, "float", low=0, low_open=True)  # c_0
@@ -184,8 +175,8 @@ class ModelPoisoningConfig:
 
 @dataclass
 class PrivacyConfig:
-    # Client-level local DP on the protocol-following uploads (sim.privacy); none = off.
-    type: str = _setting("none", "str", choices=PRIVACY_TYPES)
+    # Client-level local DP on the protocol-following uploads (sim.defenses.privacy); none = off.
+    type: str = _setting("none", "str", choices=PRIVACY_NAMES)
     clip: float = _setting(3.0, "float", low=0, low_open=True)
     epsilon: float = _setting(5.0, "float", low=0, low_open=True)
     delta: float = _setting(1e-8, "float", low=0, high=1, low_open=True, high_open=True)
@@ -652,111 +643,6 @@ def _check_tree(obj: Any, cls: type, prefix: str = "") -> None:
             _check_field(path, value, f.metadata, getattr(defaults, f.name))
 
 
-def byzantine_f(cfg: Config) -> int:
-    """The Byzantine count krum/multikrum/bulyan assume: `server.f`, or else the expected
-    number of malicious clients per round, rounded up (25 of 100 at 10 per round -> 3)."""
-    if cfg.server.f is not None:
-        return cfg.server.f
-    if cfg.clients.num_clients == 0:
-        return 0
-    expected = cfg.clients.clients_per_round * cfg.clients.num_malicious / cfg.clients.num_clients
-    return math.ceil(expected - 1e-9)
-
-
-def multikrum_m(cfg: Config) -> int:
-    """How many updates multikrum averages: `server.m`, or else n - f."""
-    if cfg.server.m is not None:
-        return cfg.server.m
-    return cfg.clients.clients_per_round - byzantine_f(cfg)
-
-
-def _check_selection(cfg: Config) -> None:
-    clients, sel = cfg.clients, cfg.selection
-    benign = clients.num_clients - clients.num_malicious
-    per_round = clients.clients_per_round
-    most_malicious = min(clients.num_malicious, per_round)
-
-    def need_benign(malicious_in_round: int, setting: str) -> None:
-        if per_round - malicious_in_round > benign:
-            raise ConfigError(
-                f"{setting}={malicious_in_round} leaves {per_round - malicious_in_round} benign places per "
-                f"round, but only {benign} clients are benign (clients.num_clients={clients.num_clients}, "
-                f"clients.num_malicious={clients.num_malicious}); fix: raise clients.num_clients or lower "
-                f"clients.clients_per_round"
-            )
-
-    if sel.schedule == "periodic":
-        if sel.burst_rounds > sel.period:
-            raise ConfigError(
-                f"selection.burst_rounds={sel.burst_rounds} is longer than selection.period={sel.period}; "
-                f"fix: --set selection.burst_rounds={sel.period}"
-            )
-        if sel.burst_malicious > most_malicious:
-            raise ConfigError(
-                f"selection.burst_malicious={sel.burst_malicious} exceeds what a round can hold "
-                f"(min of clients.num_malicious={clients.num_malicious} and clients.clients_per_round={per_round}); "
-                f"fix: --set selection.burst_malicious={most_malicious}"
-            )
-        if sel.burst_rounds > 0:
-            need_benign(sel.burst_malicious, "selection.burst_malicious")
-        if sel.burst_rounds < sel.period:
-            need_benign(0, "the quiet rounds of selection.schedule=periodic (malicious per round)")
-    elif sel.schedule == "fixed":
-        if sel.fixed_malicious > most_malicious:
-            raise ConfigError(
-                f"selection.fixed_malicious={sel.fixed_malicious} exceeds what a round can hold "
-                f"(min of clients.num_malicious={clients.num_malicious} and clients.clients_per_round={per_round}); "
-                f"fix: --set selection.fixed_malicious={most_malicious}"
-            )
-        need_benign(sel.fixed_malicious, "selection.fixed_malicious")
-    elif sel.schedule == "schedule":
-        if not sel.malicious_counts:
-            raise ConfigError(
-                "selection.malicious_counts is empty, but selection.schedule=schedule reads one malicious "
-                "count per round from it; fix: --set selection.malicious_counts=[5,0,0,0,0]"
-            )
-        for count in sel.malicious_counts:
-            if count > most_malicious:
-                raise ConfigError(
-                    f"selection.malicious_counts holds {count}, more than a round can hold (min of "
-                    f"clients.num_malicious={clients.num_malicious} and clients.clients_per_round={per_round}); "
-                    f"fix: keep every entry <= {most_malicious}"
-                )
-            need_benign(count, "an entry of selection.malicious_counts")
-
-
-def _check_server(cfg: Config) -> None:
-    server = cfg.server
-    n = cfg.clients.clients_per_round
-    name = server.aggregator
-    f = byzantine_f(cfg)
-    f_source = "server.f" if server.f is not None else "server.f (null, so the malicious share)"
-    if name in ("krum", "multikrum") and n < 2 * f + 3:
-        best = max(0, (n - 3) // 2)
-        raise ConfigError(
-            f"server.aggregator={name} needs clients.clients_per_round >= 2f+3, but {f_source} gives f={f} "
-            f"with clients_per_round={n}; fix: --set server.f={best}"
-        )
-    if name == "bulyan" and n < 4 * f + 3:
-        best = max(0, (n - 3) // 4)
-        raise ConfigError(
-            f"server.aggregator=bulyan needs clients.clients_per_round >= 4f+3, but {f_source} gives f={f} "
-            f"with clients_per_round={n}; fix: --set server.f={best}"
-        )
-    if name == "multikrum":
-        m = multikrum_m(cfg)
-        if not 1 <= m <= n:
-            raise ConfigError(
-                f"server.m={m} must be in [1, clients.clients_per_round] = [1, {n}] for multikrum; "
-                f"fix: --set server.m=null (n - f = {n - f})"
-            )
-    if name == "sparsefed" and server.sparsefed_k > 1 and server.sparsefed_k != int(server.sparsefed_k):
-        raise ConfigError(
-            f"server.sparsefed_k={server.sparsefed_k} must be a fraction in (0, 1] or a whole count of "
-            "coordinates; fix: --set server.sparsefed_k=0.1"
-        )
-
-
 def validate(cfg: Config) -> Config:
     """Check every setting (type, choices, range) and the ones that constrain each other.
 
@@ -780,7 +666,9 @@ def validate(cfg: Config) -> Config:
             f"clients.clients_per_round={clients.clients_per_round} exceeds clients.num_clients="
             f"{clients.num_clients}; fix: --set clients.clients_per_round={clients.num_clients}"
         )
-    _check_selection(cfg)
+    # The components own the checks of their settings; building them here reports a bad
+    # setting before any data is loaded.
+    Selector.from_config(cfg)
 
     dataset, model = cfg.data.dataset, cfg.model
     if model in MODEL_INPUT and dataset in DATASET_INPUT and MODEL_INPUT[model] != DATASET_INPUT[dataset]:
@@ -789,13 +677,9 @@ def validate(cfg: Config) -> Config:
             f"model={model} takes {MODEL_INPUT[model]} images, but data.dataset={dataset} has "
             f"{DATASET_INPUT[dataset]}; fix: --set model={fitting[0]}"
         )
-    classes = DATASET_CLASSES.get(dataset)
-    if classes is not None and cfg.attack.target_label >= classes:
-        raise ConfigError(
-            f"attack.target_label={cfg.attack.target_label} is not a class of {dataset} (0..{classes - 1}); "
-            "fix: --set attack.target_label=8"
-        )
-    _check_server(cfg)
+    check_training_settings(cfg.training, cfg.attack, DATASET_CLASSES[dataset])
+    build_aggregator(cfg.server, clients.clients_per_round, clients.num_clients, clients.num_malicious)
+    build_privacy(cfg.privacy)
     _check_uploads(cfg)
     return cfg
 

@@ -16,14 +16,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from sim.io import write_atomic
+
 MALICIOUS_COLOR = "tab:red"
 MAIN_COLOR = "tab:blue"
 BACKDOOR_COLOR = "tab:orange"
 
 
 def _save(figure: Figure, path: Path) -> None:
-    from sim.runner import write_atomic
-
     FigureCanvasAgg(figure)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")

@@ -13,15 +13,13 @@ from typing import Any
 
 import numpy as np
 
+from sim import rng
 from sim.errors import ConfigError
 
 __all__ = ["SCHEDULES", "Selector", "malicious_set"]
 
 SCHEDULES = ("random", "periodic", "fixed", "schedule")
 
-# Stream tags keep the malicious-set draw and the per-round draws independent of each other.
-_MALICIOUS_SET_STREAM = 1
-_ROUND_STREAM = 2
 
 
 def _is_int(value: Any) -> bool:
@@ -32,7 +30,12 @@ def _require_int(field: str, value: Any, low: int, high: int | None = None, fix:
     if not _is_int(value) or value < low or (high is not None and value > high):
         allowed = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
         message = f"{field}={value!r} is invalid: it must be {allowed}"
-        raise ConfigError(message + (f"; {fix}" if fix else ""))
+        if fix:
+            message += f"; {fix}"
+        if "[" not in field and _is_int(value):
+            nearest = max(low, value) if high is None else min(max(low, value), high)
+            message += f"; fix: --set {field}={nearest}"
+        raise ConfigError(message)
     return int(value)
 
 
@@ -44,8 +47,8 @@ def malicious_set(seed: int, num_clients: int, num_malicious: int) -> list[int]:
         "clients.num_malicious", num_malicious, 0, num_clients,
         fix=f"there are only {num_clients} clients",
     )
-    rng = np.random.default_rng([seed, _MALICIOUS_SET_STREAM])
-    return sorted(int(c) for c in rng.choice(num_clients, size=num_malicious, replace=False))
+    draws = rng.numpy_stream(seed, rng.MALICIOUS_SET)
+    return sorted(int(c) for c in draws.choice(num_clients, size=num_malicious, replace=False))
 
 
 class Selector:
@@ -175,7 +178,7 @@ class Selector:
     def _rng(self, round: int) -> np.random.Generator:
         if not _is_int(round) or round < 0:
             raise ValueError(f"round must be an integer >= 0, got {round!r}")
-        return np.random.default_rng([self.seed, int(round), _ROUND_STREAM])
+        return rng.numpy_stream(self.seed, int(round), rng.SELECTION_ROUND)
 
     def scheduled_malicious_count(self, round: int) -> int | None:
         """The count the schedule prescribes for ``round``; None for ``random``."""
@@ -189,18 +192,15 @@ class Selector:
 
     def select(self, round: int) -> list[int]:
         """Sorted client ids selected in ``round``."""
-        rng = self._rng(round)
+        draws = self._rng(round)
         if self.schedule == "random":
-            chosen = rng.choice(self.num_clients, size=self.clients_per_round, replace=False)
+            chosen = draws.choice(self.num_clients, size=self.clients_per_round, replace=False)
             return sorted(int(c) for c in chosen)
         count = self.scheduled_malicious_count(round)
-        malicious = rng.choice(self.malicious, size=count, replace=False) if count else []
-        benign = rng.choice(self.benign, size=self.clients_per_round - count, replace=False)
+        malicious = draws.choice(self.malicious, size=count, replace=False) if count else []
+        benign = draws.choice(self.benign, size=self.clients_per_round - count, replace=False)
         return sorted(int(c) for c in (*malicious, *benign))
 
     def malicious_count(self, round: int) -> int:
         """How many of ``select(round)`` are malicious."""
         return sum(c in self._malicious_ids for c in self.select(round))
-
-    def is_malicious(self, client: int) -> bool:
-        return client in self._malicious_ids

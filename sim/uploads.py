@@ -5,11 +5,11 @@ every engine (engines only train):
 
     train (engine) -> DP on the protocol-following rows -> model-poisoning attack -> aggregate
 
-* DP (`privacy.type: gaussian`, `sim.privacy`) clips and noises the rows of the clients that
+* DP (`privacy.type: gaussian`, `sim.defenses.privacy`) clips and noises the rows of the clients that
   follow the protocol: the benign ones, and the malicious ones too when no model-poisoning attack
   is configured (they then poison only through their training data, as the "naive" attack on
   DP-FL does).
-* The attack (`model_poisoning.type`, `sim.model_poisoning`) sees all rows -- benign ones as
+* The attack (`model_poisoning.type`, `sim.attacks.model_poisoning`) sees all rows -- benign ones as
   uploaded, malicious ones as their clients trained them, un-noised -- and replaces the rows of the
   selected malicious clients.
 * After aggregation `observe` records the global update, which PoisonedFL reads next round.
@@ -26,8 +26,9 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from sim.model_poisoning import AttackContext, attack_generator, build_model_poisoning
-from sim.privacy import build_privacy, noise_generator
+from sim.attacks.model_poisoning import AttackContext, attack_generator, build_model_poisoning
+from sim.defenses.privacy import build_privacy, noise_generator
+from sim.server.aggregators import byzantine_f
 
 __all__ = ["UploadPipeline"]
 
@@ -36,13 +37,11 @@ class UploadPipeline:
     """DP and model poisoning for one run; `cfg` is the run's Config."""
 
     def __init__(self, cfg, malicious: Sequence[int], num_parameters: int):
-        from sim.config import byzantine_f
-
         self.seed = int(cfg.seed)
         self.malicious = frozenset(int(client) for client in malicious)
         self.privacy = build_privacy(cfg.privacy)
         self.attack = build_model_poisoning(
-            cfg.model_poisoning, num_parameters=num_parameters, seed=self.seed, krum_f=byzantine_f(cfg)
+            cfg.model_poisoning, num_parameters=num_parameters, seed=self.seed, krum_f=byzantine_f(cfg.server, cfg.clients.clients_per_round, cfg.clients.num_clients, cfg.clients.num_malicious)
         )
         self.last_global_update: Tensor | None = None
 

@@ -17,15 +17,15 @@ def one_thread():
 @pytest.fixture
 def float64(monkeypatch, dataset):
     """Both engines in float64 (models and data), so rounding cannot hide a difference in the maths."""
-    import sim.engine_batched
-    import sim.training
+    import sim.engines.batched
+    import sim.engines.sequential
     from sim.models import build_model
 
     def build_float64_model(*args, **kwargs):
         return build_model(*args, **kwargs).double()
 
-    monkeypatch.setattr(sim.training, "build_model", build_float64_model)
-    monkeypatch.setattr(sim.engine_batched, "build_model", build_float64_model)
+    monkeypatch.setattr(sim.engines.sequential, "build_model", build_float64_model)
+    monkeypatch.setattr(sim.engines.batched, "build_model", build_float64_model)
     return dataclasses.replace(
         dataset,
         train_x=dataset.train_x.double(),

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from sim.aggregators import (
+from sim.server.aggregators import (
     AGGREGATORS,
     Bulyan,
     FedAvg,

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sim.aggregators import AGGREGATORS, RobustDPFL, build_aggregator, two_means_low_cluster
+from sim.server.aggregators import AGGREGATORS, RobustDPFL, build_aggregator, two_means_low_cluster
 from sim.config import load_config
 from sim.errors import ConfigError
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sim.attacks import (
+from sim.attacks.data_poisoning import (
     TRIGGER_PIXELS,
     draw_label_shifts,
     flip_labels,

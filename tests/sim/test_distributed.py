@@ -13,7 +13,8 @@ import pytest
 import torch
 import yaml
 
-from sim import distributed, runner
+from sim import io, reporting, runner
+from sim.engines import distributed
 from sim.config import load_config
 from sim.errors import ConfigError
 
@@ -36,9 +37,9 @@ TINY = {
 
 
 def metrics_without_timing(out_dir: Path) -> list[list[str]]:
-    with open(out_dir / runner.METRICS_FILE, newline="") as stream:
+    with open(out_dir / io.METRICS_FILE, newline="") as stream:
         rows = list(csv.reader(stream))
-    keep = [i for i, column in enumerate(rows[0]) if column not in runner.TIMING_COLUMNS]
+    keep = [i for i, column in enumerate(rows[0]) if column not in reporting.TIMING_COLUMNS]
     return [[row[i] for i in keep] for row in rows]
 
 
@@ -65,7 +66,7 @@ def test_two_gloo_ranks_give_the_metrics_of_one_process(tmp_path):
         torch.set_num_threads(threads)
 
     assert metrics_without_timing(tmp_path / "two") == metrics_without_timing(tmp_path / "one")
-    summary = json.loads((tmp_path / "two" / runner.SUMMARY_FILE).read_text())
+    summary = json.loads((tmp_path / "two" / io.SUMMARY_FILE).read_text())
     assert summary["settings"]["engine (resolved)"] == "sequential on each of 2 ranks"
     # Only rank 0 prints: one summary block, one engine line.
     assert finished.stdout.count("results:") == 1

@@ -8,11 +8,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sim import runner
+from sim import reporting, runner
 from sim.config import load_config
 from sim.data import make_synthetic_dataset, partition
-from sim.engine import SequentialEngine
-from sim.engine_batched import BatchedEngine, choose_engine
+from sim.engines.sequential import SequentialEngine
+from sim.engines.batched import BatchedEngine
+from sim.engines.registry import choose_engine
 from sim.errors import ConfigError
 from sim.models import build_model, flatten_parameters
 
@@ -185,7 +186,7 @@ def test_batched_run_metrics_equal_sequential(tmp_path, case):
     for engine in ("sequential", "batched"):
         cfg = load_config(overrides=[*RUN, *RUN_CASES[case], f"engine={engine}"])
         runner.run(cfg, tmp_path / engine, progress=False)
-        rows[engine] = runner.read_metrics(tmp_path / engine)
+        rows[engine] = reporting.read_metrics(tmp_path / engine)
     test_size = 100
     assert len(rows["batched"]) == len(rows["sequential"]) == 3
     for got, expected in zip(rows["batched"], rows["sequential"]):
@@ -212,3 +213,20 @@ def test_auto_picks_the_sequential_engine_on_cpu_and_says_so(tmp_path, capsys):
     assert summary["settings"]["engine"] == "auto"
     assert summary["settings"]["engine (resolved)"] == "sequential"
     assert "engine: auto -> sequential" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("defense", ["ldp", "leadfl hessian", "leadfl original"])
+def test_role_override_trains_the_malicious_clients_as_benign_ones_and_leaves_the_run_alone(dataset, uneven_clients, defense):
+    # Retraining a round's clients as benign (a "shadow" trajectory) gives what an engine without
+    # malicious clients gives, and the engine's next normal call is unchanged by it.
+    training, attack, defense_section = sections({"type": "backdoor", "boost": 3.0}, DEFENSES[defense])
+    global_params = start_params(dataset)
+    clients = list(range(NUM_CLIENTS))
+    for engine_class in (SequentialEngine, BatchedEngine):
+        engine = engine_class("mlp", dataset, uneven_clients, MALICIOUS, training, attack, defense_section, 0, "cpu")
+        honest = engine_class("mlp", dataset, uneven_clients, [], training, attack, defense_section, 0, "cpu")
+        normal = engine.train_clients(global_params, clients, ROUND)
+        shadow = engine.train_clients(global_params, clients, ROUND, roles=["benign"] * NUM_CLIENTS)
+        assert torch.equal(shadow, honest.train_clients(global_params, clients, ROUND))
+        assert not torch.equal(shadow[MALICIOUS], normal[MALICIOUS])
+        assert torch.equal(engine.train_clients(global_params, clients, ROUND), normal)

@@ -8,15 +8,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sim import config as config_module
-from sim import training as training_module
 from sim.config import load_config
 from sim.data import make_synthetic_dataset, partition
-from sim.engine import SequentialEngine
+from sim.engines.sequential import SequentialEngine
 from sim.errors import ConfigError
 from sim.models import build_model, flatten_parameters
 from sim.runner import run
-from sim.training import local_lr
+from sim.engines.schedules import local_lr
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -28,10 +26,6 @@ def schedule(**fields):
                 lr_schedule="constant", lr_step_rounds=3, lr_gamma=0.5, lr_min=0.0)
     base.update(fields)
     return SimpleNamespace(**base)
-
-
-def test_name_list_matches_the_trainer():
-    assert set(config_module.LR_SCHEDULES) == set(training_module.LR_SCHEDULES)
 
 
 def test_constant_schedule_is_the_configured_lr():

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from sim import config as config_module
-from sim import model_poisoning
+from sim.attacks import model_poisoning
 from sim.config import load_config
 from sim.errors import ConfigError
-from sim.model_poisoning import (
+from sim.attacks.model_poisoning import (
     AttackContext,
     Fang,
     LittleIsEnough,
@@ -22,7 +22,8 @@ from sim.model_poisoning import (
     fang_lambda_bound,
     lie_z_max,
 )
-from sim.runner import read_metrics, run
+from sim.reporting import read_metrics
+from sim.runner import run
 from simtest import tiny_synthetic
 
 pytestmark = pytest.mark.usefixtures("one_thread")

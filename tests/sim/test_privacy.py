@@ -9,11 +9,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sim import config as config_module
-from sim import privacy as privacy_module
 from sim.config import load_config
-from sim.model_poisoning import AttackContext, AttackDPFL, AttackDPFLAdaptive
-from sim.privacy import (
+from sim.attacks.model_poisoning import AttackContext, AttackDPFL, AttackDPFLAdaptive
+from sim.defenses.privacy import (
     GaussianPrivacy,
     clip_rows,
     effective_epsilon,
@@ -21,15 +19,12 @@ from sim.privacy import (
     noise_generator,
     privacy_budget,
 )
-from sim.runner import read_metrics, run
+from sim.reporting import read_metrics
+from sim.runner import run
 from sim.uploads import UploadPipeline
 from simtest import tiny_synthetic
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def test_name_list_matches_the_module():
-    assert set(config_module.PRIVACY_TYPES) == set(privacy_module.PRIVACY_TYPES)
 
 
 def test_sigma_is_the_gaussian_mechanism_formula():

@@ -8,10 +8,12 @@ import json
 import pytest
 import torch
 
-from sim import runner
+from sim import reporting, runner
+from sim.engines import registry
 from sim.config import load_config
 from sim.errors import ConfigError
-from sim.runner import METRIC_COLUMNS, read_metrics, run
+from sim.reporting import METRIC_COLUMNS, read_metrics
+from sim.runner import run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -48,7 +50,7 @@ def tiny_config(*extra: str):
 def metrics_without_timing(out_dir) -> list[list[str]]:
     with open(out_dir / "metrics.csv", newline="") as stream:
         rows = list(csv.reader(stream))
-    keep = [i for i, column in enumerate(rows[0]) if column not in runner.TIMING_COLUMNS]
+    keep = [i for i, column in enumerate(rows[0]) if column not in reporting.TIMING_COLUMNS]
     return [[row[i] for i in keep] for row in rows]
 
 
@@ -186,7 +188,7 @@ class _FixedUpdatesEngine:
         self.num_parameters = num_parameters
         self.poisoned_client = poisoned_client
 
-    def train_clients(self, global_params, clients, round):
+    def train_clients(self, global_params, clients, round, roles=None):
         updates = torch.full((len(clients), self.num_parameters), 1e-3)
         for row, client in enumerate(clients):
             if client == self.poisoned_client:
@@ -201,15 +203,16 @@ def test_engines_plug_in_through_the_factory_and_non_finite_updates_are_recorded
     chosen = Selector.from_config(cfg).select(0)
     poisoned = chosen[0]
 
-    def build_fixed(cfg, dataset, partitions, malicious):
-        assert len(partitions) == cfg.clients.num_clients
-        assert len(malicious) == cfg.clients.num_malicious
-        from sim.models import build_model, num_trainable_parameters
+    class FixedEngine(_FixedUpdatesEngine):
+        def __init__(self, model_name, dataset, partitions, malicious, *sections, seed, device, rounds):
+            assert len(partitions) == cfg.clients.num_clients
+            assert len(malicious) == cfg.clients.num_malicious
+            from sim.models import build_model, num_trainable_parameters
 
-        model = build_model(cfg.model, dataset.image_shape, dataset.num_classes)
-        return _FixedUpdatesEngine(num_trainable_parameters(model), poisoned)
+            model = build_model(model_name, dataset.image_shape, dataset.num_classes)
+            super().__init__(num_trainable_parameters(model), poisoned)
 
-    monkeypatch.setitem(runner.ENGINE_BUILDERS, "sequential", build_fixed)
+    monkeypatch.setitem(registry.ENGINES, "sequential", FixedEngine)
     run(cfg, tmp_path / "run", progress=False)
     first = read_metrics(tmp_path / "run")[0]
     assert first["rejected_nonfinite"] == str(poisoned)
@@ -223,7 +226,7 @@ def test_unknown_engine_is_a_config_error(tmp_path):
         load_config(overrides=[*TINY, "engine=vectorised"])
     cfg.engine = "vectorised"  # past validation, the factory still refuses it
     with pytest.raises(ConfigError, match=r"engine='vectorised' is not one of sequential, batched, auto; fix: --set engine=auto"):
-        runner.build_engine(cfg, None, [], [])
+        registry.build_engine(cfg, None, [], [])
 
 
 def test_resume_accepts_settings_added_after_the_run_started_only_at_their_default(tmp_path):

@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sim.attacks import stamp_trigger
+from sim.attacks.data_poisoning import stamp_trigger
 from sim.data import load_dataset, make_synthetic_dataset, partition
-from sim.engine import SequentialEngine
+from sim.engines.sequential import SequentialEngine
 from sim.errors import ConfigError
 from sim.models import build_model, flatten_parameters, load_flat_parameters_
 from simtest import requires_fashion_mnist

@@ -160,7 +160,7 @@ class DistributedEngine:
     def device(self) -> torch.device:
         return self.inner.device
 
-    def train_clients(self, global_params: Tensor, clients: list[int], round: int) -> Tensor:
+    def train_clients(self, global_params: Tensor, clients: list[int], round: int, roles=None) -> Tensor:
         device = self.inner.device
         # Every rank trains from rank 0's global model, so ranks cannot drift apart even where
         # an aggregator's kernels are not bitwise deterministic.
@@ -169,7 +169,8 @@ class DistributedEngine:
 
         bounds = shares(len(clients), self.world_size)
         start, stop = bounds[self.rank]
-        local = self.inner.train_clients(global_params, list(clients[start:stop]), round)
+        share_roles = None if roles is None else list(roles[start:stop])
+        local = self.inner.train_clients(global_params, list(clients[start:stop]), round, share_roles)
         widest = max(high - low for low, high in bounds)
         if widest == 0:
             return local

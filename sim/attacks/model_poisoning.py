@@ -44,7 +44,9 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from sim.aggregators import Component
+from sim.defenses.privacy import noise_generator
+from sim.server.aggregators import Component, Krum
+from sim import rng
 from sim.errors import ConfigError
 
 __all__ = [
@@ -69,9 +71,6 @@ POISONEDFL_COORDINATES = ("shared", "partitioned")
 LAMBDA_THRESHOLD = 1e-5
 MIN_MAX_START = 10.0
 
-# Stream tags of the per-round attack generator and of PoisonedFL's fixed direction.
-_STREAM_ATTACK = 8
-_STREAM_DIRECTION = 9
 
 
 @dataclass
@@ -82,13 +81,11 @@ class AttackContext:
     generator: torch.Generator  # CPU, seeded from (seed, round)
     clients: Sequence[int] = ()  # the selected client ids, one per row
     seed: int = 0
-    privacy: Any = None  # sim.privacy.GaussianPrivacy or None
+    privacy: Any = None  # sim.defenses.privacy.GaussianPrivacy or None
 
 
 def attack_generator(seed: int, round: int) -> torch.Generator:
-    from sim.training import derive_seed
-
-    return torch.Generator().manual_seed(derive_seed(seed, round, _STREAM_ATTACK))
+    return rng.torch_stream(seed, round, rng.MODEL_POISONING)
 
 
 def _mean_and_std(rows: Tensor) -> tuple[Tensor, Tensor]:
@@ -206,8 +203,6 @@ class Fang(ModelPoisoningAttack):
         self.last_lambda: float | None = None
 
     def craft(self, updates: Tensor, malicious: Tensor, context: AttackContext) -> Tensor:
-        from sim.aggregators import Krum
-
         m = int(malicious.sum())
         if m == 0:
             return updates.new_zeros(0, updates.shape[1])
@@ -315,8 +310,6 @@ class PoisonedFL(ModelPoisoningAttack):
         flip_prob: float = 0.0,
         coordinates: str = "shared",
     ):
-        from sim.training import derive_seed
-
         if coordinates not in POISONEDFL_COORDINATES:
             raise ValueError(f"coordinates must be one of {', '.join(POISONEDFL_COORDINATES)}, got {coordinates!r}")
         if not 0 < beta < 1:
@@ -332,7 +325,7 @@ class PoisonedFL(ModelPoisoningAttack):
         self.noise = float(noise)
         self.flip_prob = float(flip_prob)
         self.coordinates = coordinates
-        generator = torch.Generator().manual_seed(derive_seed(seed, _STREAM_DIRECTION))
+        generator = rng.torch_stream(seed, rng.POISONEDFL_DIRECTION)
         draw = torch.randn(self.num_parameters, generator=generator, dtype=torch.float64)
         self.direction = torch.where(draw >= 0, 1.0, -1.0).to(torch.float32)
         self.scale = self.scale0
@@ -439,8 +432,6 @@ class AttackDPFL(ModelPoisoningAttack):
     remove_mean = False
 
     def craft(self, updates: Tensor, malicious: Tensor, context: AttackContext) -> Tensor:
-        from sim.privacy import noise_generator
-
         privacy = context.privacy
         if privacy is None:
             raise ConfigError(

@@ -47,7 +47,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sim.config import UNAVAILABLE_AGGREGATORS
 from sim.errors import ConfigError
 
 __all__ = [
@@ -433,6 +432,18 @@ AGGREGATORS: dict[str, type[Aggregator]] = {
 }
 
 
+# Names a user may reach for that the simulator deliberately does not provide, with the reason.
+UNAVAILABLE_AGGREGATORS = {
+    "prodigy": (
+        "server.aggregator='prodigy' (ProDiGy, Ergisi, Massny, Bitar, arXiv 2509.09534) is not implemented: its "
+        "proximity and dissimilarity scoring formulas are not available to this project (no public code, and "
+        "the paper body could not be read), and a rule invented under its name would misreport it; allowed: "
+        + ", ".join(AGGREGATORS)
+        + "; fix: --set server.aggregator=multikrum (or median, trimmed_mean, robust_dpfl)"
+    ),
+}
+
+
 def _check_sparsefed_k(k: Any) -> float:
     if isinstance(k, bool) or not isinstance(k, (int, float)) or not math.isfinite(k) or k <= 0:
         raise ValueError(f"k must be a fraction in (0, 1] or an integer count > 1, got {k!r}")
@@ -447,6 +458,12 @@ def _check_sparsefed_k(k: Any) -> float:
 def default_f(clients_per_round: int, num_clients: int, num_malicious: int) -> int:
     """Expected malicious clients among those selected, rounded up: ceil(n * M / N)."""
     return -(-clients_per_round * num_malicious // num_clients)
+
+
+def byzantine_f(server: Any, clients_per_round: int, num_clients: int, num_malicious: int) -> int:
+    """The Byzantine count krum/multikrum/bulyan assume: `server.f`, or else `default_f`."""
+    configured = _read(server, "f", None)
+    return default_f(clients_per_round, num_clients, num_malicious) if configured is None else configured
 
 
 def _read(server: Any, name: str, default: Any) -> Any:
@@ -513,7 +530,7 @@ def build_aggregator(server: Any, clients_per_round: int, num_clients: int, num_
             if configured_f is not None:
                 fix = f"raise clients.clients_per_round to at least {needed}"
                 if largest_f >= 0:
-                    fix = f"set server.f to at most {largest_f} or " + fix
+                    fix = f"set server.f to at most {largest_f} or " + fix + f"; fix: --set server.f={largest_f}"
             else:
                 # The default grows with clients_per_round, so only a size where it fits helps.
                 fitting = [
@@ -521,7 +538,7 @@ def build_aggregator(server: Any, clients_per_round: int, num_clients: int, num_
                     if c >= factor * default_f(c, num_clients, num_malicious) + 3
                 ]
                 if largest_f >= 0:
-                    fix = f"set server.f explicitly to at most {largest_f}"
+                    fix = f"set server.f explicitly to at most {largest_f} (fix: --set server.f={largest_f})"
                 else:
                     fix = "raise clients.clients_per_round to at least 3 and set server.f explicitly to 0"
                 if fitting:

@@ -1,6 +1,6 @@
 """Client attacks: the 9-pixel backdoor (trigger, two-task MGDA weight) and label flipping.
 
-The training loop in `sim.training` applies these per minibatch; this module holds the pieces
+The training loop in `sim.engines.schedules` applies these per minibatch; this module holds the pieces
 that can be checked by hand.
 """
 

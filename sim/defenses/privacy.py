@@ -35,6 +35,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import Tensor
 
+from sim import rng
 from sim.errors import ConfigError
 
 __all__ = [
@@ -50,8 +51,7 @@ __all__ = [
 
 PRIVACY_TYPES = ("none", "gaussian")
 
-# Stream tag of the DP noise, apart from the training streams of sim.training.
-_STREAM_PRIVACY_NOISE = 7
+# Stream tag of the DP noise, apart from the training streams of sim.engines.schedules.
 
 
 def effective_epsilon(epsilon: float, delta: float, rdp_order: float | None = None) -> float:
@@ -87,15 +87,11 @@ def clip_rows(rows: Tensor, clip: float) -> Tensor:
 
 def noise_generator(seed: int, client: int, round: int) -> torch.Generator:
     """Client `client`'s DP-noise stream in round `round` (CPU)."""
-    from sim.training import derive_seed
-
-    return torch.Generator().manual_seed(derive_seed(seed, client, round, _STREAM_PRIVACY_NOISE))
+    return rng.torch_stream(seed, client, round, rng.PRIVACY_NOISE)
 
 
 class GaussianPrivacy:
     """Clip each row to L2 norm `clip`, then add N(0, sigma^2) to every coordinate."""
-
-    name = "gaussian"
 
     def __init__(self, clip: float, epsilon: float, delta: float, rdp_order: float | None = None):
         self.clip = float(clip)

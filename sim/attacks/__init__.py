@@ -1,0 +1,1 @@
+"""Client attacks: data poisoning during local training, model poisoning of the uploads."""

@@ -1,0 +1,344 @@
+"""Client defenses as per-step update rules on stacked per-client tensors (docs/algorithms.md §1).
+
+Every tensor an update rule touches carries the clients on dim 0: row k of each parameter,
+gradient and state tensor belongs to the k-th client being trained. The sequential engine is
+the case of one row (its tensors are `[1, ...]` views of one model's parameters), the batched
+engine stacks a whole chunk of clients. A rule never computes a gradient: the engine hands it
+the task gradient (and, for rules with `needs_lookahead`, the gradient at the lookahead point
+`W - lr*g` on the same batch), so the maths below exists once for every engine.
+
+A rule applies its defense to the rows marked `defended` (the benign clients; malicious clients
+never run a client defense) and plain momentum SGD to the others. Rows that have finished their
+local steps get zero gradients from then on; `finish_rows` zeroes their momentum so every rule
+leaves them exactly where they are.
+
+* `none` (`SGD`): momentum SGD, `v = mu*v + g`, `W -= lr*v`.
+* `ldp` (`LaplaceNoise`): the SGD step, then `lr * Laplace(0, b)` noise on every regularised
+  tensor after every step but the first of each local epoch (docs/algorithms.md §1.4).
+* `flwbc` (`FLWBC`): the same noise, zeroed where `|g_i - g_{i-1}| > |noise|`.
+* `leadfl`, by `variant` (docs/algorithms.md §1.1-§1.3): `hessian` (`LeadFLHessian`), `paper`
+  (`LeadFLPaper`), `original` (`LeadFLOriginal`).
+
+Adding a client defense or a LeadFL variant is one subclass of `UpdateRule` plus its entry in
+`CLIENT_DEFENSES` or `LEADFL_VARIANTS`; see docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from sim.errors import ConfigError
+from sim.rng import noise_generator
+
+# The largest float32 below 1: keeps the inverse CDF finite when the uniform draw is exactly 0.
+_UNIFORM_BELOW_ONE = 1.0 - 2.0**-24
+
+
+def laplace_(out: Tensor, scale: float, generator: torch.Generator | None = None) -> Tensor:
+    """Fills `out` in place with i.i.d. Laplace(0, `scale`) samples drawn from `generator`.
+
+    Inverse CDF of one uniform per element: with v uniform on [-1, 1),
+    `-scale * sign(v) * log(1 - |v|)` is Laplace(0, scale).
+    """
+    out.uniform_(-1.0, 1.0, generator=generator)
+    return uniform_to_laplace_(out, scale)
+
+
+def uniform_to_laplace_(out: Tensor, scale: float) -> Tensor:
+    """Turns uniform draws on [-1, 1) in `out` into Laplace(0, `scale`) samples, in place, so
+    many clients' rows, each drawn from its own generator, are transformed in one pass."""
+    sign = torch.sign(out)
+    out.abs_().clamp_(max=_UNIFORM_BELOW_ONE).neg_().log1p_().mul_(sign).mul_(-float(scale))
+    return out
+
+
+def is_regularised_name(name: str) -> bool:
+    """Whether a parameter is a `weight` tensor (conv/linear weights and BatchNorm scales): the
+    set the noise defenses and LeadFL `original` touch, as in the authors' code."""
+    return "weight" in name
+
+
+def _rows_index(rows: Sequence[int], device) -> Tensor:
+    return torch.tensor(list(rows), dtype=torch.int64, device=device)
+
+
+def _column(mask: Tensor, like: Tensor) -> Tensor:
+    """A per-row value shaped to broadcast over a `[n, ...]` tensor."""
+    return mask.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+class UpdateRule:
+    """Momentum SGD on stacked rows: the client defense `none`, and the base of every rule.
+
+    Built once per engine from the `client_defense` section (the constructor owns the checks of
+    the settings it reads), then `start` prepares the state of one set of rows before their
+    local training and `step` applies one local step to them.
+    """
+
+    # Whether `step` reads the gradient at the lookahead point W - lr*g of its defended rows.
+    needs_lookahead = False
+
+    def __init__(self, settings, *, momentum: float, names: Sequence[str]):
+        self.momentum = float(momentum)
+        self.names = list(names)
+        self.regularised = [is_regularised_name(name) for name in self.names]
+
+    def start(self, params: list[Tensor], defended: Sequence[bool], *, clients: Sequence[int], seed: int, round: int) -> None:
+        """Fresh state for local training of the rows of `params` (one per client in `clients`)."""
+        self.params = params
+        self.n = params[0].shape[0]
+        self.device = params[0].device
+        self.defended = [bool(flag) for flag in defended]
+        self.momentum_buffers = [torch.zeros_like(p) for p in params] if self.momentum else None
+
+    @torch.no_grad()
+    def finish_rows(self, rows: Sequence[int]) -> None:
+        if self.momentum_buffers is not None:
+            index = _rows_index(rows, self.device)
+            for buffer in self.momentum_buffers:
+                buffer.index_fill_(0, index, 0.0)
+
+    @torch.no_grad()
+    def step(self, grads: list[Tensor], lookahead: list[Tensor] | None, active: Sequence[bool],
+             step_in_epoch: Sequence[int], lr: float) -> None:
+        """One local step of every row; `active[k]` is False once row k has finished."""
+        if self.momentum_buffers is not None:
+            torch._foreach_mul_(self.momentum_buffers, self.momentum)
+            torch._foreach_add_(self.momentum_buffers, grads)
+            torch._foreach_add_(self.params, self.momentum_buffers, alpha=-lr)
+        else:
+            torch._foreach_add_(self.params, grads, alpha=-lr)
+
+
+SGD = UpdateRule
+
+
+class LaplaceNoise(UpdateRule):
+    """`ldp`: the SGD step, then Laplace noise on the regularised tensors of the defended rows.
+
+    Each row's noise comes from its client's own `(seed, client, round)` stream, drawn into one
+    flat `[n, width]` buffer that all rows then turn into Laplace noise in one pass.
+    """
+
+    def __init__(self, settings, *, momentum: float, names: Sequence[str]):
+        super().__init__(settings, momentum=momentum, names=names)
+        if not settings.noise_scale >= 0:
+            raise ConfigError(
+                f"client_defense.noise_scale = {settings.noise_scale!r} must be >= 0 (the Laplace scale b). "
+                "Set it to e.g. 0.2."
+            )
+        self.noise_scale = float(settings.noise_scale)
+        self.positions = [k for k, flag in enumerate(self.regularised) if flag]
+
+    def start(self, params, defended, *, clients, seed, round) -> None:
+        super().start(params, defended, clients=clients, seed=seed, round=round)
+        self.generators = [
+            noise_generator(seed, client, round, self.device) if flag else None for client, flag in zip(clients, self.defended)
+        ]
+        self.noised_params = [params[k] for k in self.positions]
+        sizes = [params[k][0].numel() for k in self.positions]
+        self.noise = params[0].new_zeros(self.n, sum(sizes))
+        self.noise_views = [part.view_as(p) for part, p in zip(self.noise.split(sizes, dim=1), self.noised_params)]
+
+    @torch.no_grad()
+    def step(self, grads, lookahead, active, step_in_epoch, lr) -> None:
+        super().step(grads, lookahead, active, step_in_epoch, lr)
+        if self.positions:
+            self._add_noise(grads, active, step_in_epoch, lr)
+
+    def _draw(self, active, step_in_epoch) -> list[int]:
+        """Draws the noise of the rows that get some this step (none at an epoch's first step)
+        and zeroes the other rows; returns the drawn rows."""
+        drawn = [row for row in range(self.n) if self.defended[row] and active[row] and step_in_epoch[row] > 0]
+        if drawn:
+            for row in drawn:
+                self.noise[row].uniform_(-1.0, 1.0, generator=self.generators[row])
+            uniform_to_laplace_(self.noise, self.noise_scale)
+            if len(drawn) < self.n:
+                keep = torch.zeros(self.n, 1, dtype=torch.bool, device=self.device)
+                keep[drawn] = True
+                self.noise.masked_fill_(~keep, 0.0)
+        return drawn
+
+    def _add_noise(self, grads, active, step_in_epoch, lr) -> None:
+        if self._draw(active, step_in_epoch):
+            torch._foreach_add_(self.noised_params, self.noise_views, alpha=lr)
+
+
+class FLWBC(LaplaceNoise):
+    """`flwbc`: the `ldp` noise, zeroed where `|g_i - g_{i-1}| > |noise|` element-wise, with
+    `g_{i-1}` the previous step's gradient of the same row."""
+
+    def start(self, params, defended, *, clients, seed, round) -> None:
+        super().start(params, defended, clients=clients, seed=seed, round=round)
+        self.grad_now = torch.zeros_like(self.noise)
+        self.grad_before = torch.zeros_like(self.noise)
+
+    def _add_noise(self, grads, active, step_in_epoch, lr) -> None:
+        torch.cat([grads[k].reshape(self.n, -1) for k in self.positions], dim=1, out=self.grad_now)
+        if self._draw(active, step_in_epoch):
+            changed = torch.sub(self.grad_now, self.grad_before).abs_()
+            self.noise.masked_fill_(changed > self.noise.abs(), 0.0)
+            torch._foreach_add_(self.noised_params, self.noise_views, alpha=lr)
+        self.grad_now, self.grad_before = self.grad_before, self.grad_now
+
+
+def _import_leadfl_ext():
+    try:
+        import leadfl_ext
+    except ImportError as error:
+        raise ConfigError(
+            f"client_defense.type = 'leadfl' needs the leadfl_ext package, which failed to import "
+            f"({error}). Build and install it with `pip install -e .` from the repository root."
+        ) from error
+    return leadfl_ext
+
+
+class LeadFL(UpdateRule):
+    """The settings every LeadFL variant shares: `alpha` and the clip bound `q`."""
+
+    def __init__(self, settings, *, momentum: float, names: Sequence[str]):
+        super().__init__(settings, momentum=momentum, names=names)
+        if not settings.q > 0:
+            raise ConfigError(f"client_defense.q = {settings.q!r} must be > 0 (the clip bound). Set it to e.g. 0.2.")
+        if not settings.alpha >= 0:
+            raise ConfigError(f"client_defense.alpha = {settings.alpha!r} must be >= 0. Set it to e.g. 0.4.")
+        self.alpha = float(settings.alpha)
+        self.q = float(settings.q)
+        self.ext = _import_leadfl_ext()
+
+    def row_alpha(self, active: Sequence[bool]) -> float | Tensor:
+        """`alpha` on the defended, active rows and 0 elsewhere (plain SGD for an undefended
+        row; a finished row with its zero gradient must not move by `alpha * R`): one float
+        when every row gets it, else a per-row tensor."""
+        rows = [self.defended[row] and active[row] for row in range(self.n)]
+        if all(rows):
+            return self.alpha
+        return torch.tensor([self.alpha if flag else 0.0 for flag in rows], dtype=torch.float64, device=self.device)
+
+
+class _LeadFLFused(LeadFL):
+    """`hessian` and `paper`: one `leadfl_ext` call per step over every row, with momentum on
+    the task gradient only: `W -= lr*mu*v_prev`, the LeadFL op, then `v = mu*v_prev + g`."""
+
+    @torch.no_grad()
+    def step(self, grads, lookahead, active, step_in_epoch, lr) -> None:
+        if self.momentum_buffers is not None:
+            torch._foreach_mul_(self.momentum_buffers, self.momentum)
+            torch._foreach_add_(self.params, self.momentum_buffers, alpha=-lr)
+        self.leadfl_step(grads, lookahead, self.row_alpha(active), lr)
+        if self.momentum_buffers is not None:
+            torch._foreach_add_(self.momentum_buffers, grads)
+
+    def leadfl_step(self, grads, lookahead, alpha, lr) -> None:
+        raise NotImplementedError
+
+
+class LeadFLHessian(_LeadFLFused):
+    """§1.1: `R = clamp(1 - (g~ - g), -q, q)` with `g~` the gradient at `W - lr*g`."""
+
+    needs_lookahead = True
+
+    def leadfl_step(self, grads, lookahead, alpha, lr) -> None:
+        self.ext.fused_step_(self.params, grads, lookahead, lr=lr, alpha=alpha, q=self.q)
+
+
+class LeadFLPaper(_LeadFLFused):
+    """§1.2: `R = clamp(1 - lr*g - D, -q, q)` with `D` the previous step's total change."""
+
+    def start(self, params, defended, *, clients, seed, round) -> None:
+        super().start(params, defended, clients=clients, seed=seed, round=round)
+        self.deltas = [torch.zeros_like(p) for p in params]
+
+    def leadfl_step(self, grads, lookahead, alpha, lr) -> None:
+        self.ext.paper_step_(self.params, grads, self.deltas, lr=lr, alpha=alpha, q=self.q)
+        if self.momentum_buffers is not None:
+            # D is the step's total change, the momentum shift included.
+            torch._foreach_add_(self.deltas, self.momentum_buffers, alpha=-lr)
+
+
+class LeadFLOriginal(LeadFL):
+    """§1.3, the authors' code: the task step on every row, then on the defended rows past
+    their epoch's first batch a second step with `h = clamp(g + alpha*u/||u||, -q, q)` on the
+    regularised tensors (`clamp(g, -q, q)` on the others), `u = W' - P - G - lr`, momentum
+    shared by both steps; `P` and `G` are the weights and last gradient of the previous step."""
+
+    def start(self, params, defended, *, clients, seed, round) -> None:
+        super().start(params, defended, clients=clients, seed=seed, round=round)
+        positions = [k for k, flag in enumerate(self.regularised) if flag]
+        # Every row's first batch of an epoch stores P and G before any step reads them.
+        self.previous_params = {k: torch.zeros_like(params[k]) for k in positions}
+        self.previous_grads = {k: torch.zeros_like(params[k]) for k in positions}
+
+    @torch.no_grad()
+    def step(self, grads, lookahead, active, step_in_epoch, lr) -> None:
+        mu, n = self.momentum, self.n
+        # The task step as `leadfl_ext.reference.original_step_` writes it (W -= lr * v).
+        if self.momentum_buffers is not None:
+            torch._foreach_mul_(self.momentum_buffers, mu)
+            torch._foreach_add_(self.momentum_buffers, grads)
+            torch._foreach_sub_(self.params, torch._foreach_mul(self.momentum_buffers, lr))
+        else:
+            torch._foreach_sub_(self.params, torch._foreach_mul(grads, lr))
+        second_step = [self.defended[row] and active[row] and step_in_epoch[row] > 0 for row in range(n)]
+        last_grads = list(grads)
+        if any(second_step):
+            everyone = all(second_step)  # then the row masks are skipped (same values, less work)
+            mask = torch.tensor(second_step, device=self.device)
+            for k, (w, g) in enumerate(zip(self.params, grads)):
+                column = _column(mask, w)
+                h = g.clone()
+                if self.regularised[k]:
+                    u = w - self.previous_params[k] - self.previous_grads[k] - lr
+                    norm = torch.linalg.vector_norm(u.reshape(n, -1), dim=1).reshape(-1, *([1] * (w.dim() - 1)))
+                    h += torch.where(norm > 0, self.alpha * u / norm, 0.0)
+                h.clamp_(-self.q, self.q)
+                if everyone:
+                    if self.momentum_buffers is not None:
+                        buffer = self.momentum_buffers[k].mul_(mu).add_(h)
+                        w.sub_(lr * buffer)
+                    else:
+                        w.sub_(lr * h)
+                    last_grads[k] = h
+                    continue
+                if self.momentum_buffers is not None:
+                    buffer = self.momentum_buffers[k]
+                    buffer.copy_(torch.where(column, buffer * mu + h, buffer))
+                    w.copy_(torch.where(column, w - lr * buffer, w))
+                else:
+                    w.copy_(torch.where(column, w - lr * h, w))
+                last_grads[k] = torch.where(column, h, g)
+        for k in self.previous_params:
+            self.previous_params[k].copy_(self.params[k])
+            self.previous_grads[k].copy_(last_grads[k])
+
+
+# config name (`client_defense.type`) -> rule; `leadfl` picks its class by `client_defense.variant`.
+CLIENT_DEFENSES: dict[str, type[UpdateRule]] = {"none": SGD, "ldp": LaplaceNoise, "flwbc": FLWBC, "leadfl": LeadFL}
+LEADFL_VARIANTS: dict[str, type[LeadFL]] = {"hessian": LeadFLHessian, "paper": LeadFLPaper, "original": LeadFLOriginal}
+
+
+def client_defense_class(settings) -> type[UpdateRule]:
+    """The rule class for the `client_defense` section, or a `ConfigError` naming the choices."""
+    kind = settings.type
+    if kind not in CLIENT_DEFENSES:
+        raise ConfigError(
+            f"client_defense.type = {kind!r} is not a known client defense; allowed: "
+            f"{', '.join(CLIENT_DEFENSES)}. Set client_defense.type to one of these."
+        )
+    if kind != "leadfl":
+        return CLIENT_DEFENSES[kind]
+    if settings.variant not in LEADFL_VARIANTS:
+        raise ConfigError(
+            f"client_defense.variant = {settings.variant!r} is not a LeadFL variant; allowed: "
+            f"{', '.join(LEADFL_VARIANTS)}. Set client_defense.variant to one of these."
+        )
+    return LEADFL_VARIANTS[settings.variant]
+
+
+def build_update_rule(settings, *, momentum: float, names: Sequence[str]) -> UpdateRule:
+    """The update rule of the `client_defense` section for a model with parameters `names`."""
+    return client_defense_class(settings)(settings, momentum=momentum, names=names)

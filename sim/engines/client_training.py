@@ -1,0 +1,280 @@
+"""What a client computes in a round, written once for every engine (docs/algorithms.md §2).
+
+`ClientTraining.run` trains a stack of clients (row k = the k-th client) from the global model:
+each client's minibatches come from its `BatchPlan`, its role decides the loss at every step,
+and the client defense's `UpdateRule` (`sim.defenses.client`) applies the step to all rows.
+The engine only supplies gradients through a `Gradients` object (autograd on one model for one
+row, `vmap` over the stack for many) and decides where the rows live.
+
+Roles, per client:
+* `benign`: cross-entropy on its batch; the client defense applies;
+* `backdoor` (malicious): the batch and its fully triggered copy relabelled to the target, loss
+  `a*L_backdoor + (1-a)*L_clean` with `a` from two-task MGDA or fixed (`attack.blend`);
+* `label_flip` (malicious): labels shifted by a random r in 1..C-1 per batch, drawn from the
+  client's order stream after its batch order.
+Malicious clients never run the client defense; their update is multiplied by `attack.boost`.
+
+Clients may need different numbers of steps or have a short last batch: at each step the active
+rows are grouped by loss kind and batch length (BatchNorm normalises over the batch, so padding
+would change the maths), each group is one gradient call, and a finished row gets zero gradients
+and zero momentum, which leaves it exactly where it is.
+
+Randomness (batch order, label shifts, defense noise) comes from `(seed, client, round)`
+streams, so a client's update is a pure function of the settings, the global model, those three
+numbers and its role: training a client again, e.g. with another role, changes nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+import torch
+from torch import Tensor
+
+from sim.attacks.data_poisoning import (
+    ATTACK_TYPES,
+    BLEND_RULES,
+    draw_label_shifts,
+    flip_labels,
+    mgda_backdoor_weights,
+    poison_batch,
+)
+from sim.data import Dataset
+from sim.defenses.client import SGD, build_update_rule
+from sim.engines.schedules import local_lr, plan_batches
+from sim.errors import ConfigError
+
+BENIGN = "benign"
+
+
+class Gradients(Protocol):
+    """How an engine differentiates the loss for a group of rows.
+
+    `params` are `[r, ...]` tensors (one row per client of the group), `x` `[r, B, ...]` images
+    and `y` `[r, B]` labels; every returned gradient is `[r, ...]`.
+    """
+
+    def task(self, params: list[Tensor], x: Tensor, y: Tensor) -> tuple[list[Tensor], Tensor]:
+        """Gradients of each row's cross-entropy and the `[r]` losses."""
+        ...
+
+    def blended(self, params: list[Tensor], x: Tensor, y: Tensor, poisoned_x: Tensor, poisoned_y: Tensor,
+                weight: float) -> list[Tensor]:
+        """Gradients of `weight * L(poisoned) + (1 - weight) * L(clean)`, two forward passes."""
+        ...
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def check_training_settings(training, attack, num_classes: int) -> None:
+    """Raises `ConfigError` for `training` / `attack` settings no client can train with."""
+    _require(training.lr > 0, f"training.lr = {training.lr!r} must be > 0. Set e.g. training.lr=0.01.")
+    _require(
+        0 <= training.momentum < 1,
+        f"training.momentum = {training.momentum!r} must be in [0, 1). Set e.g. training.momentum=0.1.",
+    )
+    _require(
+        isinstance(training.batch_size, int) and training.batch_size >= 1,
+        f"training.batch_size = {training.batch_size!r} must be an integer >= 1. Set e.g. training.batch_size=16.",
+    )
+    if training.local_steps is None:
+        _require(
+            isinstance(training.local_epochs, int) and training.local_epochs >= 1,
+            f"training.local_epochs = {training.local_epochs!r} must be an integer >= 1 (or set training.local_steps).",
+        )
+    else:
+        _require(
+            isinstance(training.local_steps, int) and training.local_steps >= 1,
+            f"training.local_steps = {training.local_steps!r} must be an integer >= 1, or null to use "
+            "training.local_epochs.",
+        )
+    _require(
+        attack.type in ATTACK_TYPES,
+        f"attack.type = {attack.type!r} is not a known attack; allowed: {', '.join(ATTACK_TYPES)}.",
+    )
+    if attack.type == "backdoor":
+        _require(
+            isinstance(attack.target_label, int) and 0 <= attack.target_label < num_classes,
+            f"attack.target_label = {attack.target_label!r} is not a class of the dataset (0..{num_classes - 1}); "
+            "fix: --set attack.target_label=8",
+        )
+        _require(
+            attack.blend in BLEND_RULES,
+            f"attack.blend = {attack.blend!r} is not a known blend rule; allowed: {', '.join(BLEND_RULES)}.",
+        )
+        _require(
+            0 <= attack.blend_weight <= 1,
+            f"attack.blend_weight = {attack.blend_weight!r} must be in [0, 1] (the backdoor loss's weight).",
+        )
+    _require(attack.boost > 0, f"attack.boost = {attack.boost!r} must be > 0 (1 = no boosting).")
+
+
+class ClientTraining:
+    """The settings-bound client computation every engine runs; see the module docstring.
+
+    `training`, `attack` and `client_defense` are the config sections of those names; `names`
+    the model's trainable parameter names (in `trainable_parameters` order); `rounds` the run's
+    length (for the learning-rate schedule).
+    """
+
+    def __init__(self, dataset: Dataset, training, attack, client_defense, *, names: Sequence[str], seed: int,
+                 rounds: int | None, device):
+        check_training_settings(training, attack, dataset.num_classes)
+        self.dataset = dataset
+        self.training = training
+        self.attack = attack
+        self.seed = int(seed)
+        self.rounds = rounds
+        self.device = torch.device(device)
+        momentum = float(training.momentum)
+        self.rule = build_update_rule(client_defense, momentum=momentum, names=names)
+        # Rows none of which runs the client defense take plain SGD.
+        self.plain_rule = SGD(client_defense, momentum=momentum, names=names)
+        self.trigger_hi = dataset.trigger_hi.to(self.device)
+        self.trigger_lo = dataset.trigger_lo.to(self.device)
+
+    def roles(self, clients: Sequence[int], malicious) -> list[str]:
+        """Each client's role: the attack for a malicious client (when there is one), else benign."""
+        attack = self.attack.type
+        return [attack if client in malicious and attack != "none" else BENIGN for client in clients]
+
+    def run(self, gradients: Gradients, params: list[Tensor], global_params: Tensor, clients: Sequence[int],
+            roles: Sequence[str], client_indices: Sequence[Tensor], round: int, out: Tensor) -> None:
+        """Trains `clients` (row k has role `roles[k]` and samples `client_indices[k]`) from
+        `global_params`; `params` are the `[n, ...]` rows the engine trains in place (already
+        holding the global model), `out` the `[n, d]` updates `local - global` written here."""
+        n = len(clients)
+        lr = local_lr(self.training, round, self.rounds)
+        defended = [role == BENIGN for role in roles]
+        rule = self.rule if any(defended) else self.plain_rule
+        rule.start(params, defended, clients=clients, seed=self.seed, round=round)
+        plans = [
+            plan_batches(indices, self.training, seed=self.seed, client=client, round=round, device=self.device)
+            if indices.numel() > 0
+            else None  # a client without data leaves the model unchanged
+            for client, indices in zip(clients, client_indices)
+        ]
+        steps = [plan.num_steps if plan is not None else 0 for plan in plans]
+        label_shifts = self._label_shifts(roles, plans, steps)
+        lookahead_rows = defended if rule.needs_lookahead else None
+
+        finished = [False] * n
+        for step in range(max(steps, default=0)):
+            active = [step < count for count in steps]
+            newly_finished = [row for row in range(n) if not active[row] and not finished[row]]
+            if newly_finished:
+                rule.finish_rows(newly_finished)
+                for row in newly_finished:
+                    finished[row] = True
+            batches = [plans[row].batch(step) if active[row] else (None, 0) for row in range(n)]
+            grads, lookahead = self._gradients(gradients, params, roles, batches, label_shifts, step, lookahead_rows, lr)
+            rule.step(grads, lookahead, active, [position for _, position in batches], lr)
+
+        with torch.no_grad():
+            torch.cat([p.reshape(n, -1) for p in params], dim=1, out=out)
+            out.sub_(global_params)
+            boosted = [row for row, role in enumerate(roles) if role != BENIGN]
+            if boosted and self.attack.boost != 1:
+                index = torch.tensor(boosted, device=out.device)
+                out.index_copy_(0, index, out.index_select(0, index).mul_(float(self.attack.boost)))
+
+    # ---------------------------------------------------------------------------------------
+
+    def _label_shifts(self, roles, plans, steps) -> Tensor | None:
+        if "label_flip" not in roles:
+            return None
+        shifts = torch.zeros(len(roles), max(steps), dtype=torch.int64, device=self.device)
+        for row, (role, plan) in enumerate(zip(roles, plans)):
+            if role == "label_flip" and plan is not None:
+                shifts[row, : plan.num_steps] = draw_label_shifts(plan.num_steps, self.dataset.num_classes, plan.generator).to(self.device)
+        return shifts
+
+    def _gradients(self, gradients, params, roles, batches, label_shifts, step, lookahead_rows, lr):
+        """Every active row's gradient at this step (zero for finished rows) and, when the rule
+        asks for it, the lookahead gradient of its defended rows (the plain gradient elsewhere)."""
+        n = len(roles)
+        groups: dict[tuple[str, int], list[int]] = {}
+        for row, (indices, _) in enumerate(batches):
+            if indices is not None:
+                kind = "backdoor" if roles[row] == "backdoor" else "task"
+                groups.setdefault((kind, int(indices.numel())), []).append(row)
+
+        whole = len(groups) == 1 and len(next(iter(groups.values()))) == n
+        grads = lookahead = None
+        if not whole:
+            grads = [torch.zeros_like(p) for p in params]
+            lookahead = [torch.zeros_like(p) for p in params] if lookahead_rows is not None else None
+        for (kind, _), rows in groups.items():
+            group_params = params if len(rows) == n else self._rows(params, rows)
+            indices = torch.stack([batches[row][0] for row in rows])
+            x = self.dataset.train_x[indices]
+            y = self.dataset.train_y[indices]
+            if kind == "task":
+                if label_shifts is not None:
+                    y = flip_labels(y, label_shifts[self._index(rows), step][:, None], self.dataset.num_classes)
+                group_grads, _ = gradients.task(group_params, x, y)
+            else:
+                group_grads = self._backdoor_gradients(gradients, group_params, x, y)
+            group_lookahead = None
+            if lookahead_rows is not None:
+                positions = [position for position, row in enumerate(rows) if lookahead_rows[row]]
+                group_lookahead = self._lookahead(gradients, group_params, list(group_grads), x, y, positions, lr)
+            if whole:
+                grads, lookahead = list(group_grads), group_lookahead
+            else:
+                index = self._index(rows)
+                for full, part in zip(grads, group_grads):
+                    full.index_copy_(0, index, part)
+                if lookahead is not None:
+                    for full, part in zip(lookahead, group_lookahead):
+                        full.index_copy_(0, index, part)
+        return grads, lookahead
+
+    def _index(self, rows: Sequence[int]) -> Tensor:
+        return torch.tensor(list(rows), device=self.device)
+
+    def _rows(self, tensors: list[Tensor], rows: Sequence[int]) -> list[Tensor]:
+        index = self._index(rows)
+        return [t.index_select(0, index) for t in tensors]
+
+    def _backdoor_gradients(self, gradients, params, x, y) -> list[Tensor]:
+        poisoned_x, poisoned_y = poison_batch(x.flatten(0, 1), self.trigger_hi, self.trigger_lo, self.attack.target_label)
+        poisoned_x, poisoned_y = poisoned_x.view_as(x), poisoned_y.view_as(y)
+        if self.attack.blend != "mgda":
+            return gradients.blended(params, x, y, poisoned_x, poisoned_y, float(self.attack.blend_weight))
+        grads_backdoor, loss_backdoor = gradients.task(params, poisoned_x, poisoned_y)
+        grads_clean, loss_clean = gradients.task(params, x, y)
+        rows = x.shape[0]
+        weight = mgda_backdoor_weights(
+            torch.cat([g.reshape(rows, -1) for g in grads_backdoor], dim=1),
+            torch.cat([g.reshape(rows, -1) for g in grads_clean], dim=1),
+            loss_backdoor,
+            loss_clean,
+        ).to(loss_clean.dtype)
+        # The gradient of a*L_b + (1-a)*L_c per row, without a third backward pass.
+        blended = []
+        for g_backdoor, g_clean in zip(grads_backdoor, grads_clean):
+            column = weight.reshape(-1, *([1] * (g_backdoor.dim() - 1)))
+            blended.append(g_backdoor * column + g_clean * (1.0 - column))
+        return blended
+
+    def _lookahead(self, gradients, params, grads, x, y, positions, lr) -> list[Tensor]:
+        """g~ = grad L(W - lr*g; same batch) at `positions` of a group, `grads` elsewhere."""
+        if not positions:
+            return grads
+        everyone = len(positions) == x.shape[0]
+        if not everyone:
+            index = self._index(positions)
+            params, sub_grads = self._rows(params, positions), self._rows(grads, positions)
+            x, y = x.index_select(0, index), y.index_select(0, index)
+        else:
+            sub_grads = grads
+        with torch.no_grad():
+            lookahead_params = torch._foreach_add(params, sub_grads, alpha=-lr)
+        lookahead_grads, _ = gradients.task(lookahead_params, x, y)
+        if everyone:
+            return list(lookahead_grads)
+        return [full.index_copy(0, index, part) for full, part in zip(grads, lookahead_grads)]

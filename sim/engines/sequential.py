@@ -1,0 +1,95 @@
+"""The sequential engine: the selected clients one after another on one model instance.
+
+Each client is `ClientTraining` on one row: the rows are `[1, ...]` views of the model's own
+parameters, so loading the global vector is one in-place copy, a minibatch is an index gather
+from the dataset tensors already on the device, and gradients come from plain autograd.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from sim.data import Dataset
+from sim.engines.client_training import ClientTraining
+from sim.models import build_model, load_flat_parameters_, trainable_parameters
+
+
+def check_client_ids(clients: Sequence[int], num_clients: int) -> None:
+    for client in clients:
+        if not 0 <= client < num_clients:
+            raise ValueError(f"client id {client} is out of range 0..{num_clients - 1}")
+
+
+class _ModelGradients:
+    """`Gradients` for one row by autograd on a model; rows other than the model's own (the
+    LeadFL lookahead point) are evaluated on a twin, so the model itself is never swapped."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.params = [param for _, param in trainable_parameters(model)]
+        self.rows = [param.detach().unsqueeze(0) for param in self.params]
+        self._twin = None
+
+    def _module(self, params: list[Tensor]) -> tuple[torch.nn.Module, list[Tensor]]:
+        if params is self.rows:
+            return self.model, self.params
+        if self._twin is None:
+            self._twin = copy.deepcopy(self.model)
+        twin_params = [param for _, param in trainable_parameters(self._twin)]
+        with torch.no_grad():
+            torch._foreach_copy_([param.detach() for param in twin_params], [row[0] for row in params])
+        return self._twin, twin_params
+
+    def task(self, params, x, y):
+        model, leaves = self._module(params)
+        loss = F.cross_entropy(model(x[0]), y[0])
+        grads = torch.autograd.grad(loss, leaves)
+        return [g.unsqueeze(0) for g in grads], loss.detach().reshape(1)
+
+    def blended(self, params, x, y, poisoned_x, poisoned_y, weight):
+        model, leaves = self._module(params)
+        # Two forward passes, so BatchNorm normalises clean and triggered images separately.
+        loss_backdoor = F.cross_entropy(model(poisoned_x[0]), poisoned_y[0])
+        loss_clean = F.cross_entropy(model(x[0]), y[0])
+        grads = torch.autograd.grad(weight * loss_backdoor + (1.0 - weight) * loss_clean, leaves)
+        return [g.unsqueeze(0) for g in grads]
+
+
+class SequentialEngine:
+    """Trains the selected clients one after another on one device with one model instance.
+
+    `client_indices[k]` are client k's sample indices into the training set; `malicious` is
+    the set of malicious client ids. `training`, `attack` and `client_defense` are the config
+    sections of those names; `rounds` the run's length (for the learning-rate schedule).
+    """
+
+    def __init__(self, model_name: str, dataset: Dataset, client_indices: Sequence[Tensor], malicious, training,
+                 attack, client_defense, seed: int, device, rounds: int | None = None):
+        self.device = torch.device(device)
+        self.client_indices = [indices.to(self.device) for indices in client_indices]
+        self.malicious = frozenset(int(client) for client in malicious)
+        self.model = build_model(model_name, dataset.image_shape, dataset.num_classes).to(self.device)
+        self.gradients = _ModelGradients(self.model)
+        names = [name for name, _ in trainable_parameters(self.model)]
+        self.num_parameters = sum(row.numel() for row in self.gradients.rows)
+        self.training = ClientTraining(dataset, training, attack, client_defense, names=names, seed=seed,
+                                       rounds=rounds, device=self.device)
+
+    def train_clients(self, global_params: Tensor, clients: list[int], round: int,
+                      roles: Sequence[str] | None = None) -> Tensor:
+        """[len(clients), d] updates, one row per client in the order of `clients`; `roles`
+        overrides each client's role (default: from the malicious set)."""
+        check_client_ids(clients, len(self.client_indices))
+        global_params = global_params.detach().to(self.device)
+        roles = self.training.roles(clients, self.malicious) if roles is None else list(roles)
+        updates = torch.empty(len(clients), self.num_parameters, dtype=global_params.dtype, device=self.device)
+        for row, (client, role) in enumerate(zip(clients, roles)):
+            load_flat_parameters_(self.model, global_params)
+            self.training.run(self.gradients, self.gradients.rows, global_params, [client], [role],
+                              [self.client_indices[client]], round, updates[row : row + 1])
+        return updates

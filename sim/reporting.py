@@ -1,0 +1,218 @@
+"""What a run reports: one record per round (the columns of `metrics.csv`), the summary, the
+settings that tell runs apart, plot titles, and re-plotting a finished run."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sim.config import Config
+from sim.defenses.privacy import privacy_budget
+from sim.errors import ConfigError
+from sim.io import METRICS_FILE, PLOT_FILE, SUMMARY_FILE, write_atomic
+from sim.plots import plot_run
+from sim.resume import load_run_config
+from sim.server.aggregators import byzantine_f
+
+
+@dataclass
+class RoundRecord:
+    """One finished round; the fields, in order, are the columns of `metrics.csv`. Client ids
+    are space-separated text; accuracies are percent."""
+
+    round: int
+    main_accuracy: float
+    backdoor_accuracy: float | None  # None when the target class is the only one left to score
+    test_loss: float
+    malicious_selected: int
+    selected: str
+    malicious_ids: str
+    kept: str
+    rejected_nonfinite: str
+    wall_time_s: float
+
+    def as_row(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+METRIC_COLUMNS = tuple(field.name for field in dataclasses.fields(RoundRecord))
+# Columns whose values depend on the machine's speed, not on the run's maths.
+TIMING_COLUMNS = ("wall_time_s",)
+_PARSERS = {"int": int, "float": float, "float | None": float, "str": str}
+
+
+def ids_text(ids) -> str:
+    return " ".join(str(i) for i in ids)
+
+
+def _format_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)  # round-trips exactly, so equal runs give byte-equal files
+    return str(value)
+
+
+def metrics_csv_text(rows: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(METRIC_COLUMNS)
+    for row in rows:
+        writer.writerow([_format_cell(row[column]) for column in METRIC_COLUMNS])
+    return out.getvalue()
+
+
+def _parse(text: str, kind: str) -> Any:
+    if kind != "str" and text == "":
+        return None
+    return _PARSERS[kind](text)
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a `metrics.csv`, with numbers as numbers and id lists as text."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / METRICS_FILE
+    if not path.is_file():
+        raise ConfigError(f"no {METRICS_FILE} at {path}; fix: point at the folder of a run")
+    kinds = {field.name: str(field.type) for field in dataclasses.fields(RoundRecord)}
+    with open(path, newline="") as stream:
+        return [{name: _parse(record[name], kind) for name, kind in kinds.items()} for record in csv.DictReader(stream)]
+
+
+def key_settings(cfg: Config) -> dict[str, Any]:
+    """The settings a reader needs to tell runs apart, by their `--set` paths."""
+    settings = {
+        "seed": cfg.seed,
+        "device": cfg.device,
+        "engine": cfg.engine,
+        "data.dataset": cfg.data.dataset,
+        "data.partition": cfg.data.partition,
+        "model": cfg.model,
+        "clients.num_clients": cfg.clients.num_clients,
+        "clients.num_malicious": cfg.clients.num_malicious,
+        "clients.clients_per_round": cfg.clients.clients_per_round,
+        "selection.schedule": cfg.selection.schedule,
+        "training.local_epochs": cfg.training.local_epochs,
+        "training.local_steps": cfg.training.local_steps,
+        "training.batch_size": cfg.training.batch_size,
+        "training.lr": cfg.training.lr,
+        "attack.type": cfg.attack.type,
+        "client_defense.type": cfg.client_defense.type,
+        "server.aggregator": cfg.server.aggregator,
+        "eval.test_size": cfg.eval.test_size,
+    }
+    if cfg.client_defense.type == "leadfl":
+        settings["client_defense.variant"] = cfg.client_defense.variant
+        settings["client_defense.alpha"] = cfg.client_defense.alpha
+        settings["client_defense.q"] = cfg.client_defense.q
+    elif cfg.client_defense.type in ("ldp", "flwbc"):
+        settings["client_defense.noise_scale"] = cfg.client_defense.noise_scale
+    if cfg.server.aggregator in ("krum", "multikrum", "bulyan"):
+        settings["server.f (resolved)"] = byzantine_f(
+            cfg.server, cfg.clients.clients_per_round, cfg.clients.num_clients, cfg.clients.num_malicious
+        )
+    if cfg.training.lr_schedule != "constant":
+        settings["training.lr_schedule"] = cfg.training.lr_schedule
+    if cfg.model_poisoning.type != "none":
+        settings["model_poisoning.type"] = cfg.model_poisoning.type
+    if cfg.privacy.type != "none":
+        settings["privacy.type"] = cfg.privacy.type
+        settings["privacy.epsilon"] = cfg.privacy.epsilon
+    return settings
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def summarize(rows: list[dict[str, Any]], cfg: Config, engine: str | None = None) -> dict[str, Any]:
+    """Headline numbers of a run (accuracies in percent) and its key settings; `engine` is
+    what trained the clients (`engine: auto` resolved, distributed or not)."""
+    main = [row["main_accuracy"] for row in rows]
+    backdoor = [row["backdoor_accuracy"] for row in rows if row["backdoor_accuracy"] is not None]
+    malicious = [row["malicious_selected"] for row in rows]
+    return {
+        "rounds": len(rows),
+        "final_main_accuracy": main[-1] if main else None,
+        "best_main_accuracy": max(main) if main else None,
+        "final_backdoor_accuracy": rows[-1]["backdoor_accuracy"] if rows else None,
+        "mean_backdoor_accuracy": _mean(backdoor),
+        "final_test_loss": rows[-1]["test_loss"] if rows else None,
+        "mean_malicious_per_round": _mean(malicious),
+        "rounds_with_malicious": sum(1 for count in malicious if count > 0),
+        "wall_time_s": sum(row["wall_time_s"] for row in rows),
+        "settings": {**key_settings(cfg), **({"engine (resolved)": engine} if engine else {})},
+        **_privacy_summary(rows, cfg),
+    }
+
+
+def _privacy_summary(rows: list[dict[str, Any]], cfg: Config) -> dict[str, Any]:
+    """{"privacy": the DP budget (see sim.defenses.privacy.privacy_budget)} when DP is on, else {}."""
+    if cfg.privacy.type == "none":
+        return {}
+    return {"privacy": privacy_budget(cfg.privacy, [row["selected"].split() for row in rows])}
+
+
+def write_outputs(
+    out_dir: Path, rows: list[dict[str, Any]], cfg: Config, label: str | None = None, engine: str | None = None
+) -> dict:
+    """summary.json and accuracy.png from the rows; returns the summary."""
+    summary = summarize(rows, cfg, engine)
+    if label is not None:
+        summary = {"label": label, **summary}
+    write_atomic(out_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    plot_run(rows, out_dir / PLOT_FILE, title=plot_title(cfg, label))
+    return summary
+
+
+def plot_title(cfg: Config, label: str | None) -> str:
+    defense = cfg.client_defense.type
+    if defense == "leadfl":
+        defense = f"leadfl ({cfg.client_defense.variant}, alpha {cfg.client_defense.alpha:g})"
+    title = f"{cfg.data.dataset}, {cfg.server.aggregator}, client defense {defense}, {cfg.selection.schedule} selection"
+    if cfg.model_poisoning.type != "none":
+        title += f", model poisoning {cfg.model_poisoning.type}"
+    if cfg.privacy.type != "none":
+        title += f", DP epsilon {cfg.privacy.epsilon:g}"
+    return f"{label}: {title}" if label else title
+
+
+
+def replot(out_dir: str | Path) -> Path:
+    """Redraws `accuracy.png` of the run in `out_dir` from its `metrics.csv` and `config.yaml`."""
+    out_dir = Path(out_dir)
+    return plot_run(read_metrics(out_dir), out_dir / PLOT_FILE, title=plot_title(load_run_config(out_dir), None))
+
+
+def progress_postfix(row: dict[str, Any]) -> dict[str, str]:
+    postfix = {"main": f"{row['main_accuracy']:.1f}%"}
+    if row["backdoor_accuracy"] is not None:
+        postfix["backdoor"] = f"{row['backdoor_accuracy']:.1f}%"
+    postfix["malicious"] = str(row["malicious_selected"])
+    return postfix
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A few aligned lines for the terminal."""
+
+    def percent(value: float | None) -> str:
+        return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}%"
+
+    pairs = [
+        ("rounds", str(summary["rounds"])),
+        ("main accuracy (final)", percent(summary["final_main_accuracy"])),
+        ("main accuracy (best)", percent(summary["best_main_accuracy"])),
+        ("backdoor accuracy (avg)", percent(summary["mean_backdoor_accuracy"])),
+        ("backdoor accuracy (final)", percent(summary["final_backdoor_accuracy"])),
+        ("wall time", f"{summary['wall_time_s']:.1f} s"),
+    ]
+    width = max(len(name) for name, _ in pairs)
+    lines = [f"{name.ljust(width)}  {value}" for name, value in pairs]
+    return "\n".join(lines)

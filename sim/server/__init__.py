@@ -1,0 +1,1 @@
+"""The server side: aggregation rules on stacked client updates."""
