@@ -5,8 +5,9 @@
 #  2. a copy of the source in a separate tree (the editable build writes _C*.so into the source
 #     folder, which must not clobber the CPU build of the checkout);
 #  3. `pip install --no-build-isolation --use-pep517 -e .` there (without --use-pep517 the
-#     setuptools develop path runs pip again with build isolation, where torch is missing) with CUDA_HOME=/usr/local/cuda (the nvcc on PATH
-#     may be a wrapper script) and TORCH_CUDA_ARCH_LIST=9.0 (with no GPU torch's list is empty);
+#     setuptools develop path runs pip again with build isolation, where torch is missing), with
+#     CUDA_HOME=/usr/local/cuda (the nvcc on PATH may be a wrapper script) and
+#     TORCH_CUDA_ARCH_LIST=9.0 (with no GPU torch's list is empty);
 #  4. the import (a link error shows only here), then the dispatcher: CPU, CUDA and Meta kernels for
 #     both ops;
 #  5. tests/leadfl_ext in that tree (the tests that need a GPU skip).
