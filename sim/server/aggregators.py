@@ -44,6 +44,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -83,19 +84,66 @@ def _split_finite(updates: Tensor) -> tuple[Tensor, list[int], list[int]]:
         )
     if not updates.is_floating_point():
         raise ValueError(f"updates must be floating point, got dtype {updates.dtype}")
-    finite = torch.isfinite(updates).all(dim=1)
+    # A row sum is non-finite whenever the row holds NaN or Inf (and, rarely, when a finite row's
+    # sum overflows); only then is the row checked element by element. One pass instead of two.
+    finite = torch.isfinite(updates.sum(dim=1))
+    if not bool(finite.all()):
+        finite = torch.isfinite(updates).all(dim=1)
     finite_rows = finite.nonzero().flatten().tolist()
     rejected_rows = (~finite).nonzero().flatten().tolist()
     finite_updates = updates if not rejected_rows else updates[finite]
     return finite_updates, finite_rows, rejected_rows
 
 
+# float64 elements per column chunk of the distance and mean loops (4 MB, reused): big enough for
+# a fast matrix product, small enough to stay in cache; no [n, d] float64 copy is ever made.
+_CHUNK_ELEMENTS = 1 << 19
+
+
+def _column_chunks(n: int, d: int) -> tuple[range, int]:
+    step = max(1, _CHUNK_ELEMENTS // max(n, 1))
+    return range(0, d, step), step
+
+
 def _pairwise_squared_distances(rows: Tensor) -> Tensor:
-    # Summed squared differences, one row against all at a time (n passes over [n, d]). Not the
-    # |a|^2 + |b|^2 - 2ab shortcut, which loses the digits that rank close updates, and not
-    # cdist(...)^2, whose square root rounds away exact ties.
-    rows = rows.to(torch.promote_types(rows.dtype, torch.float32))
-    return torch.stack([(rows - row).square().sum(dim=1) for row in rows])
+    """Squared Euclidean distances between the rows, float64 [n, n].
+
+    |a - b|^2 = |a|^2 + |b|^2 - 2 a.b through one float64 matrix product per column chunk, on
+    columns centred by their mean (distances do not change under a shift; centring keeps the
+    norms small against the distances, so the subtraction loses few digits). Products of float32
+    values are exact in float64, so what rounding remains is float64's, far below float32's
+    rounding of the updates themselves. Rows that are exactly equal share one row and column of
+    the matrix (their distance is exactly 0 and their Krum scores tie exactly, so the lowest
+    index wins, as with exact differences).
+    """
+    n, d = rows.shape
+    gram = torch.zeros(n, n, dtype=torch.float64, device=rows.device)
+    shift = rows.mean(dim=0)  # any shift will do, the same for every row
+    starts, step = _column_chunks(n, d)
+    buffer = torch.empty(n, min(step, d), dtype=torch.float64, device=rows.device)
+    for start in starts:
+        width = min(step, d - start)
+        chunk = buffer[:, :width].copy_(rows[:, start : start + width])
+        chunk -= shift[start : start + width]
+        gram.addmm_(chunk, chunk.T)
+    norms = gram.diagonal().clone()
+    distances = norms[:, None] + norms[None, :] - 2 * gram
+    distances = ((distances + distances.T) / 2).clamp_(min=0)
+    distances.fill_diagonal_(0)
+    # Candidates for equal rows: computed distance within rounding of 0. Each is compared exactly
+    # with the lowest earlier row of its group.
+    tolerance = 1e-9 * (norms[:, None] + norms[None, :])
+    close = torch.triu(distances <= tolerance, diagonal=1).nonzero().tolist()
+    if not close:
+        return distances
+    group = list(range(n))
+    for i, j in close:  # row-major: i ascending, then j
+        if group[j] == j and group[i] == i and torch.equal(rows[i], rows[j]):
+            group[j] = i
+    if group == list(range(n)):
+        return distances
+    index = torch.tensor(group, device=rows.device)
+    return distances[index][:, index]
 
 
 def _krum_neighbours(n: int, f: int) -> int:
@@ -124,12 +172,66 @@ def _lowest(scores: Tensor, count: int) -> list[int]:
     return torch.sort(scores, stable=True).indices[:count].tolist()
 
 
+def _order_statistics(rows: Tensor, ranks: list[int]) -> Tensor:
+    """Per coordinate, the values of the given 0-based ranks in ascending order: [len(ranks), d].
+
+    On the CPU numpy's introselect (np.partition) finds them without sorting whole columns; on
+    other devices the columns are sorted. Both give the exact order statistics."""
+    if rows.device.type == "cpu" and rows.dtype in (torch.float32, torch.float64):
+        values = rows.detach().numpy()
+        partitioned = np.partition(values, ranks, axis=0)
+        return torch.from_numpy(partitioned[ranks])
+    return rows.sort(dim=0).values[ranks]
+
+
+def _midpoint(low: Tensor, high: Tensor) -> Tensor:
+    middle = (low + high) / 2
+    overflow = ~torch.isfinite(middle)
+    if bool(overflow.any()):  # low + high beyond the dtype's range: halve first
+        middle = torch.where(overflow, low / 2 + high / 2, middle)
+    return middle
+
+
 def _coordinate_median(rows: Tensor) -> Tensor:
     n = rows.shape[0]
-    ordered = rows.sort(dim=0).values
     if n % 2 == 1:
-        return ordered[n // 2]
-    return (ordered[n // 2 - 1] + ordered[n // 2]) / 2
+        return _order_statistics(rows, [n // 2])[0]
+    low, high = _order_statistics(rows, [n // 2 - 1, n // 2])
+    return _midpoint(low, high)
+
+
+def _mean(rows: Tensor, divisor: int | None = None) -> Tensor:
+    """Sum of the rows (dim 0) over ``divisor`` (default: their number), i.e. their mean.
+
+    The sum runs in the rows' dtype; if it overflows (the rows are finite, so only a sum beyond
+    the dtype's range gives Inf), it is taken again in float64, chunk by chunk, each row divided
+    by the divisor first, so a mean of huge finite rows stays finite."""
+    n, d = rows.shape
+    mean = rows.mean(dim=0) if divisor is None else rows.sum(dim=0) / divisor
+    if bool(torch.isfinite(mean).all()):
+        return mean
+    divisor = n if divisor is None else divisor
+    starts, step = _column_chunks(n, d)
+    for start in starts:
+        chunk = rows[:, start : start + step].to(torch.float64)
+        mean[start : start + step] = (chunk / divisor).sum(dim=0).to(rows.dtype)
+    return mean
+
+
+def _mean_closest_to_median(rows: Tensor, count: int) -> Tensor:
+    """Per coordinate, the mean of the ``count`` values closest to the coordinate's median.
+
+    Among values equally far from the median the lower row index is taken first (the order a
+    stable sort of the distances gives): the ``count``-th smallest distance is found by a
+    selection, every value closer is taken, and the rest come from the values at exactly that
+    distance in row order."""
+    distance = (rows - _coordinate_median(rows)).abs()
+    threshold = _order_statistics(distance, [count - 1])[0].to(distance.device)
+    closer = distance < threshold
+    at_threshold = distance == threshold
+    missing = count - closer.sum(dim=0)
+    chosen = closer | (at_threshold & (at_threshold.cumsum(dim=0) <= missing))
+    return _mean(torch.where(chosen, rows, rows.new_zeros(())), count)
 
 
 def _check_count(name: str, value: Any, minimum: int) -> int:
@@ -186,7 +288,7 @@ class FedAvg(Aggregator):
         if not finite_rows:
             return Aggregation(updates.new_zeros(updates.shape[1]), [], rejected_rows)
         if weights is None:
-            update = finite_updates.mean(dim=0)
+            update = _mean(finite_updates)
         else:
             kept_weights = weights[finite_rows]
             total = kept_weights.sum()
@@ -196,6 +298,8 @@ class FedAvg(Aggregator):
                     "at least one kept row needs a positive weight"
                 )
             update = kept_weights @ finite_updates / total
+            if not bool(torch.isfinite(update).all()):  # the weighted sum overflowed: normalise first
+                update = (kept_weights / total) @ finite_updates
         return Aggregation(update, list(finite_rows), rejected_rows)
 
 
@@ -223,7 +327,7 @@ class MultiKrum(Aggregator):
         m = n - self.f if self.m is None else self.m
         m = min(n, max(1, m))  # rejected rows may leave fewer than m
         chosen = _lowest(_krum_scores(_pairwise_squared_distances(updates), self.f), m)
-        return updates[chosen].mean(dim=0), chosen
+        return _mean(updates[chosen]), chosen
 
 
 class Bulyan(Aggregator):
@@ -246,21 +350,30 @@ class Bulyan(Aggregator):
         selection_size = n - 2 * f  # theta
         closest_count = selection_size - 2 * f  # beta
 
-        squared_distances = _pairwise_squared_distances(updates)
-        remaining = list(range(n))
+        # Krum picks one row at a time from the rows not yet picked. Each row's distances are
+        # sorted once; a pick's score is the sum of the first `neighbours` distances to rows
+        # still in play, taken in that order -- the same values, summed in the same order, as a
+        # top-k over the remaining rows.
+        distances = _pairwise_squared_distances(updates)
+        distances.fill_diagonal_(math.inf)
+        nearest, order = distances.sort(dim=1)
+        in_play = torch.ones(n, dtype=torch.bool, device=updates.device)
         selected: list[int] = []
         for _ in range(selection_size):
-            index = torch.tensor(remaining, device=updates.device)
-            scores = _krum_scores(squared_distances[index][:, index], f)
-            winner = remaining[_lowest(scores, 1)[0]]
+            rows = in_play.nonzero().flatten()
+            remaining = rows.shape[0]
+            if remaining == 1:
+                winner = int(rows[0])
+            else:
+                neighbours = _krum_neighbours(remaining, f)
+                others = in_play[order[rows]]  # [remaining, n]: in sorted order, still in play?
+                taken = others & (others.cumsum(dim=1) <= neighbours)
+                scores = nearest[rows][taken].view(remaining, neighbours).sum(dim=1)
+                winner = int(rows[_lowest(scores, 1)[0]])
             selected.append(winner)
-            remaining.remove(winner)
+            in_play[winner] = False
 
-        selection = updates[selected]
-        distance_to_median = (selection - _coordinate_median(selection)).abs()
-        # Stable order: values equally far above and below the median resolve the same way every run.
-        closest = torch.sort(distance_to_median, dim=0, stable=True).indices[:closest_count]
-        return selection.gather(0, closest).mean(dim=0), selected
+        return _mean_closest_to_median(updates[selected], closest_count), selected
 
 
 class Median(Aggregator):
@@ -282,8 +395,14 @@ class TrimmedMean(Aggregator):
         n = updates.shape[0]
         # The small epsilon keeps e.g. 0.3 * 10 = 3.0000000000000004 and 0.29 * 100 = 28.999... exact.
         trimmed = math.floor(self.beta * n + 1e-9)
-        ordered = updates.sort(dim=0).values
-        return ordered[trimmed : n - trimmed].mean(dim=0), list(range(n))
+        if trimmed == 0:
+            return _mean(updates), list(range(n))
+        if updates.device.type == "cpu" and updates.dtype in (torch.float32, torch.float64):
+            # np.partition with both cut ranks leaves exactly the untrimmed values between them.
+            middle = torch.from_numpy(np.partition(updates.detach().numpy(), [trimmed, n - trimmed - 1], axis=0))
+        else:
+            middle = updates.sort(dim=0).values
+        return _mean(middle[trimmed : n - trimmed]), list(range(n))
 
 
 class SparseFed(Aggregator):
@@ -320,7 +439,13 @@ class SparseFed(Aggregator):
                 f"the SparseFed error accumulator has {self.error.shape[0]} coordinates but the "
                 f"updates have {d}; load a state saved for this model or start a fresh aggregator"
             )
-        accumulated = self.error.to(device=updates.device, dtype=updates.dtype) + updates.mean(dim=0)
+        error = self.error.to(device=updates.device, dtype=updates.dtype)
+        accumulated = error + _mean(updates)
+        if not bool(torch.isfinite(accumulated).all()):
+            # Error and mean both finite, their sum beyond the dtype's range: it saturates at the
+            # largest finite value, so no Inf enters the update or the accumulator.
+            largest = torch.finfo(updates.dtype).max
+            accumulated = (error.double() + _mean(updates).double()).clamp(-largest, largest).to(updates.dtype)
         released = torch.topk(accumulated.abs(), self.keep_count(d)).indices
         update = torch.zeros_like(accumulated)
         update[released] = accumulated[released]
@@ -352,7 +477,7 @@ class FltkMultiKrum(Aggregator):
         n = updates.shape[0]
         scores = _sum_of_nearest(_pairwise_squared_distances(updates), min(self.nearest, max(1, n - 1)))
         chosen = _lowest(scores, self.m)
-        return updates[chosen].mean(dim=0), chosen
+        return _mean(updates[chosen]), chosen
 
 
 class FltkBulyan(Aggregator):
@@ -373,7 +498,7 @@ class FltkBulyan(Aggregator):
         scores = _sum_of_nearest(_pairwise_squared_distances(updates), min(self.nearest, max(1, n - 1)))
         ranked = _lowest(scores, n)
         chosen = ranked[self.first_rank : self.last_rank] or ranked[:1]
-        return updates[chosen].mean(dim=0), chosen
+        return _mean(updates[chosen]), chosen
 
 
 def two_means_low_cluster(scores: Tensor) -> list[int]:
@@ -411,11 +536,16 @@ class RobustDPFL(Aggregator):
 
     @staticmethod
     def scores(updates: Tensor) -> Tensor:
-        return updates.double().mean(dim=1).abs()
+        n, d = updates.shape
+        sums = updates.new_zeros(n, dtype=torch.float64)
+        starts, step = _column_chunks(n, d)
+        for start in starts:  # chunks: no [n, d] float64 copy of the updates
+            sums += updates[:, start : start + step].to(torch.float64).sum(dim=1)
+        return (sums / d).abs()
 
     def _aggregate(self, updates: Tensor) -> tuple[Tensor, list[int]]:
         kept = two_means_low_cluster(self.scores(updates))
-        return updates[kept].mean(dim=0), kept
+        return _mean(updates[kept]), kept
 
 
 AGGREGATORS: dict[str, type[Aggregator]] = {

@@ -1,0 +1,335 @@
+"""Server aggregation rules at 10 / 100 / 1000 clients per round, against baselines in the same run.
+
+For every rule of `sim.aggregators.AGGREGATORS` and every size `n x d` (updates of the FashionMNIST
+CNN, 29,034 floats, and of ResNet-18, 11,689,512) it times one call on random float32 updates and
+the baselines that do the same job another way, all timed in turn (interleaved) so load on a
+shared machine hits them alike:
+
+* Krum-family rules (krum, multikrum, bulyan, fltk_*): Krum scores from `torch.cdist` (squared,
+  then a top-k per row and a sort, as ByzFL does) and from a numpy float32 Gram matrix;
+* median: `np.median`, `np.partition`, `torch.median`;
+* trimmed mean: `np.partition` and a full `torch.sort` of the columns, then the mean;
+* fedavg, sparsefed, robust_dpfl: `np.mean` / `torch.mean` over the rows (sparsefed: plus top-k).
+
+The numpy baselines run on CPU only. A size is skipped when the updates would take more than
+`--max-gb` (several copies are alive at once: input, partitions, distances in chunks). Results:
+bench/results/aggregators_<device>.json and .md.
+
+    python bench/aggregators.py                  # CPU, every size that fits
+    python bench/aggregators.py --device cuda    # GPU
+    python bench/aggregators.py --quick          # small sizes, for a smoke test
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from bench.common import device_name  # noqa: E402
+from sim.aggregators import (  # noqa: E402
+    AGGREGATORS,
+    Bulyan,
+    FedAvg,
+    FltkBulyan,
+    FltkMultiKrum,
+    Krum,
+    Median,
+    MultiKrum,
+    RobustDPFL,
+    SparseFed,
+    TrimmedMean,
+)
+
+DIMS = {"fmnist_cnn": 29_034, "resnet18": 11_689_512}
+KRUM_FAMILY = ("krum", "multikrum", "bulyan", "fltk_multikrum", "fltk_bulyan")
+
+
+def byzantine_f(n: int) -> int:
+    """The largest f Bulyan allows (n >= 4f + 3), used by every f-rule so all do the same work."""
+    return max(0, (n - 3) // 4)
+
+
+def make_rules(n: int) -> dict:
+    f = byzantine_f(n)
+    rules = {
+        "fedavg": FedAvg(),
+        "krum": Krum(f),
+        "multikrum": MultiKrum(f),
+        "bulyan": Bulyan(f),
+        "median": Median(),
+        "trimmed_mean": TrimmedMean(0.1),
+        "sparsefed": SparseFed(0.1, 1.0),
+        "fltk_multikrum": FltkMultiKrum(),
+        "fltk_bulyan": FltkBulyan(),
+        "robust_dpfl": RobustDPFL(),
+    }
+    assert set(rules) == set(AGGREGATORS), "a rule was added to sim.aggregators: add it here"
+    return rules
+
+
+# ----------------------------------------------------------------------------------------------
+# baselines
+
+
+def cdist_krum_scores(x: torch.Tensor, f: int) -> torch.Tensor:
+    n = x.shape[0]
+    d = torch.cdist(x, x).square()
+    d.fill_diagonal_(math.inf)
+    k = min(n - 1, max(1, n - f - 2))
+    scores = torch.topk(d, k, dim=1, largest=False).values.sum(dim=1)
+    return torch.sort(scores, stable=True).indices
+
+
+def numpy_gram_krum_scores(a: np.ndarray, f: int) -> np.ndarray:
+    n = a.shape[0]
+    norms = np.einsum("ij,ij->i", a, a)
+    d = norms[:, None] + norms[None, :] - 2 * (a @ a.T)
+    np.fill_diagonal(d, np.inf)
+    k = min(n - 1, max(1, n - f - 2))
+    scores = np.partition(d, k - 1, axis=1)[:, :k].sum(axis=1)
+    return np.argsort(scores, kind="stable")
+
+
+def cdist_sort_bulyan(x: torch.Tensor, f: int) -> torch.Tensor:
+    """Bulyan as ByzFL-style code writes it: cdist distances, each Krum pick a top-k over the
+    rows left, then per coordinate a full sort of the distances to the median."""
+    n = x.shape[0]
+    d = torch.cdist(x, x).square()
+    remaining, selected = list(range(n)), []
+    for _ in range(n - 2 * f):
+        index = torch.tensor(remaining)
+        sub = d[index][:, index].fill_diagonal_(math.inf)
+        m = len(remaining)
+        k = min(m - 1, max(1, m - f - 2))
+        scores = torch.topk(sub, k, dim=1, largest=False).values.sum(dim=1) if m > 1 else sub.new_zeros(1)
+        winner = remaining[int(torch.argmin(scores))]
+        selected.append(winner)
+        remaining.remove(winner)
+    selection = x[selected]
+    median = selection.median(dim=0).values
+    closest = torch.sort((selection - median).abs(), dim=0).indices[: n - 4 * f]
+    return selection.gather(0, closest).mean(dim=0)
+
+
+def numpy_trimmed_mean(a: np.ndarray, t: int) -> np.ndarray:
+    n = a.shape[0]
+    if t == 0:
+        return a.mean(axis=0)
+    return np.partition(a, [t, n - t - 1], axis=0)[t : n - t].mean(axis=0)
+
+
+def baselines(name: str, x: torch.Tensor, on_cpu: bool) -> dict:
+    n = x.shape[0]
+    f = byzantine_f(n)
+    a = x.numpy() if on_cpu else None
+    out = {}
+    if name == "bulyan":
+        out["torch.cdist + torch.sort Bulyan"] = lambda: cdist_sort_bulyan(x, f)
+    if name in KRUM_FAMILY:
+        out["torch.cdist Krum scores"] = lambda: cdist_krum_scores(x, f)
+        if on_cpu:
+            out["numpy Gram Krum scores"] = lambda: numpy_gram_krum_scores(a, f)
+    elif name == "median":
+        out["torch.median"] = lambda: x.median(dim=0)
+        if on_cpu:
+            out["np.median"] = lambda: np.median(a, axis=0)
+            middle = [n // 2] if n % 2 else [n // 2 - 1, n // 2]
+            out["np.partition median"] = lambda: np.partition(a, middle, axis=0)[middle].mean(axis=0)
+    elif name == "trimmed_mean":
+        t = math.floor(0.1 * n + 1e-9)
+        out["torch.sort trimmed mean"] = lambda: x.sort(dim=0).values[t : n - t].mean(dim=0)
+        if on_cpu:
+            out["np.partition trimmed mean"] = lambda: numpy_trimmed_mean(a, t)
+    elif name == "sparsefed":
+        k = max(1, int(0.1 * x.shape[1]))
+        out["torch clip + mean + topk"] = lambda: torch.topk(
+            (x * (1.0 / x.norm(dim=1, keepdim=True)).clamp(max=1.0)).mean(dim=0).abs(), k)
+    elif name == "robust_dpfl":
+        out["torch row means"] = lambda: x.mean(dim=1)
+        if on_cpu:
+            out["np row means"] = lambda: a.mean(axis=1)
+    else:  # fedavg
+        out["torch.mean"] = lambda: x.mean(dim=0)
+        if on_cpu:
+            out["np.mean"] = lambda: a.mean(axis=0)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# timing
+
+
+def timed(fns: dict, device: str, repeats: int) -> dict:
+    """Each callable once to warm up, then `repeats` rounds, in turn; best and median seconds."""
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    for fn in fns.values():
+        fn()
+    sync()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return {name: {"best_s": min(v), "median_s": statistics.median(v)} for name, v in times.items()}
+
+
+def run_size(n: int, d: int, device: str, repeats: int, seed: int = 0) -> list[dict]:
+    generator = torch.Generator().manual_seed(seed)
+    x = (torch.randn(n, d, generator=generator) * 0.01).to(device)
+    x[: byzantine_f(n)] += 0.05  # a group of shifted rows, as an attack would send
+    rules = make_rules(n)
+    rows = []
+    for name, rule in rules.items():
+        if name == "sparsefed":
+            rule.error = None
+
+        def call(rule=rule):
+            if isinstance(rule, SparseFed):
+                rule.error = None  # every call a first round
+            return rule(x)
+
+        fns = {"rule": call, **baselines(name, x, device == "cpu")}
+        print(f"  {name} ...", file=sys.stderr, flush=True)
+        measured = timed(fns, device, repeats)
+        base = {k: v for k, v in measured.items() if k != "rule"}
+        fastest = min(base, key=lambda k: base[k]["best_s"])
+        rows.append({
+            "rule": name,
+            "clients": n,
+            "dim": d,
+            "f": byzantine_f(n) if name in ("krum", "multikrum", "bulyan") else None,
+            "rule_s": measured["rule"]["best_s"],
+            "rule_median_s": measured["rule"]["median_s"],
+            "baselines": base,
+            "fastest_baseline": fastest,
+            "x_fastest_baseline": base[fastest]["best_s"] / measured["rule"]["best_s"],
+        })
+    del x
+    return rows
+
+
+def fits(n: int, d: int, device: str, max_gb: float) -> tuple[bool, str]:
+    need = n * d * 4 / 2**30
+    if device == "cuda":
+        free = torch.cuda.mem_get_info()[0] / 2**30
+        limit = min(max_gb, free / 4)
+    else:
+        limit = max_gb
+    if need > limit:
+        return False, f"the updates alone take {need:.1f} GiB, over the {limit:.1f} GiB allowed (--max-gb; several copies are alive at once)"
+    return True, ""
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"# Aggregation rules on {result['device']} (torch {result['torch']}, float32 updates)",
+        "",
+        result["what"],
+        "",
+        "| clients | d | rule | rule (ms) | fastest baseline | baseline (ms) | x baseline | other baselines (ms) |",
+        "|---:|---:|---|---:|---|---:|---:|---|",
+    ]
+    for r in result["rows"]:
+        fastest = r["baselines"][r["fastest_baseline"]]["best_s"]
+        others = ", ".join(f"{k} {v['best_s'] * 1e3:,.1f}" for k, v in r["baselines"].items() if k != r["fastest_baseline"])
+        lines.append(
+            f"| {r['clients']} | {r['dim']:,} | {r['rule']} | {r['rule_s'] * 1e3:,.1f} | {r['fastest_baseline']} | "
+            f"{fastest * 1e3:,.1f} | {r['x_fastest_baseline']:.2f}x | {others} |"
+        )
+    if result["skipped"]:
+        lines += ["", "Skipped:"] + [f"- n={s['clients']}, d={s['dim']:,}: {s['why']}" for s in result["skipped"]]
+    lines += ["", "Targets:"] + [f"- {t}" for t in result["targets"]]
+    return "\n".join(lines) + "\n"
+
+
+def targets(rows: list[dict]) -> list[str]:
+    out = []
+    for r in rows:
+        if r["clients"] == 100 and r["dim"] == DIMS["fmnist_cnn"]:
+            ok = r["x_fastest_baseline"] >= 1.0
+            out.append(f"{'met' if ok else 'MISSED'}: {r['rule']} at n=100, d=29,034 at least as fast as the fastest "
+                       f"baseline ({r['fastest_baseline']}): {r['x_fastest_baseline']:.2f}x")
+    return out or ["not measured: n=100, d=29,034 was not in this run"]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--clients", default="10,100,1000", help="clients per round, comma-separated")
+    parser.add_argument("--dims", default=",".join(DIMS), help=f"model sizes: names ({', '.join(DIMS)}) or counts")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per rule and baseline (best counts)")
+    parser.add_argument("--big-repeats", type=int, default=1, help="timed calls for sizes over 1e8 elements")
+    parser.add_argument("--max-gb", type=float, default=5.0, help="largest update matrix to try, GiB")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--quick", action="store_true", help="n = 10, 30 and d = 2,000 only: a smoke test")
+    parser.add_argument("--out", default=str(REPO / "bench" / "results"))
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but no CUDA GPU is visible; run on a GPU machine or use --device cpu")
+    if args.repeats < 1 or args.big_repeats < 1:
+        parser.error(f"--repeats {args.repeats} and --big-repeats {args.big_repeats} must be >= 1")
+    torch.set_num_threads(args.threads)
+    try:
+        clients = [int(c) for c in args.clients.split(",") if c]
+        dims = [DIMS[v] if v in DIMS else int(v) for v in args.dims.split(",") if v]
+    except ValueError as exc:
+        parser.error(f"--clients takes integers and --dims names or integers: {exc}")
+    if args.quick:
+        clients, dims = [10, 30], [2_000]
+    rows, skipped = [], []
+    started = time.perf_counter()
+    for d in dims:
+        for n in clients:
+            ok, why = fits(n, d, args.device, args.max_gb)
+            if not ok:
+                print(f"n={n}, d={d:,}: skipped: {why}", file=sys.stderr, flush=True)
+                skipped.append({"clients": n, "dim": d, "why": why})
+                continue
+            print(f"n={n}, d={d:,}", file=sys.stderr, flush=True)
+            repeats = args.big_repeats if n * d > 100_000_000 else args.repeats
+            rows += run_size(n, d, args.device, repeats)
+    threads = f", {torch.get_num_threads()} thread(s)" if args.device == "cpu" else ""
+    result = {
+        "device": f"{device_name(args.device)}{threads}",
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "what": (
+            "Random float32 updates (N(0, 0.01^2), the first f rows shifted by 0.05); f = floor((n-3)/4) for krum, "
+            "multikrum, bulyan and the Krum baselines; trimmed_mean beta 0.1; sparsefed k 0.1, clip 1. Best of "
+            f"{args.repeats} interleaved calls ({args.big_repeats} above 1e8 elements) after one warm-up; "
+            "'x baseline' = fastest baseline time / rule time (above 1: the rule is faster). "
+            f"Wall time of the whole benchmark: {time.perf_counter() - started:,.0f} s."
+        ),
+        "rows": rows,
+        "skipped": skipped,
+        "targets": targets(rows),
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"aggregators_{args.device}" + ("_quick" if args.quick else "")
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    md = markdown(result)
+    (out / f"{stem}.md").write_text(md)
+    print(md)
+    print(f"wrote {out / (stem + '.json')} and {out / (stem + '.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
