@@ -1,6 +1,6 @@
 """Server aggregation rules at 10 / 100 / 1000 clients per round, against baselines in the same run.
 
-For every rule of `sim.aggregators.AGGREGATORS` and every size `n x d` (updates of the FashionMNIST
+For every rule of `sim.server.aggregators.AGGREGATORS` and every size `n x d` (updates of the FashionMNIST
 CNN, 29,034 floats, and of ResNet-18, 11,689,512) it times one call on random float32 updates and
 the baselines that do the same job another way, all timed in turn (interleaved) so load on a
 shared machine hits them alike:
@@ -36,7 +36,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bench.common import device_name  # noqa: E402
-from sim.aggregators import (  # noqa: E402
+from sim.server.aggregators import (  # noqa: E402
     AGGREGATORS,
     Bulyan,
     FedAvg,
@@ -73,7 +73,7 @@ def make_rules(n: int) -> dict:
         "fltk_bulyan": FltkBulyan(),
         "robust_dpfl": RobustDPFL(),
     }
-    assert set(rules) == set(AGGREGATORS), "a rule was added to sim.aggregators: add it here"
+    assert set(rules) == set(AGGREGATORS), "a rule was added to sim.server.aggregators: add it here"
     return rules
 
 

@@ -10,8 +10,8 @@ import math
 import pytest
 import torch
 
-from sim import aggregators
-from sim.aggregators import Bulyan, FedAvg, FltkBulyan, FltkMultiKrum, Krum, Median, MultiKrum, SparseFed, TrimmedMean
+from sim.server import aggregators
+from sim.server.aggregators import Bulyan, FedAvg, FltkBulyan, FltkMultiKrum, Krum, Median, MultiKrum, SparseFed, TrimmedMean
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
