@@ -238,6 +238,9 @@ def make_backend(jobs: int = 1, ray: str | None = None, gpus_per_trial: float = 
         if gpus_per_trial:
             raise ConfigError("--gpus-per-trial applies to Ray tasks only; fix: add --ray auto, or drop it")
         return LocalBackend(jobs)
+    if jobs != 1:
+        raise ConfigError(f"--jobs {jobs} sets local processes; with --ray the cluster runs as many trials as it "
+                          "has CPUs (or GPU shares); fix: drop --jobs")
     return RayBackend(ray, gpus_per_trial)
 
 

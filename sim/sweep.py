@@ -548,7 +548,9 @@ def plot_metric(rows: list[dict[str, Any]], axes: dict[str, list[str]], replicat
 
     others = [axis for axis in axes if axis not in (x_axis, replicate)]
     panel_axis, line_axes = (others[0], others[1:]) if others else (None, [])
-    panels = axes[panel_axis] if panel_axis else [None]
+    # Panels for the levels with finished trials (an excluded or unfinished level draws nothing).
+    panels = [level for level in axes[panel_axis] if any(row[panel_axis] == level for row in rows)] \
+        if panel_axis else [None]
     estimates = group_estimates(rows, list(axes), replicate, metric)
     keys = [axis for axis in axes if axis != replicate]
     xs = axes[x_axis]
@@ -573,6 +575,7 @@ def plot_metric(rows: list[dict[str, Any]], axes: dict[str, list[str]], replicat
                 label = ", ".join(f"{a}={v}" for a, v in zip(line_axes, line)) or None
                 ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
                             marker="o", capsize=3, linestyle="-", label=label)
+        ax.set_xlim(-0.5, len(xs) - 0.5)
         ax.set_xticks(range(len(xs)))
         ax.set_xticklabels(xs, rotation=35, ha="right", fontsize=8)
         ax.set_title(f"{panel_axis}={panel}" if panel_axis else "", fontsize=9)

@@ -121,6 +121,22 @@ def test_a_bad_grid_is_one_line_naming_key_value_and_fix_before_anything_runs(tm
     assert not out_dir.exists()
 
 
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--jobs", "0"], ["--jobs 0", "fix: --jobs 1"]),
+        (["--gpus-per-trial", "0.5"], ["--gpus-per-trial", "fix: add --ray auto"]),
+        (["--ray", "auto", "--jobs", "4"], ["--jobs 4", "fix: drop --jobs"]),
+    ],
+)
+def test_bad_execution_flags_are_refused_before_anything_runs(tmp_path, capsys, flags, words):
+    path = write_grid(tmp_path, {"seed": [0]})
+    assert main(["sweep", "--grid", str(path), "--out", str(tmp_path / "out"), *flags]) == 2
+    error = capsys.readouterr().err
+    assert all(word in error for word in words)
+    assert not (tmp_path / "out").exists()
+
+
 def test_dry_run_lists_the_trials_and_their_cost_without_running(tmp_path, capsys):
     path = write_grid(tmp_path, {"server.aggregator": ["median", "trimmed_mean"], "seed": [0, 1, 2]})
     assert main(["sweep", "--grid", str(path), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
