@@ -335,17 +335,27 @@ def _check_same_settings(folder: Path, config: Config) -> None:
 
 
 def trial_cost(config: Config) -> float:
-    """Images through the model per trial: 3 per trained sample (forward, backward), 1 per scored one."""
+    """Images through the model per trial: 3 per trained sample (forward, backward), twice that where a
+    step evaluates two gradients (LeadFL's hessian variant, the MGDA attacker), 2 per scored image
+    (clean and triggered)."""
     train_size = DATASET_SIZES.get(config.data.dataset, config.data.synthetic_train_size)
     if config.training.local_steps is not None:
         steps = config.training.local_steps
     else:
         per_client = math.ceil(train_size / config.clients.num_clients)
         steps = config.training.local_epochs * math.ceil(per_client / config.training.batch_size)
+    per_round_clients = config.clients.clients_per_round
+    if config.selection.schedule == "fixed":
+        malicious = min(config.selection.fixed_malicious, per_round_clients)
+    else:
+        malicious = per_round_clients * config.clients.num_malicious / config.clients.num_clients
+    benign_passes = 6 if config.client_defense.type == "leadfl" and config.client_defense.variant == "hessian" else 3
+    malicious_passes = 6 if config.attack.type == "backdoor" and config.attack.blend == "mgda" else 3
+    samples = steps * config.training.batch_size
     test_size = config.eval.test_size or (10000 if config.data.dataset != "synthetic" else
                                           config.data.synthetic_test_size)
-    per_round = 3 * config.clients.clients_per_round * steps * config.training.batch_size + 2 * test_size
-    return float(config.rounds * per_round)
+    per_round = samples * (benign_passes * (per_round_clients - malicious) + malicious_passes * malicious)
+    return float(config.rounds * (per_round + 2 * test_size))
 
 
 # ----------------------------------------------------------------------------------------------
