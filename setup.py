@@ -52,6 +52,8 @@ setup(
     python_requires=">=3.10",
     # torch is deliberately not listed: pip would resolve it to a multi-GB CUDA build.
     install_requires=["numpy", "pyyaml", "tqdm", "matplotlib"],
+    # `leadfl-sim sweep --ray`: trials as tasks on a Ray cluster (pip install -e .[ray]).
+    extras_require={"ray": ["ray[default]>=2.9"]},
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     entry_points={"console_scripts": ["leadfl-sim = sim.cli:main"]},

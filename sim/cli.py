@@ -2,6 +2,8 @@
 
     leadfl-sim run     [--preset NAME] [--config FILE] [--set KEY=VALUE ...] [--out DIR] [--resume]
     leadfl-sim compare [--preset NAME] [--config FILE] [--set KEY=VALUE ...] [--out DIR] [--resume]
+    leadfl-sim sweep   --grid FILE|NAME --out DIR [--jobs N | --ray auto|ADDRESS] [--resume] [--dry-run]
+    leadfl-sim sweep   --report DIR [--metric NAME ...] [--axis NAME]
     leadfl-sim plot DIR
     leadfl-sim list-presets
 
@@ -28,6 +30,8 @@ EXAMPLES = """examples:
   leadfl-sim run --preset table1-fmnist --set client_defense.type=leadfl --out runs/leadfl
   leadfl-sim run --preset table1-fmnist --set client_defense.type=leadfl --out runs/leadfl --resume
   leadfl-sim plot runs/leadfl
+  leadfl-sim sweep --grid poisoning-small --out runs/sweep --dry-run
+  leadfl-sim sweep --grid poisoning-small --out runs/sweep --jobs 2
 """
 
 EXIT_CONFIG_ERROR = 2
@@ -90,7 +94,47 @@ def build_parser() -> argparse.ArgumentParser:
     plot_parser = commands.add_parser("plot", help="redraw the plots of a run or comparison folder")
     plot_parser.add_argument("folder", metavar="DIR")
     commands.add_parser("list-presets", help="the presets in configs/ with their descriptions")
+    _add_sweep_parser(commands)
     return parser
+
+
+def _add_sweep_parser(commands) -> None:
+    sweep = commands.add_parser("sweep", help="every combination of a grid's axes as runs, locally or on Ray; "
+                                "a CSV, a table over seeds and plots (see sim.sweep)")
+    sweep.add_argument("--grid", metavar="FILE|NAME", help="a grid file, or a preset grid in configs/grids/")
+    sweep.add_argument("--out", metavar="DIR", help="the sweep folder (a run folder per trial under trials/)")
+    sweep.add_argument("--resume", action="store_true", help="skip finished trials, continue stopped ones")
+    sweep.add_argument("--dry-run", action="store_true", help="list the trials and an estimated cost; run nothing")
+    sweep.add_argument("--jobs", type=int, default=1, metavar="N", help="trials at once as local processes, "
+                       "one thread each (default 1)")
+    sweep.add_argument("--ray", metavar="auto|ADDRESS", help="run each trial as a Ray task on a running cluster")
+    sweep.add_argument("--gpus-per-trial", type=float, default=0.0, metavar="F", help="GPU share per Ray task")
+    sweep.add_argument("--report", metavar="DIR", help="rebuild the CSV, table and plots of a sweep folder")
+    sweep.add_argument("--metric", action="append", metavar="NAME", help="metric to plot (repeatable)")
+    sweep.add_argument("--axis", metavar="NAME", help="the axis the plots put on x")
+
+
+def _command_sweep(args: argparse.Namespace) -> int:
+    from sim.jobs import make_backend
+    from sim.sweep import dry_run, expand, load_grid, sweep, write_report
+
+    if args.report:
+        write_report(Path(args.report), args.metric, args.axis)
+        return 0
+    if not args.grid:
+        raise ConfigError("sweep needs --grid FILE (or --report DIR); fix: e.g. --grid poisoning-small --out runs/sweep")
+    grid = load_grid(args.grid)
+    if args.metric or args.axis:
+        raise ConfigError("--metric and --axis choose the plots of --report DIR; fix: set them in the grid's "
+                          "report: section, or run --report DIR after the sweep")
+    if args.dry_run:
+        dry_run(grid, expand(grid), Path(args.out) if args.out else None, parallel=max(1, args.jobs))
+        return 0
+    if not args.out:
+        raise ConfigError("sweep needs --out DIR for its trials; fix: e.g. --out runs/sweep")
+    backend = make_backend(args.jobs, args.ray, args.gpus_per_trial)
+    counts = sweep(grid, args.out, backend, resume=args.resume)
+    return 1 if counts["failed"] else 0
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
@@ -211,6 +255,7 @@ COMMANDS = {
     "compare": _command_compare,
     "plot": _command_plot,
     "list-presets": _command_list_presets,
+    "sweep": _command_sweep,
 }
 
 

@@ -1,0 +1,628 @@
+"""Sweeps: every combination of a grid's axes as a normal run folder, executed by `sim.jobs`.
+
+A grid file (YAML):
+
+    description: one line
+    preset: table1-fmnist          # optional base preset (configs/<name>.yaml)
+    config: base.yaml              # optional base config file, relative to the grid file
+    settings: {rounds: 5}          # optional settings on top, dotted or nested
+    axes:
+      server.aggregator: [median, multikrum]       # a setting and its values
+      attack:                                      # named levels, each a group of settings
+        backdoor: {attack.type: backdoor}
+        poisonedfl: {attack.type: none, model_poisoning.type: poisonedfl}
+      seed: [0, 1, 2]
+    exclude:                                       # combinations not to run
+      - {attack: poisonedfl, server.aggregator: median}
+    report: {metrics: [mean_backdoor_accuracy], axis: server.aggregator}
+
+Every trial is base <- each axis's level, validated before anything runs; a trial's folder name
+says its levels (`server.aggregator-median__attack-backdoor__seed-0`). The axis named `seed` is
+the replicate axis: the report averages over it, with Student-t 95% intervals (sim.stats), and
+trials run seed by seed, so a stopped sweep has whole seeds done.
+
+Sweep folder:
+* `grid.yaml`          the grid file as given
+* `sweep.json`         the axes, the replicate axis and each trial's levels and folder
+* `trials/<name>/`     each trial's run folder (sim.runner), plus `config-input.yaml`, `log.txt`
+                       and `trial.json` (exit status and elapsed seconds of its process)
+* `results.csv`        a row per finished trial: its levels and summary figures
+* `table.md`           means and 95% intervals over seeds per combination of the other axes
+* `<metric>-vs-<axis>.png`   the report's metrics against its axis
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import io
+import itertools
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from sim.config import CONFIGS_DIR, Config, apply_overrides, load_config, setting_paths, to_dict
+from sim.errors import ConfigError
+from sim.io import write_atomic
+from sim.jobs import TRIAL_CONFIG_FILE, Trial, TrialResult, run_trials
+from sim.stats import mean_interval
+
+GRIDS_DIR = CONFIGS_DIR / "grids"
+GRID_KEYS = ("description", "preset", "config", "settings", "axes", "exclude", "report")
+REPLICATE_AXIS = "seed"
+TRIALS_DIR = "trials"
+GRID_FILE = "grid.yaml"
+SWEEP_FILE = "sweep.json"
+TRIAL_FILE = "trial.json"
+RESULTS_FILE = "results.csv"
+TABLE_FILE = "table.md"
+# summary.json figures carried into results.csv, and those the table averages.
+SUMMARY_COLUMNS = ("rounds", "final_main_accuracy", "best_main_accuracy", "final_backdoor_accuracy",
+                   "mean_backdoor_accuracy", "final_test_loss", "wall_time_s")
+TABLE_METRICS = ("final_main_accuracy", "mean_backdoor_accuracy", "final_backdoor_accuracy")
+METRIC_TITLES = {
+    "rounds": "rounds",
+    "final_main_accuracy": "main accuracy, final (%)",
+    "best_main_accuracy": "main accuracy, best (%)",
+    "final_backdoor_accuracy": "backdoor accuracy, final (%)",
+    "mean_backdoor_accuracy": "backdoor accuracy, average (%)",
+    "final_test_loss": "test loss, final",
+    "wall_time_s": "wall time (s)",
+}
+DEFAULT_REPORT = {"metrics": ["mean_backdoor_accuracy", "final_main_accuracy"], "axis": None}
+# Training images per dataset, for the cost estimate (synthetic: its configured size).
+DATASET_SIZES = {"fashion_mnist": 60000, "mnist": 60000, "cifar10": 50000}
+
+
+@dataclass
+class Axis:
+    name: str
+    labels: list[str]  # level labels, as in folder names and tables
+    settings: list[list[tuple[str, Any]]]  # each level's (setting path, value) pairs
+
+
+@dataclass
+class Grid:
+    source: str
+    text: str
+    base: Config  # the preset and config file
+    settings: list[tuple[str, Any]]  # the grid's settings on top, for every trial
+    axes: list[Axis]
+    excluded: list[dict[str, list[str]]]
+    report: dict[str, Any]
+
+
+@dataclass
+class PlannedTrial:
+    name: str
+    levels: dict[str, str]  # axis name -> level label
+    config: Config
+
+
+# ----------------------------------------------------------------------------------------------
+# grid files
+
+
+def grid_path(name_or_path: str) -> Path:
+    """A grid file's path: the file itself, or a preset grid's name (configs/grids/<name>.yaml)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    preset = GRIDS_DIR / f"{name_or_path}.yaml"
+    if preset.is_file():
+        return preset
+    names = sorted(p.stem for p in GRIDS_DIR.glob("*.yaml"))
+    raise ConfigError(
+        f"--grid {name_or_path}: no such file, nor a preset grid in {GRIDS_DIR} (available: "
+        f"{', '.join(names) or 'none'}); fix: --grid path/to/grid.yaml or --grid {names[0] if names else 'NAME'}"
+    )
+
+
+def _label(value: Any) -> str:
+    text = "null" if value is None else (str(value).lower() if isinstance(value, bool) else str(value))
+    return text
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", text)
+
+
+def _setting_pairs(settings: Any, where: str) -> list[tuple[str, Any]]:
+    if settings is None:
+        return []
+    if not isinstance(settings, dict):
+        raise ConfigError(f"{where} must map settings to values, got {settings!r}; fix: e.g. {{attack.type: backdoor}}")
+    return [(str(key), value) for key, value in settings.items()]
+
+
+def _axis(name: Any, spec: Any, source: str) -> Axis:
+    name = str(name)
+    where = f"axes.{name} in {source}"
+    if isinstance(spec, dict):
+        if not spec:
+            raise ConfigError(f"{where} has no levels; fix: give it at least one, e.g. {{label: {{setting: value}}}}")
+        labels = [str(label) for label in spec]
+        return Axis(name, labels, [_setting_pairs(spec[label], f"{where}.{label}") for label in spec])
+    if name not in setting_paths():
+        close = difflib.get_close_matches(name, setting_paths(), n=1, cutoff=0.6)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ConfigError(
+            f"{where}: '{name}' is not a setting, so a list of values cannot be applied to it; {hint}"
+            f"fix: name a setting (e.g. server.aggregator: [median, multikrum]) or give named levels "
+            f"({name}: {{label: {{setting: value}}}})"
+        )
+    if not isinstance(spec, list) or not spec:
+        raise ConfigError(
+            f"{where} must be a non-empty list of values, got {spec!r}; fix: e.g. {name}: [a, b], or named levels"
+        )
+    return Axis(name, [_label(value) for value in spec], [[(name, value)] for value in spec])
+
+
+def _check_paths(pairs: list[tuple[str, Any]], where: str) -> None:
+    """Every key a setting path, or a section given as a mapping, before any trial is built."""
+    paths = setting_paths()
+    sections = {path.rsplit(".", 1)[0] for path in paths if "." in path}
+    for key, value in pairs:
+        if key in paths or (key in sections and isinstance(value, dict)):
+            continue
+        close = difflib.get_close_matches(key, paths, n=1, cutoff=0.6)
+        raise ConfigError(
+            f"{where}: '{key}' is not a setting; {'did you mean ' + repr(close[0]) + '? ' if close else ''}"
+            f"fix: {'rename it to ' + repr(close[0]) if close else 'use a dotted setting path, e.g. attack.type'}"
+        )
+
+
+def _exclusions(raw: Any, axes: list[Axis], source: str) -> list[dict[str, list[str]]]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise ConfigError(f"exclude in {source} must be a list of combinations, got {raw!r}; "
+                          "fix: exclude: [{axis: level, other_axis: level}]")
+    by_name = {axis.name: axis for axis in axes}
+    entries = []
+    for index, entry in enumerate(raw):
+        where = f"exclude[{index}] in {source}"
+        if not isinstance(entry, dict) or not entry:
+            raise ConfigError(f"{where} must map axes to levels, got {entry!r}; fix: e.g. {{{axes[0].name}: "
+                              f"{axes[0].labels[0]}}}")
+        combination = {}
+        for key, values in entry.items():
+            key = str(key)
+            if key not in by_name:
+                close = difflib.get_close_matches(key, list(by_name), n=1, cutoff=0.5)
+                raise ConfigError(
+                    f"{where} names '{key}', which is not an axis (axes: {', '.join(by_name)}); "
+                    f"fix: {'rename it to ' + repr(close[0]) if close else 'use one of the axes'}"
+                )
+            labels = [_label(v) for v in (values if isinstance(values, list) else [values])]
+            for label in labels:
+                if label not in by_name[key].labels:
+                    raise ConfigError(
+                        f"{where}: {key}={label} is not a level of axis {key} (levels: "
+                        f"{', '.join(by_name[key].labels)}); fix: use one of those levels"
+                    )
+            combination[key] = labels
+        entries.append(combination)
+    return entries
+
+
+def _report_options(raw: Any, axes: list[Axis], source: str) -> dict[str, Any]:
+    report = dict(DEFAULT_REPORT)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict) or set(raw) - set(DEFAULT_REPORT):
+        raise ConfigError(f"report in {source} takes metrics and axis, got {raw!r}; "
+                          "fix: report: {metrics: [mean_backdoor_accuracy], axis: server.aggregator}")
+    report.update(raw)
+    if isinstance(report["metrics"], str):
+        report["metrics"] = [report["metrics"]]
+    return check_report(report, [axis.name for axis in axes], f"report in {source}")
+
+
+def check_report(report: dict[str, Any], axis_names: list[str], where: str) -> dict[str, Any]:
+    """Metrics known and the plot axis one of the grid's (default: the first one not `seed`)."""
+    for metric in report["metrics"]:
+        if metric not in SUMMARY_COLUMNS:
+            raise ConfigError(f"{where}: metric '{metric}' is not one of {', '.join(SUMMARY_COLUMNS)}; "
+                              "fix: --metric mean_backdoor_accuracy")
+    candidates = [name for name in axis_names if name != REPLICATE_AXIS] or axis_names
+    if report["axis"] is None:
+        report["axis"] = candidates[0] if candidates else None
+    elif report["axis"] not in axis_names:
+        raise ConfigError(f"{where}: axis '{report['axis']}' is not an axis of the grid (axes: "
+                          f"{', '.join(axis_names)}); fix: --axis {candidates[0] if candidates else 'NAME'}")
+    return report
+
+
+def load_grid(name_or_path: str) -> Grid:
+    """Read and check a grid file: the base config, its axes, exclusions and report options."""
+    path = grid_path(name_or_path)
+    source = f"grid '{path}'"
+    text = path.read_text()
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{source} is not valid YAML: {' '.join(str(error).split())}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source} must be a mapping with an axes: section; fix: see `leadfl-sim sweep --help`")
+    for key in raw:
+        if key not in GRID_KEYS:
+            close = difflib.get_close_matches(str(key), GRID_KEYS, n=1, cutoff=0.5)
+            raise ConfigError(f"unknown key '{key}' in {source}; allowed: {', '.join(GRID_KEYS)}; "
+                              f"fix: {'rename it to ' + repr(close[0]) if close else 'remove it'}")
+    config_path = raw.get("config")
+    if config_path is not None:
+        config_path = Path(config_path)
+        if not config_path.is_absolute():
+            config_path = path.parent / config_path
+    base = load_config(raw.get("preset"), config_path)
+    settings = _setting_pairs(raw.get("settings"), f"settings in {source}")
+    _check_paths(settings, f"settings in {source}")
+    axes_raw = raw.get("axes")
+    if not isinstance(axes_raw, dict) or not axes_raw:
+        raise ConfigError(f"{source} has no axes: section (got {axes_raw!r}); fix: e.g. axes: {{seed: [0, 1, 2]}}")
+    axes = [_axis(name, spec, source) for name, spec in axes_raw.items()]
+    for axis in axes:
+        duplicates = sorted({label for label in axis.labels if axis.labels.count(label) > 1})
+        if duplicates:
+            raise ConfigError(f"axes.{axis.name} in {source} lists {duplicates[0]} twice; fix: list each level once")
+        for label, pairs in zip(axis.labels, axis.settings):
+            _check_paths(pairs, f"axes.{axis.name}.{label} in {source}")
+    excluded = _exclusions(raw.get("exclude"), axes, source)
+    report = _report_options(raw.get("report"), axes, source)
+    return Grid(str(path), text, base, settings, axes, excluded, report)
+
+
+def expand(grid: Grid) -> list[PlannedTrial]:
+    """Every combination of the axes not excluded, each validated; the seed axis varies slowest."""
+    axes = sorted(grid.axes, key=lambda axis: axis.name != REPLICATE_AXIS)
+    trials = []
+    for combination in itertools.product(*(range(len(axis.labels)) for axis in axes)):
+        levels = {axis.name: axis.labels[i] for axis, i in zip(axes, combination)}
+        if any(all(levels[key] in labels for key, labels in entry.items()) for entry in grid.excluded):
+            continue
+        ordered = {axis.name: levels[axis.name] for axis in grid.axes}
+        name = "__".join(f"{_safe(axis)}-{_safe(label)}" for axis, label in ordered.items())
+        pairs = grid.settings + [pair for axis, i in zip(axes, combination) for pair in axis.settings[i]]
+        described = ", ".join(f"{axis}={label}" for axis, label in ordered.items())
+        try:
+            config = apply_overrides(grid.base, pairs, f"trial {described}")
+        except ConfigError as error:
+            exclusion = "{" + ", ".join(f"{axis}: {label}" for axis, label in ordered.items()
+                                        if axis != REPLICATE_AXIS) + "}"
+            raise ConfigError(
+                f"{grid.source}: trial {described}: {error} (if that combination cannot work, exclude it: "
+                f"add - {exclusion} to exclude:)"
+            ) from None
+        trials.append(PlannedTrial(name, ordered, config))
+    names = [trial.name for trial in trials]
+    clash = next((n for n in names if names.count(n) > 1), None)
+    if clash:
+        raise ConfigError(f"{grid.source}: two trials would share the folder name {clash} (levels that differ only "
+                          "in characters other than letters, digits, '.', '+', '-'); fix: rename one level")
+    if not trials:
+        raise ConfigError(f"{grid.source}: exclude: removes every combination; fix: exclude fewer")
+    return trials
+
+
+# ----------------------------------------------------------------------------------------------
+# the state of a sweep folder
+
+
+def trial_state(folder: Path, config: Config) -> str:
+    """'done' (summary.json for all rounds), 'stopped' (a checkpoint to resume) or 'new'."""
+    summary = folder / "summary.json"
+    if summary.is_file():
+        try:
+            if json.loads(summary.read_text()).get("rounds") == config.rounds:
+                return "done"
+        except ValueError:
+            pass
+    return "stopped" if (folder / "checkpoint.pt").is_file() else "new"
+
+
+def _check_same_settings(folder: Path, config: Config) -> None:
+    path = folder / TRIAL_CONFIG_FILE
+    if path.is_file() and yaml.safe_load(path.read_text()) != to_dict(config):
+        raise ConfigError(
+            f"{folder} was started with other settings than the grid now gives it ({path}); fix: resume with "
+            "the grid it was started with, or choose another --out"
+        )
+
+
+def trial_cost(config: Config) -> float:
+    """Images through the model per trial: 3 per trained sample (forward, backward), twice that where a
+    step evaluates two gradients (LeadFL's hessian variant, the MGDA attacker), 2 per scored image
+    (clean and triggered)."""
+    train_size = DATASET_SIZES.get(config.data.dataset, config.data.synthetic_train_size)
+    if config.training.local_steps is not None:
+        steps = config.training.local_steps
+    else:
+        per_client = math.ceil(train_size / config.clients.num_clients)
+        steps = config.training.local_epochs * math.ceil(per_client / config.training.batch_size)
+    per_round_clients = config.clients.clients_per_round
+    if config.selection.schedule == "fixed":
+        malicious = min(config.selection.fixed_malicious, per_round_clients)
+    else:
+        malicious = per_round_clients * config.clients.num_malicious / config.clients.num_clients
+    benign_passes = 6 if config.client_defense.type == "leadfl" and config.client_defense.variant == "hessian" else 3
+    malicious_passes = 6 if config.attack.type == "backdoor" and config.attack.blend == "mgda" else 3
+    samples = steps * config.training.batch_size
+    test_size = config.eval.test_size or (10000 if config.data.dataset != "synthetic" else
+                                          config.data.synthetic_test_size)
+    per_round = samples * (benign_passes * (per_round_clients - malicious) + malicious_passes * malicious)
+    return float(config.rounds * (per_round + 2 * test_size))
+
+
+# ----------------------------------------------------------------------------------------------
+# running
+
+
+def _sweep_record(grid: Grid, trials: list[PlannedTrial]) -> dict[str, Any]:
+    return {
+        "grid": grid.source,
+        "axes": {axis.name: axis.labels for axis in grid.axes},
+        "replicate_axis": REPLICATE_AXIS if any(axis.name == REPLICATE_AXIS for axis in grid.axes) else None,
+        "report": grid.report,
+        "trials": [{"name": t.name, "levels": t.levels, "folder": f"{TRIALS_DIR}/{t.name}"} for t in trials],
+    }
+
+
+def _seconds_per_cost(out_dir: Path, trials: list[PlannedTrial]) -> float | None:
+    """Seconds per cost unit measured on the folder's finished trials, or None."""
+    seconds = cost = 0.0
+    for trial in trials:
+        record = out_dir / TRIALS_DIR / trial.name / TRIAL_FILE
+        if record.is_file():
+            data = json.loads(record.read_text())
+            if data.get("returncode") == 0 and data.get("elapsed_s") and not data.get("resumed"):
+                seconds += data["elapsed_s"]
+                cost += trial_cost(trial.config)
+    return seconds / cost if cost else None
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def dry_run(grid: Grid, trials: list[PlannedTrial], out_dir: Path | None, parallel: int,
+            echo: Callable[[str], None] = print) -> None:
+    """List the trials, their state in `out_dir` and the cost; a time estimate where trials of this
+    grid already finished in `out_dir` (their measured seconds per image)."""
+    states = {t.name: trial_state(out_dir / TRIALS_DIR / t.name, t.config) if out_dir else "new" for t in trials}
+    width = max(len(t.name) for t in trials)
+    echo(f"{'trial'.ljust(width)}  state    cost (images through the model)")
+    for trial in trials:
+        echo(f"{trial.name.ljust(width)}  {states[trial.name].ljust(7)}  {trial_cost(trial.config):.3g}")
+    todo = [t for t in trials if states[t.name] != "done"]
+    total = sum(trial_cost(t.config) for t in todo)
+    counts = {state: sum(1 for s in states.values() if s == state) for state in ("done", "stopped", "new")}
+    echo(f"{len(trials)} trials ({counts['done']} done, {counts['stopped']} stopped, {counts['new']} new); "
+         f"to run: {len(todo)} trials, {total:.3g} images through the model")
+    rate = _seconds_per_cost(out_dir, trials) if out_dir else None
+    if rate is None:
+        echo("estimated time: unknown until trials of this grid have finished in --out (run some, e.g. with "
+             "one seed, then --dry-run --out DIR estimates the rest from them)")
+    else:
+        echo(f"estimated time: {_duration(total * rate)} of one core, about {_duration(total * rate / parallel)} "
+             f"with {parallel} at once (from the finished trials' {rate * 1e6:.3g} s per million images)")
+
+
+def sweep(grid: Grid, out_dir: str | Path, backend, resume: bool = False,
+          echo: Callable[[str], None] = print) -> dict[str, int]:
+    """Run every trial of `grid` not yet finished in `out_dir`; then write the report.
+
+    Returns counts: done (before), ran, failed."""
+    out_dir = Path(out_dir).resolve()
+    trials = expand(grid)
+    if (out_dir / SWEEP_FILE).exists() and not resume:
+        raise ConfigError(f"{out_dir} already holds a sweep ({SWEEP_FILE} exists); "
+                          "fix: pass --resume to continue it, or choose another --out")
+    states = {}
+    for trial in trials:
+        folder = out_dir / TRIALS_DIR / trial.name
+        _check_same_settings(folder, trial.config)
+        states[trial.name] = trial_state(folder, trial.config)
+        if states[trial.name] == "stopped" and not resume:
+            raise ConfigError(f"{folder} holds a stopped run; fix: pass --resume")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / GRID_FILE).write_text(grid.text)
+    (out_dir / SWEEP_FILE).write_text(json.dumps(_sweep_record(grid, trials), indent=2) + "\n")
+
+    todo = [
+        Trial(t.name, to_dict(t.config), out_dir / TRIALS_DIR / t.name, resume=states[t.name] == "stopped")
+        for t in trials if states[t.name] != "done"
+    ]
+    done_before = len(trials) - len(todo)
+    echo(f"sweep: {len(trials)} trials, {done_before} already done, {len(todo)} to run on {backend.describe()}")
+    counter = {"ran": 0, "failed": 0}
+
+    def on_done(trial: Trial, result: TrialResult) -> None:
+        elapsed = result.elapsed_s
+        record = {"returncode": result.returncode, "elapsed_s": round(elapsed, 2), "resumed": trial.resume}
+        (trial.out_dir / TRIAL_FILE).write_text(json.dumps(record) + "\n")
+        counter["ran"] += 1
+        position = f"[{done_before + counter['ran']}/{len(trials)}]"
+        if result.ok:
+            summary = json.loads((trial.out_dir / "summary.json").read_text())
+            echo(f"{position} {trial.name}: main {summary['final_main_accuracy']:.1f}%, backdoor (avg) "
+                 f"{_percent(summary['mean_backdoor_accuracy'])}, {elapsed:.0f} s")
+        else:
+            counter["failed"] += 1
+            echo(f"{position} {trial.name} FAILED (exit {result.returncode}): {result.log_tail} "
+                 f"(see {trial.out_dir / 'log.txt'})")
+
+    if todo:
+        run_trials(todo, backend, on_done)
+    write_report(out_dir, echo=echo)
+    return {"done": done_before, "ran": counter["ran"], "failed": counter["failed"]}
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}%"
+
+
+# ----------------------------------------------------------------------------------------------
+# report
+
+
+def _read_sweep(out_dir: Path) -> dict[str, Any]:
+    path = out_dir / SWEEP_FILE
+    if not path.is_file():
+        raise ConfigError(f"{out_dir} is not a sweep folder (no {SWEEP_FILE}); fix: --report the --out of a sweep")
+    return json.loads(path.read_text())
+
+
+def finished_rows(out_dir: Path, record: dict[str, Any]) -> list[dict[str, Any]]:
+    """A row per finished trial: its name, levels and summary figures."""
+    rows = []
+    for trial in record["trials"]:
+        path = out_dir / trial["folder"] / "summary.json"
+        if not path.is_file():
+            continue
+        summary = json.loads(path.read_text())
+        rows.append({"trial": trial["name"], **trial["levels"], **{c: summary.get(c) for c in SUMMARY_COLUMNS}})
+    return rows
+
+
+def _cell(value: Any) -> str:
+    return "" if value is None else (repr(value) if isinstance(value, float) else str(value))
+
+
+def results_csv(rows: list[dict[str, Any]], axes: list[str]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    columns = ["trial", *axes, *SUMMARY_COLUMNS]
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_cell(row.get(column)) for column in columns])
+    return out.getvalue()
+
+
+def group_estimates(rows: list[dict[str, Any]], axes: list[str], replicate: str | None, metric: str):
+    """{combination of the non-replicate axes: Estimate of `metric` over the replicates}, in row order."""
+    groups: dict[tuple, list[float]] = {}
+    keys = [axis for axis in axes if axis != replicate]
+    for row in rows:
+        key = tuple(row[axis] for axis in keys)
+        groups.setdefault(key, [])
+        if row.get(metric) is not None:
+            groups[key].append(row[metric])
+    return {key: (mean_interval(values) if values else None) for key, values in groups.items()}
+
+
+def _estimate_text(estimate) -> str:
+    if estimate is None:
+        return "n/a"
+    if estimate.half_width is None:
+        return f"{estimate.mean:.1f}"
+    return f"{estimate.mean:.1f} ± {estimate.half_width:.1f}"
+
+
+def table_markdown(rows: list[dict[str, Any]], axes: list[str], replicate: str | None) -> str:
+    keys = [axis for axis in axes if axis != replicate]
+    estimates = {metric: group_estimates(rows, axes, replicate, metric) for metric in TABLE_METRICS}
+    counts: dict[tuple, int] = {}
+    for row in rows:
+        key = tuple(row[axis] for axis in keys)
+        counts[key] = counts.get(key, 0) + 1
+    lines = [
+        f"Mean ± half-width of the Student-t 95% interval over {replicate or 'replicates'} (n per row); "
+        "accuracies in percent; a single run shows its value alone.",
+        "",
+        "| " + " | ".join([*keys, "n", *(METRIC_TITLES[m] for m in TABLE_METRICS)]) + " |",
+        "| " + " | ".join(["---"] * len(keys) + ["---:"] * (1 + len(TABLE_METRICS))) + " |",
+    ]
+    for key, n in counts.items():
+        cells = [*key, str(n), *(_estimate_text(estimates[m][key]) for m in TABLE_METRICS)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_metric(rows: list[dict[str, Any]], axes: dict[str, list[str]], replicate: str | None, metric: str,
+                x_axis: str, path: Path) -> Path:
+    """`metric` (mean and 95% interval over the replicates) against the levels of `x_axis`: one panel per
+    level of the first other axis, one line per combination of the rest."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+
+    others = [axis for axis in axes if axis not in (x_axis, replicate)]
+    panel_axis, line_axes = (others[0], others[1:]) if others else (None, [])
+    # Panels for the levels with finished trials (an excluded or unfinished level draws nothing).
+    panels = [level for level in axes[panel_axis] if any(row[panel_axis] == level for row in rows)] \
+        if panel_axis else [None]
+    estimates = group_estimates(rows, list(axes), replicate, metric)
+    keys = [axis for axis in axes if axis != replicate]
+    xs = axes[x_axis]
+    columns = min(len(panels), 4)
+    rows_of_panels = math.ceil(len(panels) / columns)
+    figure = Figure(figsize=(4.2 * columns, 3.4 * rows_of_panels + 0.6))
+    FigureCanvasAgg(figure)
+    line_levels = list(itertools.product(*(axes[a] for a in line_axes))) or [()]
+    for index, panel in enumerate(panels):
+        ax = figure.add_subplot(rows_of_panels, columns, index + 1)
+        for offset, line in enumerate(line_levels):
+            points = []
+            for position, x in enumerate(xs):
+                levels = {x_axis: x, **dict(zip(line_axes, line))}
+                if panel_axis:
+                    levels[panel_axis] = panel
+                estimate = estimates.get(tuple(levels[k] for k in keys))
+                if estimate is not None:
+                    shift = (offset - (len(line_levels) - 1) / 2) * 0.08
+                    points.append((position + shift, estimate.mean, estimate.half_width or 0.0))
+            if points:
+                label = ", ".join(f"{a}={v}" for a, v in zip(line_axes, line)) or None
+                ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
+                            marker="o", capsize=3, linestyle="-", label=label)
+        ax.set_xlim(-0.5, len(xs) - 0.5)
+        ax.set_xticks(range(len(xs)))
+        ax.set_xticklabels(xs, rotation=35, ha="right", fontsize=8)
+        ax.set_title(f"{panel_axis}={panel}" if panel_axis else "", fontsize=9)
+        ax.set_ylabel(METRIC_TITLES[metric], fontsize=8)
+        ax.grid(alpha=0.3)
+        if index == 0 and line_axes:
+            ax.legend(fontsize=7)
+    figure.suptitle(f"{METRIC_TITLES[metric]} against {x_axis}: mean and 95% interval over {replicate or 'runs'}",
+                    fontsize=10)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    write_atomic(path, buffer.getvalue())
+    return path
+
+
+def write_report(out_dir: str | Path, metrics: list[str] | None = None, axis: str | None = None,
+                 echo: Callable[[str], None] = print) -> list[Path]:
+    """results.csv, table.md and the plots, rebuilt from the finished trials in `out_dir`."""
+
+    out_dir = Path(out_dir)
+    record = _read_sweep(out_dir)
+    axes = record["axes"]
+    report = dict(record.get("report") or DEFAULT_REPORT)
+    if metrics:
+        report["metrics"] = list(metrics)
+    if axis:
+        report["axis"] = axis
+    report = check_report(report, list(axes), "the report options")
+    rows = finished_rows(out_dir, record)
+    replicate = record.get("replicate_axis")
+    written = [out_dir / RESULTS_FILE, out_dir / TABLE_FILE]
+    write_atomic(written[0], results_csv(rows, list(axes)))
+    write_atomic(written[1], table_markdown(rows, list(axes), replicate))
+    if rows and report["axis"]:
+        for metric in report["metrics"]:
+            written.append(plot_metric(rows, axes, replicate, metric, report["axis"],
+                                       out_dir / f"{metric}-vs-{_safe(report['axis'])}.png"))
+    echo(f"report: {len(rows)} of {len(record['trials'])} trials finished; " + ", ".join(str(p) for p in written))
+    return written
