@@ -4,13 +4,9 @@ leaves either the previous or the new version, never half a file."""
 
 from __future__ import annotations
 
-import io
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
-
-import torch
 
 CONFIG_FILE = "config.yaml"  # the resolved configuration (written once at the start)
 METRICS_FILE = "metrics.csv"  # one row per finished round (sim.reporting.RoundRecord)
@@ -44,8 +40,3 @@ def write_atomic(path: Path, data: bytes | str) -> None:
             raise
     os.replace(tmp.name, path)
 
-
-def save_torch_atomic(obj: Any, path: Path) -> None:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    write_atomic(path, buffer.getvalue())

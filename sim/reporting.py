@@ -35,6 +35,7 @@ class RoundRecord:
     malicious_ids: str
     kept: str
     rejected_nonfinite: str
+    aggregate_rejected: int  # 1: the aggregate gave a non-finite model, which was rejected (previous model kept)
     wall_time_s: float
 
     def as_row(self) -> dict[str, Any]:
@@ -64,11 +65,13 @@ def metrics_csv_text(rows: list[dict[str, Any]]) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(METRIC_COLUMNS)
     for row in rows:
-        writer.writerow([_format_cell(row[column]) for column in METRIC_COLUMNS])
+        writer.writerow([_format_cell(row.get(column)) for column in METRIC_COLUMNS])
     return out.getvalue()
 
 
-def _parse(text: str, kind: str) -> Any:
+def _parse(text: str | None, kind: str) -> Any:
+    if text is None:  # a column added after the file was written
+        return None
     if kind != "str" and text == "":
         return None
     return _PARSERS[kind](text)
@@ -83,7 +86,7 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         raise ConfigError(f"no {METRICS_FILE} at {path}; fix: point at the folder of a run")
     kinds = {field.name: str(field.type) for field in dataclasses.fields(RoundRecord)}
     with open(path, newline="") as stream:
-        return [{name: _parse(record[name], kind) for name, kind in kinds.items()} for record in csv.DictReader(stream)]
+        return [{name: _parse(record.get(name), kind) for name, kind in kinds.items()} for record in csv.DictReader(stream)]
 
 
 def key_settings(cfg: Config) -> dict[str, Any]:
@@ -132,9 +135,11 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def summarize(rows: list[dict[str, Any]], cfg: Config, engine: str | None = None) -> dict[str, Any]:
+def summarize(rows: list[dict[str, Any]], cfg: Config, engine: str | None = None,
+              machine: dict[str, Any] | None = None) -> dict[str, Any]:
     """Headline numbers of a run (accuracies in percent) and its key settings; `engine` is
-    what trained the clients (`engine: auto` resolved, distributed or not)."""
+    what trained the clients (`engine: auto` resolved, distributed or not); `machine` the facts
+    that change the numbers (`sim.resume.machine_facts`): `threads` and the rest as `machine`."""
     main = [row["main_accuracy"] for row in rows]
     backdoor = [row["backdoor_accuracy"] for row in rows if row["backdoor_accuracy"] is not None]
     malicious = [row["malicious_selected"] for row in rows]
@@ -147,10 +152,18 @@ def summarize(rows: list[dict[str, Any]], cfg: Config, engine: str | None = None
         "final_test_loss": rows[-1]["test_loss"] if rows else None,
         "mean_malicious_per_round": _mean(malicious),
         "rounds_with_malicious": sum(1 for count in malicious if count > 0),
+        "rounds_aggregate_rejected": sum(1 for row in rows if row.get("aggregate_rejected")),
         "wall_time_s": sum(row["wall_time_s"] for row in rows),
+        **_machine_summary(machine),
         "settings": {**key_settings(cfg), **({"engine (resolved)": engine} if engine else {})},
         **_privacy_summary(rows, cfg),
     }
+
+
+def _machine_summary(machine: dict[str, Any] | None) -> dict[str, Any]:
+    if not machine:
+        return {}
+    return {"threads": machine["threads"], "machine": {k: v for k, v in machine.items() if k != "threads"}}
 
 
 def _privacy_summary(rows: list[dict[str, Any]], cfg: Config) -> dict[str, Any]:
@@ -161,10 +174,11 @@ def _privacy_summary(rows: list[dict[str, Any]], cfg: Config) -> dict[str, Any]:
 
 
 def write_outputs(
-    out_dir: Path, rows: list[dict[str, Any]], cfg: Config, label: str | None = None, engine: str | None = None
+    out_dir: Path, rows: list[dict[str, Any]], cfg: Config, label: str | None = None, engine: str | None = None,
+    machine: dict[str, Any] | None = None,
 ) -> dict:
     """summary.json and accuracy.png from the rows; returns the summary."""
-    summary = summarize(rows, cfg, engine)
+    summary = summarize(rows, cfg, engine, machine)
     if label is not None:
         summary = {"label": label, **summary}
     write_atomic(out_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")

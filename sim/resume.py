@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import platform
 from pathlib import Path
+from typing import Any
 
-import torch
 import yaml
 
 from sim.config import Config, config_from_dict, to_dict
 from sim.errors import ConfigError
 from sim.io import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
-from sim.state import CHECKPOINT_FORMAT
+from sim.state import read_checkpoint
 
 # Settings a resumed run may change: more rounds extend a run without changing its past.
 RESUMABLE_CHANGES = ("rounds",)
@@ -37,7 +40,44 @@ def config_differences(saved: dict, requested: dict, defaults: dict, prefix: str
     return differences
 
 
-def load_checkpoint(out_dir: Path, cfg: Config) -> dict:
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_facts(device) -> dict[str, Any]:
+    """What, besides the config, changes a run's numbers: the torch version, torch's CPU thread
+    count, the CPU model and the GPU model of `device` (None on CPU)."""
+    import torch
+
+    device = torch.device(device)
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return {"torch": str(torch.__version__), "threads": torch.get_num_threads(), "cpu": _cpu_model(), "gpu": gpu}
+
+
+def check_machine(path: Path, saved: dict | None, current: dict[str, Any]) -> None:
+    """Refuse to continue the run saved in `path` on machine facts that would change its numbers."""
+    if not saved:
+        return
+    differences = [f"{key} (saved {saved.get(key)!r}, now {value!r})" for key, value in current.items()
+                   if saved.get(key) != value]
+    if differences:
+        only_threads = [key for key in current if saved.get(key) != current[key]] == ["threads"]
+        fix = f"--threads {saved['threads']}" if only_threads else "continue it on the machine that started it"
+        raise ConfigError(
+            f"cannot resume {path}: it ran with other machine facts, which change the results: "
+            + "; ".join(differences)
+            + f"; fix: {fix}, or pass --allow-machine-change to continue anyway"
+        )
+
+
+def load_checkpoint(out_dir: Path, cfg: Config, machine: dict[str, Any] | None = None,
+                    allow_machine_change: bool = False) -> dict:
     path = out_dir / CHECKPOINT_FILE
     if not path.is_file():
         finished = " (it holds a finished run: see its summary.json)" if (out_dir / SUMMARY_FILE).is_file() else ""
@@ -45,12 +85,7 @@ def load_checkpoint(out_dir: Path, cfg: Config) -> dict:
             f"nothing to resume in {out_dir}: it has no {CHECKPOINT_FILE}{finished}; "
             "fix: drop --resume to start a new run, or point --out at a stopped run's folder"
         )
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    if checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise ConfigError(
-            f"{path} was written in checkpoint format {checkpoint.get('format')!r}, this version reads "
-            f"{CHECKPOINT_FORMAT}; fix: start a new run in another folder"
-        )
+    checkpoint = read_checkpoint(path)
     differences = config_differences(checkpoint["config"], to_dict(cfg), to_dict(Config()))
     if differences:
         raise ConfigError(
@@ -64,7 +99,39 @@ def load_checkpoint(out_dir: Path, cfg: Config) -> dict:
             f"cannot resume {out_dir} with rounds={cfg.rounds}: {done} rounds are already done; "
             f"fix: --set rounds={done} or more"
         )
+    _check_metrics_agree(out_dir, checkpoint["rows"])
+    if machine is not None and not allow_machine_change:
+        check_machine(out_dir, checkpoint.get("machine"), machine)
     return checkpoint
+
+
+def _check_metrics_agree(out_dir: Path, rows: list[dict]) -> None:
+    """A resumed run rewrites `metrics.csv` from the checkpoint's rows, so the file must hold no
+    round the checkpoint lacks: it may be missing or hold a prefix of those rows (a run stopped
+    between writing the checkpoint and the metrics), never other or more rounds."""
+    from sim.reporting import metrics_csv_text  # reporting imports this module
+
+    path = out_dir / METRICS_FILE
+    if not path.is_file():
+        return
+    try:
+        with open(path, newline="") as stream:
+            saved = list(csv.DictReader(stream))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        saved = None
+    expected = list(csv.DictReader(io.StringIO(metrics_csv_text(rows))))
+    # Compared on the file's own columns, so a file from before a column was added still agrees.
+    if saved is not None and len(saved) <= len(expected) and all(
+        old == {key: new.get(key, "") for key in old}
+        for old, new in zip(saved, expected)
+    ):
+        return
+    count = "unreadable" if saved is None else len(saved)
+    raise ConfigError(
+        f"cannot resume {out_dir}: {path} holds {count} round(s) that disagree with the "
+        f"{len(rows)} in {out_dir / CHECKPOINT_FILE}, and resuming would overwrite them; nothing was changed; "
+        f"fix: restore the matching {CHECKPOINT_FILE}, or start the run again in another --out"
+    )
 
 
 def finished_summary(out_dir: str | Path, cfg: Config) -> dict | None:

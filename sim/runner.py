@@ -11,6 +11,7 @@ last finished round (`sim.resume`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import sys
 import time
@@ -28,11 +29,11 @@ from sim.data import load_dataset, partition
 from sim.engines import distributed
 from sim.engines.registry import build_engine, describe_engine, resolve_engine
 from sim.errors import ConfigError
-from sim.io import CONFIG_FILE, METRICS_FILE, PLOT_FILE, SUMMARY_FILE, write_atomic
+from sim.io import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, PLOT_FILE, SUMMARY_FILE, write_atomic
 from sim.metrics import evaluate
 from sim.models import build_model, flatten_parameters, load_flat_parameters_
 from sim.reporting import RoundRecord, ids_text, metrics_csv_text, progress_postfix, summarize, write_outputs
-from sim.resume import load_checkpoint, refuse_overwrite
+from sim.resume import load_checkpoint, machine_facts, refuse_overwrite
 from sim.selection import Selector
 from sim.server.aggregators import build_aggregator
 from sim.state import restore_parts, save_checkpoint
@@ -109,10 +110,13 @@ def run(
     progress: bool = True,
     *,
     label: str | None = None,
+    allow_machine_change: bool = False,
 ) -> dict[str, Any]:
     """Run (or, with `resume`, continue) the experiment `cfg` in `out_dir`; returns the summary.
 
-    Same config and seed give the same `metrics.csv` on CPU, apart from the wall-time column.
+    Same config and seed give the same `metrics.csv` on CPU, apart from the wall-time column, on the
+    same machine facts (`sim.resume.machine_facts`: torch version, threads, CPU/GPU model); a resume
+    on other ones is refused unless `allow_machine_change`.
     """
     validate(cfg)
     # Under torchrun: join the process group; this rank's device (cuda -> its LOCAL_RANK's GPU).
@@ -120,9 +124,12 @@ def run(
     writer = distributed.is_main_process()  # only rank 0 writes files and prints
     out_dir = Path(out_dir)
 
+    machine = machine_facts(device)
     checkpoint = None
     if resume:
-        checkpoint = distributed.broadcast_object(load_checkpoint(out_dir, cfg) if writer else None)
+        checkpoint = distributed.broadcast_object(
+            load_checkpoint(out_dir, cfg, machine, allow_machine_change) if writer else None
+        )
     elif writer and out_dir.exists():
         refuse_overwrite(out_dir)
     if writer:
@@ -139,7 +146,12 @@ def run(
     start_round, rows, global_params = 0, [], parts.initial_params.clone()
     if checkpoint is not None:
         start_round, rows = checkpoint["next_round"], list(checkpoint["rows"])
-        global_params = checkpoint["global_params"].to(device)
+        global_params = checkpoint["global_params"].to(device=device, dtype=parts.initial_params.dtype)
+        if global_params.shape != parts.initial_params.shape:
+            raise ConfigError(
+                f"{out_dir / CHECKPOINT_FILE} holds a model of {global_params.numel()} parameters, this run's has "
+                f"{parts.initial_params.numel()}; nothing was changed; fix: start the run again in another --out"
+            )
         restore_parts(checkpoint, parts.stateful())
     if writer:
         write_atomic(out_dir / CONFIG_FILE, yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -155,9 +167,10 @@ def run(
             global_params, record = _round(cfg, parts, global_params, round_index)
             rows.append(record.as_row())
             if writer:
-                write_atomic(out_dir / METRICS_FILE, metrics_csv_text(rows))
+                # Checkpoint first: metrics.csv never holds a round the checkpoint lacks (sim.resume).
                 save_checkpoint(out_dir, config=to_dict(cfg), next_round=round_index + 1, global_params=global_params,
-                                parts=parts.stateful(), rows=rows)
+                                parts=parts.stateful(), rows=rows, machine=machine)
+                write_atomic(out_dir / METRICS_FILE, metrics_csv_text(rows))
             bar.set_postfix(progress_postfix(rows[-1]), refresh=False)
             bar.update(1)
     finally:
@@ -166,7 +179,7 @@ def run(
     if not writer:
         return summarize(rows, cfg, engine_description)
     write_atomic(out_dir / METRICS_FILE, metrics_csv_text(rows))
-    return write_outputs(out_dir, rows, cfg, label, engine=engine_description)
+    return write_outputs(out_dir, rows, cfg, label, engine=engine_description, machine=machine)
 
 
 def _round(cfg: Config, parts: _Parts, global_params: torch.Tensor, round_index: int) -> tuple[torch.Tensor, RoundRecord]:
@@ -177,12 +190,21 @@ def _round(cfg: Config, parts: _Parts, global_params: torch.Tensor, round_index:
     updates = parts.engine.train_clients(global_params, selected, round_index)
     updates = parts.uploads(updates, selected, round_index, global_params)  # DP, model poisoning
     aggregation = parts.aggregator(updates)
-    parts.uploads.observe(aggregation.update)
-    global_params = global_params + aggregation.update.to(device=global_params.device, dtype=global_params.dtype)
-
-    load_flat_parameters_(parts.model, global_params)
-    scores = evaluate(parts.model, parts.test_x, parts.test_y, target_label=cfg.attack.target_label,
-                      stamp=parts.stamp, batch_size=cfg.eval.batch_size)
+    update = aggregation.update.to(device=global_params.device, dtype=global_params.dtype)
+    candidate = global_params + update
+    scores = _evaluate(cfg, parts, candidate) if bool(torch.isfinite(candidate).all()) else None
+    rejected = scores is None or not math.isfinite(scores["test_loss"])
+    if rejected:
+        # The server keeps the previous model rather than one it cannot use (docs/architecture.md,
+        # "A bad aggregate").
+        print(f"warning: round {round_index}: the aggregate gives a non-finite global model "
+              f"(|update| max {float(aggregation.update.abs().max()):.3g}); it is rejected and the previous "
+              "model kept (metrics.csv: aggregate_rejected=1)", file=sys.stderr, flush=True)
+        update = torch.zeros_like(update)
+        scores = _evaluate(cfg, parts, global_params)
+    else:
+        global_params = candidate
+    parts.uploads.observe(update)
     malicious = set(parts.malicious)
     malicious_in_round = [c for c in selected if c in malicious]
     backdoor = scores["backdoor_accuracy"]
@@ -196,5 +218,12 @@ def _round(cfg: Config, parts: _Parts, global_params: torch.Tensor, round_index:
         malicious_ids=ids_text(malicious_in_round),
         kept=ids_text([selected[i] for i in aggregation.kept]),
         rejected_nonfinite=ids_text([selected[i] for i in aggregation.rejected_nonfinite]),
+        aggregate_rejected=int(rejected),
         wall_time_s=round(time.perf_counter() - started, 4),
     )
+
+
+def _evaluate(cfg: Config, parts: _Parts, params: torch.Tensor) -> dict[str, Any]:
+    load_flat_parameters_(parts.model, params)
+    return evaluate(parts.model, parts.test_x, parts.test_y, target_label=cfg.attack.target_label,
+                    stamp=parts.stamp, batch_size=cfg.eval.batch_size)

@@ -24,6 +24,7 @@ from sim.attacks.model_poisoning import (
 )
 from sim.reporting import read_metrics
 from sim.runner import run
+from sim.state import read_checkpoint
 from simtest import tiny_synthetic
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -322,5 +323,5 @@ def test_poisonedfl_end_to_end_resumes_exactly(tmp_path):
     run(tiny("rounds=2", *settings), tmp_path / "stopped", progress=False)
     run(tiny("rounds=3", *settings), tmp_path / "stopped", resume=True, progress=False)
     assert metrics_rows(tmp_path / "stopped") == metrics_rows(tmp_path / "straight")
-    state = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)["upload_state"]
+    state = read_checkpoint(tmp_path / "straight" / "checkpoint.pt")["upload_state"]
     assert [round_index for round_index, _ in state["attack"]["scale_history"]] == [0, 1, 2]

@@ -14,6 +14,7 @@ from sim.config import load_config
 from sim.errors import ConfigError
 from sim.reporting import METRIC_COLUMNS, read_metrics
 from sim.runner import run
+from sim.state import encode_checkpoint, read_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -148,7 +149,7 @@ def test_resume_continues_without_redoing_rounds_and_matches_an_uninterrupted_ru
 
 def test_resume_restores_the_aggregator_state(tmp_path):
     run(tiny_config("rounds=2"), tmp_path / "run", progress=False)
-    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    checkpoint = read_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert checkpoint["next_round"] == 2
     # SparseFed's error feedback holds the coordinates it has not released yet.
     assert checkpoint["aggregator_state"]["error"].abs().sum() > 0
@@ -232,13 +233,13 @@ def test_unknown_engine_is_a_config_error(tmp_path):
 def test_resume_accepts_settings_added_after_the_run_started_only_at_their_default(tmp_path):
     run(tiny_config("rounds=1"), tmp_path / "run", progress=False)
     path = tmp_path / "run" / "checkpoint.pt"
-    checkpoint = torch.load(path, weights_only=False)
+    checkpoint = read_checkpoint(path)
     del checkpoint["config"]["client_defense"]["q"]     # as if `q` did not exist when the run started
-    torch.save(checkpoint, path)
+    path.write_bytes(encode_checkpoint(checkpoint))
     summary = run(tiny_config("rounds=2"), tmp_path / "run", resume=True, progress=False)
     assert summary["rounds"] == 2
-    checkpoint = torch.load(path, weights_only=False)
+    checkpoint = read_checkpoint(path)
     del checkpoint["config"]["client_defense"]["q"]
-    torch.save(checkpoint, path)
+    path.write_bytes(encode_checkpoint(checkpoint))
     with pytest.raises(ConfigError, match="client_defense.q"):
         run(tiny_config("rounds=3", "client_defense.q=0.3"), tmp_path / "run", resume=True, progress=False)
