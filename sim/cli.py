@@ -68,6 +68,12 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resume", action="store_true", help="continue the stopped run (or comparison) in --out from its checkpoint"
     )
+    parser.add_argument(
+        "--allow-machine-change",
+        action="store_true",
+        help="with --resume: continue although torch's version, thread count or the CPU/GPU model differ from "
+        "the run's start (the results then differ from an uninterrupted run)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
         "--threads",
@@ -148,7 +154,10 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 def _out_dir(args: argparse.Namespace) -> Path:
     if args.out:
-        return Path(args.out)
+        out_dir = Path(args.out)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise ConfigError(f"--out {out_dir} is a file, not a folder; fix: choose another --out")
+        return out_dir
     if args.resume:
         raise ConfigError("--resume needs the folder of the stopped run; fix: add --out DIR")
     if args.preset:
@@ -172,16 +181,29 @@ def _set_threads(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
 
 
+def _run_config(args: argparse.Namespace, out_dir: Path):
+    """The config of `run`: from --preset/--config/--set; with --resume and neither --preset nor
+    --config, the run folder's own config.yaml with the --set values on top (a value that differs
+    from the saved one, other than more rounds, is then refused by the resume)."""
+    from sim.config import apply_overrides, load_config
+    from sim.io import CONFIG_FILE
+    from sim.resume import load_run_config
+
+    if args.resume and args.preset is None and args.config is None and (out_dir / CONFIG_FILE).is_file():
+        return apply_overrides(load_run_config(out_dir), _overrides(args))
+    return load_config(args.preset, args.config, _overrides(args))
+
+
 def _command_run(args: argparse.Namespace) -> int:
-    from sim.config import load_config
     from sim.io import PLOT_FILE
     from sim.reporting import format_summary
     from sim.runner import run
 
-    cfg = load_config(args.preset, args.config, _overrides(args))
     out_dir = _out_dir(args)
+    cfg = _run_config(args, out_dir)
     _set_threads(args)
-    summary = run(cfg, out_dir, resume=args.resume, progress=not args.no_progress)
+    summary = run(cfg, out_dir, resume=args.resume, progress=not args.no_progress,
+                  allow_machine_change=args.allow_machine_change)
     if _is_main_process():
         print(format_summary(summary))
         print(f"results: {out_dir}")
@@ -212,7 +234,7 @@ def _command_compare(args: argparse.Namespace) -> int:
     out_dir = _out_dir(args)
     main_process = _is_main_process()
     compare(cfg, variants, out_dir, resume=args.resume, progress=not args.no_progress,
-            echo=print if main_process else (lambda _text: None))
+            echo=print if main_process else (lambda _text: None), allow_machine_change=args.allow_machine_change)
     if main_process:
         print(f"table: {out_dir / TABLE_FILE}")
         print(f"plot: {out_dir / PLOT_FILE}")
@@ -226,6 +248,9 @@ def _command_plot(args: argparse.Namespace) -> int:
 
     folder = Path(args.folder)
     if (folder / JSON_FILE).is_file():
+        for label, entry in compare.read_comparison(folder)["variants"].items():
+            if (folder / entry["folder"] / METRICS_FILE).is_file():
+                print(f"plot: {reporting.replot(folder / entry['folder'], label)}")
         path = compare.replot(folder)
     elif (folder / METRICS_FILE).is_file():
         path = reporting.replot(folder)

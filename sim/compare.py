@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any, Iterable, Union
 
 from sim.config import Config, apply_overrides, to_dict
+from sim.data import check_data_files
 from sim.engines.distributed import broadcast_object, init_from_env, is_main_process
 from sim.errors import ConfigError
 from sim.io import CHECKPOINT_FILE, METRICS_FILE, write_atomic
+from sim.metrics import attack_metric_name
 from sim.plots import plot_comparison
 from sim.reporting import read_metrics
 from sim.resume import finished_summary
@@ -54,7 +56,8 @@ def _percent(value: float | None) -> str:
 
 
 def table_markdown(
-    summaries: dict[str, dict[str, Any]], caption: str = "", baselines: dict[str, str | None] | None = None
+    summaries: dict[str, dict[str, Any]], caption: str = "", baselines: dict[str, str | None] | None = None,
+    metric: str = "backdoor accuracy",
 ) -> str:
     """Markdown table: one row per variant, accuracies in percent.
 
@@ -64,7 +67,7 @@ def table_markdown(
     lines = []
     if caption:
         lines += [caption, ""]
-    header = "| variant | main accuracy, final (%) | backdoor accuracy, average (%) | backdoor accuracy, final (%) |"
+    header = f"| variant | main accuracy, final (%) | {metric}, average (%) | {metric}, final (%) |"
     rule = "| --- | ---: | ---: | ---: |"
     if baselines:
         header += " main accuracy loss vs clean run (points) |"
@@ -174,6 +177,7 @@ def compare(
     resume: bool = False,
     progress: bool = True,
     echo=print,
+    allow_machine_change: bool = False,
 ) -> dict[str, Any]:
     """Run every variant under `out_dir`, then write and print the table; returns comparison.json's content.
 
@@ -185,6 +189,8 @@ def compare(
     out_dir = Path(out_dir)
     init_from_env(cfg.device)  # under torchrun: join the process group before the ranks decide anything
     writer = is_main_process()  # only rank 0 writes (sim.engines.distributed)
+    for variant_cfg in configs.values():  # before the comparison folder is made
+        check_data_files(variant_cfg.data.dataset, variant_cfg.data.data_dir)
     if writer:
         out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -197,7 +203,8 @@ def compare(
         if finished is not None:
             summaries[label] = finished
             continue
-        summaries[label] = run(variant_cfg, run_dir, resume=continue_run, progress=progress, label=label)
+        summaries[label] = run(variant_cfg, run_dir, resume=continue_run, progress=progress, label=label,
+                               allow_machine_change=allow_machine_change)
 
     baselines = clean_baselines(configs)
     comparison = {
@@ -224,7 +231,7 @@ def compare(
     }
     if writer:
         write_outputs(out_dir, comparison)
-    echo(table_markdown(summaries, comparison["caption"], baselines))
+    echo(table_markdown(summaries, comparison["caption"], baselines, _metric(comparison)))
     return comparison
 
 
@@ -232,7 +239,7 @@ def write_outputs(out_dir: Path, comparison: dict[str, Any]) -> None:
     """table.md, comparison.png and comparison.json from the variants' summaries and metrics."""
     summaries = {label: entry["summary"] for label, entry in comparison["variants"].items()}
     baselines = {label: entry.get("clean_baseline") for label, entry in comparison["variants"].items()}
-    write_atomic(out_dir / TABLE_FILE, table_markdown(summaries, comparison["caption"], baselines))
+    write_atomic(out_dir / TABLE_FILE, table_markdown(summaries, comparison["caption"], baselines, _metric(comparison)))
     write_atomic(out_dir / JSON_FILE, json.dumps(comparison, indent=2) + "\n")
     replot(out_dir, comparison)
 
@@ -245,7 +252,12 @@ def replot(out_dir: str | Path, comparison: dict[str, Any] | None = None) -> Pat
     runs = {
         label: read_metrics(out_dir / entry["folder"]) for label, entry in comparison["variants"].items()
     }
-    return plot_comparison(runs, out_dir / PLOT_FILE, title=comparison.get("caption", ""))
+    return plot_comparison(runs, out_dir / PLOT_FILE, title=comparison.get("caption", ""), metric=_metric(comparison))
+
+
+def _metric(comparison: dict[str, Any]) -> str:
+    """The name of the backdoor_accuracy score under the comparison's attack (sim.metrics)."""
+    return attack_metric_name(comparison.get("base_config", {}).get("attack", {}).get("type", "backdoor"))
 
 
 def read_comparison(out_dir: str | Path) -> dict[str, Any]:

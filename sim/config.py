@@ -28,7 +28,7 @@ import yaml
 
 from sim.attacks.data_poisoning import ATTACK_TYPES, BLEND_RULES
 from sim.attacks.model_poisoning import MODEL_POISONING, POISONEDFL_COORDINATES
-from sim.data import DATASET_NAMES, PARTITION_SCHEMES
+from sim.data import DATASET_NAMES, PARTITION_SCHEMES, check_synthetic_size
 from sim.defenses.client import CLIENT_DEFENSES, LEADFL_VARIANTS
 from sim.defenses.privacy import PRIVACY_TYPES, build_privacy
 from sim.engines.client_training import check_training_settings
@@ -60,6 +60,10 @@ AGGREGATOR_NAMES = tuple(AGGREGATORS)
 MODEL_POISONING_TYPES = tuple(MODEL_POISONING)
 PRIVACY_NAMES = tuple(PRIVACY_TYPES)
 DEVICE_PATTERN = re.compile(r"^(cpu|cuda|cuda:\d+)$")
+# Models, updates and their hyperparameters are float32 tensors: a larger setting becomes Inf there.
+FLOAT32_MAX = 3.4028234663852886e38
+# torch's generators take seeds up to 2**64 - 1.
+SEED_MAX = 2**64 - 1
 
 # Input shape each model is built for; `mlp` flattens whatever it gets.
 MODEL_INPUT = {"fmnist_cnn": "1x28x28", "cifar_cnn": "3x32x32"}
@@ -203,7 +207,7 @@ class EvalConfig:
 
 @dataclass
 class Config:
-    seed: int = _setting(0, "int", low=0)
+    seed: int = _setting(0, "int", low=0, high=SEED_MAX)
     device: str = _setting("cpu", "str")
     rounds: int = _setting(80, "int", low=1)
     engine: str = _setting("sequential", "str", choices=ENGINE_NAMES)
@@ -383,9 +387,11 @@ def preset_path(name: str, configs_dir: Path = CONFIGS_DIR) -> Path:
     names = [p.stem for p in sorted(configs_dir.glob("*.yaml"))]
     close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
     hint = f"did you mean '{close[0]}'? " if close else ""
+    # The fix names the closest preset, however far (never merely the first in the list).
+    closest = difflib.get_close_matches(name, names, n=1, cutoff=0.0) or ["NAME"]
     raise ConfigError(
         f"preset '{name}' not found in {configs_dir}; {hint}available: {', '.join(names) or 'none'}; "
-        f"fix: --preset {close[0] if close else (names[0] if names else 'NAME')}"
+        f"fix: --preset {closest[0]}"
     )
 
 
@@ -556,15 +562,19 @@ def compare_variants(preset: str | None = None, path: str | Path | None = None) 
 # validation
 
 
+def _number(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
 def _describe_range(meta: dict) -> str:
     low, high = meta["low"], meta["high"]
     if low is not None and high is not None:
         left = "(" if meta["low_open"] else "["
         right = ")" if meta["high_open"] else "]"
-        return f"in {left}{low:g}, {high:g}{right}"
+        return f"in {left}{_number(low)}, {_number(high)}{right}"
     if low is not None:
-        return f"{'>' if meta['low_open'] else '>='} {low:g}"
-    return f"{'<' if meta['high_open'] else '<='} {high:g}"
+        return f"{'>' if meta['low_open'] else '>='} {_number(low)}"
+    return f"{'<' if meta['high_open'] else '<='} {_number(high)}"
 
 
 def _in_range(value: float, meta: dict) -> bool:
@@ -604,6 +614,11 @@ def _check_field(path: str, value: Any, meta: dict, default: Any) -> None:
         raise ConfigError(f"{path}={value!r} must be a whole number; {fix_default}")
     if kind == "float" and not _is_number(value):
         raise ConfigError(f"{path}={value!r} must be a finite number; {fix_default}")
+    if kind == "float" and abs(value) > FLOAT32_MAX:
+        raise ConfigError(
+            f"{path}={value!r} is beyond float32's largest value ({FLOAT32_MAX:.4g}), the precision the simulator "
+            f"computes in; {fix_default}"
+        )
     if kind == "str" and not isinstance(value, str):
         raise ConfigError(f"{path}={value!r} must be text; {fix_default}")
     if kind == "int_list":
@@ -617,9 +632,11 @@ def _check_field(path: str, value: Any, meta: dict, default: Any) -> None:
         return
     choices = meta["choices"]
     if choices and value not in choices:
-        close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.0)
+        # The closest choice when one is close, else the default (not whichever is least unlike).
+        close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.6)
+        suggestion = close[0] if close else (default if default in choices else choices[0])
         raise ConfigError(
-            f"{path}={value!r} is not one of {', '.join(choices)}; fix: --set {path}={close[0]}"
+            f"{path}={value!r} is not one of {', '.join(choices)}; fix: --set {path}={suggestion}"
         )
     if kind in ("int", "float") and (meta["low"] is not None or meta["high"] is not None):
         if not _in_range(value, meta):
@@ -630,10 +647,19 @@ def _check_field(path: str, value: Any, meta: dict, default: Any) -> None:
             )
 
 
+def _suggested_defaults(obj: Any, cls: type) -> Any:
+    """The defaults a fix suggests: in the clients section, ones that fit the given num_clients."""
+    defaults = cls()
+    if cls is ClientsConfig and _is_int(obj.num_clients) and obj.num_clients >= 1:
+        defaults.num_malicious = min(defaults.num_malicious, obj.num_clients // 4)
+        defaults.clients_per_round = min(defaults.clients_per_round, obj.num_clients)
+    return defaults
+
+
 def _check_tree(obj: Any, cls: type, prefix: str = "") -> None:
     if not isinstance(obj, cls):
         raise ConfigError(f"{prefix.rstrip('.') or 'the config'} must be a {cls.__name__}, got {type(obj).__name__}")
-    defaults = cls()
+    defaults = _suggested_defaults(obj, cls)
     for f in dataclasses.fields(cls):
         path = prefix + f.name
         value = getattr(obj, f.name)
@@ -681,7 +707,20 @@ def validate(cfg: Config) -> Config:
     build_aggregator(cfg.server, clients.clients_per_round, clients.num_clients, clients.num_malicious)
     build_privacy(cfg.privacy)
     _check_uploads(cfg)
+    _check_limits(cfg)
     return cfg
+
+
+def _check_limits(cfg: Config) -> None:
+    """Settings valid one by one whose combination torch or float32 cannot hold."""
+    training, defense = cfg.training, cfg.client_defense
+    if defense.type == "leadfl" and training.lr * defense.alpha > FLOAT32_MAX:
+        raise ConfigError(
+            f"training.lr * client_defense.alpha = {training.lr:g} * {defense.alpha:g} is beyond float32's largest "
+            f"value ({FLOAT32_MAX:.4g}): every defended update would be Inf; fix: --set client_defense.alpha=0.4"
+        )
+    if cfg.data.dataset == "synthetic":
+        check_synthetic_size(cfg.data.synthetic_train_size, cfg.data.synthetic_test_size)
 
 
 def _check_uploads(cfg: Config) -> None:

@@ -28,7 +28,8 @@ DATASET_NAMES = ("fashion_mnist", "mnist", "cifar10", "synthetic")
 PARTITION_SCHEMES = ("iid", "dirichlet", "shards")
 
 FASHION_MNIST_DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
-FASHION_MNIST_INSTALL_COMMAND = "apt-get install -y dataset-fashion-mnist"
+# `apt-get update` first: on a fresh machine the package lists are empty and the install fails.
+FASHION_MNIST_INSTALL_COMMAND = "apt-get update && apt-get install -y dataset-fashion-mnist"
 
 # The four files of an (Fashion-)MNIST distribution, by split and kind.
 IDX_FILE_STEMS = {
@@ -97,6 +98,15 @@ def load_dataset(
     )
 
 
+def check_data_files(name: str, data_dir: str | os.PathLike | None) -> None:
+    """Raises the ConfigError `load_dataset` would for missing files, without reading them, so a
+    run can refuse before it writes anything."""
+    if name in ("fashion_mnist", "mnist"):
+        _idx_files(name, data_dir)
+    elif name == "cifar10":
+        _cifar10_folder(data_dir)
+
+
 # --------------------------------------------------------------------------------------------
 # IDX ((Fashion-)MNIST)
 
@@ -143,7 +153,8 @@ def _find_idx_file(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def _load_idx_dataset(name: str, data_dir, device: torch.device) -> Dataset:
+def _idx_files(name: str, data_dir) -> tuple[Path, dict]:
+    """The folder and the four IDX files of `name`; ConfigError when any is missing."""
     if data_dir is None:
         if name != "fashion_mnist":
             raise ConfigError(
@@ -159,11 +170,15 @@ def _load_idx_dataset(name: str, data_dir, device: torch.device) -> Dataset:
     if missing:
         fix = "put the files there or set data.data_dir to the folder that holds them"
         if name == "fashion_mnist" and folder == Path(FASHION_MNIST_DEFAULT_DIR):
-            fix = f"install them with `{FASHION_MNIST_INSTALL_COMMAND}` or set data.data_dir"
+            fix = f"install them with `{FASHION_MNIST_INSTALL_COMMAND}` (as root) or set data.data_dir"
         raise ConfigError(
             f"{name} files missing in {folder}: {', '.join(missing)}; {fix}."
         )
+    return folder, found
 
+
+def _load_idx_dataset(name: str, data_dir, device: torch.device) -> Dataset:
+    folder, found = _idx_files(name, data_dir)
     splits = {}
     for split in ("train", "test"):
         images = read_idx(found[(split, "images")])
@@ -243,7 +258,8 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32), labels
 
 
-def _load_cifar10(data_dir, device: torch.device) -> Dataset:
+def _cifar10_folder(data_dir) -> Path:
+    """The folder holding the CIFAR-10 batches; ConfigError when any is missing."""
     needed = CIFAR10_TRAIN_FILES + (CIFAR10_TEST_FILE,)
     if data_dir is None:
         raise ConfigError(
@@ -260,7 +276,11 @@ def _load_cifar10(data_dir, device: torch.device) -> Dataset:
             f"CIFAR-10 files missing in {folder}: {', '.join(missing)}. Set data.data_dir to the "
             f"{CIFAR10_FOLDER} folder of the python version of CIFAR-10, or its parent."
         )
+    return folder
 
+
+def _load_cifar10(data_dir, device: torch.device) -> Dataset:
+    folder = _cifar10_folder(data_dir)
     train = [_read_cifar_batch(folder / name) for name in CIFAR10_TRAIN_FILES]
     test_images, test_labels = _read_cifar_batch(folder / CIFAR10_TEST_FILE)
     train_images = np.concatenate([images for images, _ in train])
@@ -287,6 +307,28 @@ def _load_cifar10(data_dir, device: torch.device) -> Dataset:
 
 # --------------------------------------------------------------------------------------------
 # Synthetic
+
+
+SYNTHETIC_IMAGE_BYTES = 28 * 28 * 4  # one 1x28x28 float32 image
+
+
+def _memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_synthetic_size(train_size: int, test_size: int) -> None:
+    """Refuses synthetic sizes whose images cannot fit in this machine's memory."""
+    needed = (train_size + test_size) * SYNTHETIC_IMAGE_BYTES
+    memory = _memory_bytes()
+    if memory is not None and needed > memory:
+        raise ConfigError(
+            f"data.synthetic_train_size={train_size} and data.synthetic_test_size={test_size} need "
+            f"{needed / 2**30:.3g} GiB for the images, more than this machine's {memory / 2**30:.3g} GiB; "
+            "fix: --set data.synthetic_train_size=2000"
+        )
 
 
 def make_synthetic_dataset(

@@ -52,8 +52,9 @@ def _malicious_bars(axes, rounds: Sequence[int], counts: Sequence[int], label: b
     return twin
 
 
-def plot_run(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
-    """Main and backdoor accuracy per round, with the malicious clients of each round as bars."""
+def plot_run(rows: list[dict[str, Any]], path: str | Path, title: str = "", metric: str = "backdoor accuracy") -> Path:
+    """Main and backdoor accuracy (named `metric`, see `sim.metrics.attack_metric_name`) per round,
+    with the malicious clients of each round as bars."""
     path = Path(path)
     rounds = [row["round"] for row in rows]
     figure = Figure(figsize=(8, 4.5))
@@ -62,7 +63,7 @@ def plot_run(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> P
     axes.plot(rounds, [row["main_accuracy"] for row in rows], color=MAIN_COLOR, marker=".", label="main accuracy")
     backdoor = [(row["round"], row["backdoor_accuracy"]) for row in rows if row["backdoor_accuracy"] is not None]
     if backdoor:
-        axes.plot(*zip(*backdoor), color=BACKDOOR_COLOR, marker=".", label="backdoor accuracy")
+        axes.plot(*zip(*backdoor), color=BACKDOOR_COLOR, marker=".", label=metric)
     axes.set_xlabel("round")
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_ylabel("accuracy (%)")
@@ -77,7 +78,8 @@ def plot_run(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> P
     return path
 
 
-def plot_comparison(runs: dict[str, list[dict[str, Any]]], path: str | Path, title: str = "") -> Path:
+def plot_comparison(runs: dict[str, list[dict[str, Any]]], path: str | Path, title: str = "",
+                    metric: str = "backdoor accuracy") -> Path:
     """Backdoor accuracy (top) and main accuracy (bottom), one curve per run label.
 
     When every run selected the same number of malicious clients each round (runs that differ
@@ -113,7 +115,7 @@ def plot_comparison(runs: dict[str, list[dict[str, Any]]], path: str | Path, tit
                 if marked:
                     axes.plot(*zip(*marked), linestyle="none", marker="v", markersize=4, color=color)
 
-    backdoor_axes.set_ylabel("backdoor accuracy (%)")
+    backdoor_axes.set_ylabel(f"{metric} (%)")
     main_axes.set_ylabel("main accuracy (%)")
     main_axes.set_xlabel("round")
     main_axes.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -16,6 +16,7 @@ from sim.config import Config
 from sim.defenses.privacy import privacy_budget
 from sim.errors import ConfigError
 from sim.io import METRICS_FILE, PLOT_FILE, SUMMARY_FILE, write_atomic
+from sim.metrics import attack_metric_name
 from sim.plots import plot_run
 from sim.resume import load_run_config
 from sim.server.aggregators import byzantine_f
@@ -182,7 +183,7 @@ def write_outputs(
     if label is not None:
         summary = {"label": label, **summary}
     write_atomic(out_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
-    plot_run(rows, out_dir / PLOT_FILE, title=plot_title(cfg, label))
+    plot_run(rows, out_dir / PLOT_FILE, title=plot_title(cfg, label), metric=attack_metric_name(cfg.attack.type))
     return summary
 
 
@@ -199,10 +200,13 @@ def plot_title(cfg: Config, label: str | None) -> str:
 
 
 
-def replot(out_dir: str | Path) -> Path:
-    """Redraws `accuracy.png` of the run in `out_dir` from its `metrics.csv` and `config.yaml`."""
+def replot(out_dir: str | Path, label: str | None = None) -> Path:
+    """Redraws `accuracy.png` of the run in `out_dir` from its `metrics.csv` and `config.yaml`
+    (`label`: the run's variant label in a comparison)."""
     out_dir = Path(out_dir)
-    return plot_run(read_metrics(out_dir), out_dir / PLOT_FILE, title=plot_title(load_run_config(out_dir), None))
+    cfg = load_run_config(out_dir)
+    return plot_run(read_metrics(out_dir), out_dir / PLOT_FILE, title=plot_title(cfg, label),
+                    metric=attack_metric_name(cfg.attack.type))
 
 
 def progress_postfix(row: dict[str, Any]) -> dict[str, str]:
@@ -219,12 +223,13 @@ def format_summary(summary: dict[str, Any]) -> str:
     def percent(value: float | None) -> str:
         return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}%"
 
+    metric = attack_metric_name(summary.get("settings", {}).get("attack.type", "backdoor"))
     pairs = [
         ("rounds", str(summary["rounds"])),
         ("main accuracy (final)", percent(summary["final_main_accuracy"])),
         ("main accuracy (best)", percent(summary["best_main_accuracy"])),
-        ("backdoor accuracy (avg)", percent(summary["mean_backdoor_accuracy"])),
-        ("backdoor accuracy (final)", percent(summary["final_backdoor_accuracy"])),
+        (f"{metric} (avg)", percent(summary["mean_backdoor_accuracy"])),
+        (f"{metric} (final)", percent(summary["final_backdoor_accuracy"])),
         ("wall time", f"{summary['wall_time_s']:.1f} s"),
     ]
     width = max(len(name) for name, _ in pairs)

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from sim.attacks.data_poisoning import stamp_trigger
 from sim.config import Config, to_dict, validate
-from sim.data import load_dataset, partition
+from sim.data import check_data_files, load_dataset, partition
 from sim.engines import distributed
 from sim.engines.registry import build_engine, describe_engine, resolve_engine
 from sim.errors import ConfigError
@@ -119,6 +119,7 @@ def run(
     on other ones is refused unless `allow_machine_change`.
     """
     validate(cfg)
+    check_data_files(cfg.data.dataset, cfg.data.data_dir)  # before the run folder is made
     # Under torchrun: join the process group; this rank's device (cuda -> its LOCAL_RANK's GPU).
     device = distributed.init_from_env(_check_device(cfg.device))
     writer = distributed.is_main_process()  # only rank 0 writes files and prints

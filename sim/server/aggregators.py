@@ -661,6 +661,8 @@ def build_aggregator(server: Any, clients_per_round: int, num_clients: int, num_
                 fix = f"raise clients.clients_per_round to at least {needed}"
                 if largest_f >= 0:
                     fix = f"set server.f to at most {largest_f} or " + fix + f"; fix: --set server.f={largest_f}"
+                else:  # f is already as small as it goes: only more clients per round help
+                    fix += f"; fix: --set clients.clients_per_round={needed}"
             else:
                 # The default grows with clients_per_round, so only a size where it fits helps.
                 fitting = [
