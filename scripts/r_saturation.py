@@ -19,6 +19,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sim.data import load_dataset  # noqa: E402
 from sim.models import build_model, load_flat_parameters_, trainable_parameters  # noqa: E402
+from sim.state import read_checkpoint  # noqa: E402
 
 
 def saturation(model, dataset, *, lr: float, q: float, batches: int, batch_size: int, seed: int):
@@ -67,7 +68,7 @@ def main(argv=None) -> int:
         model = build_model("fmnist_cnn", dataset.image_shape, dataset.num_classes, seed=0)
         label = "seeded initialisation"
         if path is not None:
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            state = read_checkpoint(path)  # verified, tensors and plain data only
             load_flat_parameters_(model, state["global_params"])
             label = f"{path} (after {state['next_round']} rounds)"
         share, largest, total = saturation(model, dataset, lr=args.lr, q=args.q, batches=args.batches,

@@ -1,6 +1,7 @@
 """Command line: `leadfl-sim` or `python -m sim`.
 
     leadfl-sim run     [--preset NAME] [--config FILE] [--set KEY=VALUE ...] [--out DIR] [--resume]
+    leadfl-sim run     --out DIR --resume [--rounds N]     (the settings from DIR/config.yaml)
     leadfl-sim compare [--preset NAME] [--config FILE] [--set KEY=VALUE ...] [--out DIR] [--resume]
     leadfl-sim sweep   --grid FILE|NAME --out DIR [--jobs N | --ray auto|ADDRESS] [--resume] [--dry-run]
     leadfl-sim sweep   --report DIR [--metric NAME ...] [--axis NAME]
@@ -28,7 +29,7 @@ EXAMPLES = """examples:
   leadfl-sim list-presets
   leadfl-sim compare --preset demo
   leadfl-sim run --preset table1-fmnist --set client_defense.type=leadfl --out runs/leadfl
-  leadfl-sim run --preset table1-fmnist --set client_defense.type=leadfl --out runs/leadfl --resume
+  leadfl-sim run --out runs/leadfl --resume
   leadfl-sim plot runs/leadfl
   leadfl-sim sweep --grid poisoning-small --out runs/sweep --dry-run
   leadfl-sim sweep --grid poisoning-small --out runs/sweep --jobs 2
@@ -66,7 +67,8 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", metavar="DIR", help="output folder (default: runs/<preset>-<timestamp>)")
     parser.add_argument(
-        "--resume", action="store_true", help="continue the stopped run (or comparison) in --out from its checkpoint"
+        "--resume", action="store_true", help="continue the stopped run (or comparison) in --out from its checkpoint; "
+        "run: without --preset/--config the settings come from the folder's config.yaml"
     )
     parser.add_argument(
         "--allow-machine-change",

@@ -198,9 +198,10 @@ def _round(cfg: Config, parts: _Parts, global_params: torch.Tensor, round_index:
     if rejected:
         # The server keeps the previous model rather than one it cannot use (docs/architecture.md,
         # "A bad aggregate").
-        print(f"warning: round {round_index}: the aggregate gives a non-finite global model "
-              f"(|update| max {float(aggregation.update.abs().max()):.3g}); it is rejected and the previous "
-              "model kept (metrics.csv: aggregate_rejected=1)", file=sys.stderr, flush=True)
+        if distributed.is_main_process():
+            print(f"warning: round {round_index}: the aggregate gives a non-finite global model "
+                  f"(|update| max {float(aggregation.update.abs().max()):.3g}); it is rejected and the previous "
+                  "model kept (metrics.csv: aggregate_rejected=1)", file=sys.stderr, flush=True)
         update = torch.zeros_like(update)
         scores = _evaluate(cfg, parts, global_params)
     else:
