@@ -52,12 +52,14 @@ def _cpu_model() -> str:
 
 def machine_facts(device) -> dict[str, Any]:
     """What, besides the config, changes a run's numbers: the torch version, torch's CPU thread
-    count, the CPU model and the GPU model of `device` (None on CPU)."""
+    count, the CPU model, the GPU model of `device` (None on CPU) and the device itself (under
+    torchrun, this rank's)."""
     import torch
 
     device = torch.device(device)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    return {"torch": str(torch.__version__), "threads": torch.get_num_threads(), "cpu": _cpu_model(), "gpu": gpu}
+    return {"torch": str(torch.__version__), "threads": torch.get_num_threads(), "cpu": _cpu_model(), "gpu": gpu,
+            "device": str(device)}
 
 
 def check_machine(path: Path, saved: dict | None, current: dict[str, Any]) -> None:

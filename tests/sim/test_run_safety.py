@@ -170,6 +170,7 @@ def test_machine_facts_are_recorded_and_checked_on_resume(run_copy, tmp_path):
     summary = run(tiny_config("rounds=3"), run_copy, resume=True, progress=False, allow_machine_change=True)
     torch.set_num_threads(1)
     assert summary["threads"] == 2
-    assert set(summary["machine"]) == {"torch", "cpu", "gpu"}
+    assert set(summary["machine"]) == {"torch", "cpu", "gpu", "device"}
+    assert summary["machine"]["device"] == "cpu" and summary["machine"]["gpu"] is None
     assert summary["machine"]["torch"] == str(torch.__version__)
     assert json.loads((run_copy / "summary.json").read_text())["threads"] == 2
