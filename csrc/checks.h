@@ -71,6 +71,15 @@ inline void check_fits_arithmetic(const char* op, const char* what, int64_t row,
               overflow ? "smaller " : "larger ", knobs);
 }
 
+// The constant c of fused_step_'s R = clamp(c - (g~ - g), -q, q): 1 is the `hessian` variant
+// (the report's Algorithm 3), 0 the `curvature` ablation. Any finite value the arithmetic type
+// of every tensor holds is accepted.
+inline void check_identity(const char* op, double identity, at::TensorList params) {
+  TORCH_CHECK(std::isfinite(identity), op, ": identity=", identity,
+              " is not allowed; identity must be a finite number (1 for the hessian update, 0 for curvature)");
+  check_fits_arithmetic(op, "identity", -1, identity, "identity (1 or 0)", params);
+}
+
 // One tensor for the overlap check: its memory [begin, end), whether the op writes it, and its
 // place among the arguments (messages name the earlier argument first).
 struct MemorySpan {

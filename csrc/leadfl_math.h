@@ -25,15 +25,15 @@ struct ScalarClamp {
 // Coefficients shared by every element of one row (one alpha).
 template <typename T>
 struct Coefficients {
-  T one;       // 1
+  T one;       // 1; for hessian_update the constant c (1: hessian, 0: curvature)
   T lr;        // eta
   T lr_alpha;  // eta * alpha
   T q;         // clip threshold, q > 0
   T neg_q;     // -q
 };
 
-// `hessian` variant (SPEC §1.1):
-//   R = clamp(1 - (g~ - g), -q, q);  W <- W - eta*g - eta*alpha*R
+// `hessian` variant (SPEC §1.1), and with c.one = 0 the `curvature` ablation (§1.5):
+//   R = clamp(c - (g~ - g), -q, q);  W <- W - eta*g - eta*alpha*R
 template <typename T, typename Clamp>
 LEADFL_HD T hessian_update(T w, T g, T g_lookahead, const Coefficients<T>& c, Clamp clamp) {
   const T r = clamp(c.one - (g_lookahead - g), c.neg_q, c.q);

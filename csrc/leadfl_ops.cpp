@@ -21,9 +21,10 @@ PyObject* PyInit__C(void) {
 
 TORCH_LIBRARY(leadfl, m) {
   // alpha_rows, when given, replaces the scalar alpha: one value per row of dim 0 of every tensor.
+  // identity is the constant c in R = clamp(c - (g~ - g), -q, q): 1 (hessian) or 0 (curvature).
   m.def(
       "fused_step_(Tensor(a!)[] params, Tensor[] grads, Tensor[] lookahead_grads, *, float lr, float alpha, "
-      "Tensor? alpha_rows, float q) -> ()");
+      "Tensor? alpha_rows, float q, float identity=1.0) -> ()");
   m.def(
       "paper_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] deltas, *, float lr, float alpha, "
       "Tensor? alpha_rows, float q) -> ()");

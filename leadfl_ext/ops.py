@@ -39,7 +39,7 @@ def _as_float(value, name: str) -> float:
     return float(value)
 
 
-def _check_hyperparameters(op: str, lr: float, alpha: float, q: float) -> None:
+def _check_hyperparameters(op: str, lr: float, alpha: float, q: float, identity: float = 1.0) -> None:
     """Same rules as the C++ kernels; used where no kernel runs (an empty list)."""
     if not (math.isfinite(lr) and lr > 0):
         raise RuntimeError(f"{op}: lr={lr} is not allowed; lr must be a finite number > 0")
@@ -47,27 +47,33 @@ def _check_hyperparameters(op: str, lr: float, alpha: float, q: float) -> None:
         raise RuntimeError(f"{op}: q={q} is not allowed; q must be a finite number > 0")
     if not (math.isfinite(alpha) and alpha >= 0):
         raise RuntimeError(f"{op}: alpha={alpha} is not allowed; alpha must be a finite number >= 0")
+    if not math.isfinite(identity):
+        raise RuntimeError(f"{op}: identity={identity} is not allowed; identity must be a finite number "
+                           "(1 for the hessian update, 0 for curvature)")
 
 
-def _call(op_name: str, third_name: str, params, grads, third, lr, alpha, q) -> None:
+def _call(op_name: str, third_name: str, params, grads, third, lr, alpha, q, **extra) -> None:
     a, rows = _split_alpha(alpha)
     lists = _as_list(params, "params"), _as_list(grads, "grads"), _as_list(third, third_name)
     lr, q = _as_float(lr, "lr"), _as_float(q, "q")
+    extra = {name: _as_float(value, name) for name, value in extra.items()}
     op = getattr(torch.ops.leadfl, op_name)
     if not any(lists):
         # The dispatcher needs a tensor to pick a kernel; an empty list is a checked no-op.
-        _check_hyperparameters(f"leadfl::{op_name}", lr, a, q)
+        _check_hyperparameters(f"leadfl::{op_name}", lr, a, q, **extra)
         return
-    op(*lists, lr=lr, alpha=a, alpha_rows=rows, q=q)
+    op(*lists, lr=lr, alpha=a, alpha_rows=rows, q=q, **extra)
 
 
 def fused_step_(
-    params: TensorOrList, grads: TensorOrList, lookahead_grads: TensorOrList, *, lr: float, alpha: Alpha, q: float
+    params: TensorOrList, grads: TensorOrList, lookahead_grads: TensorOrList, *, lr: float, alpha: Alpha, q: float,
+    identity: float = 1.0,
 ) -> None:
     """LeadFL ``hessian`` update (SPEC §1.1), in place on ``params``, one pass, one launch.
 
-    ``R = clamp(1 - (g~ - g), -q, q)`` and ``W <- W - lr*g - lr*alpha*R`` element-wise, where ``g``
-    is the gradient at ``W`` and ``g~`` the gradient at the lookahead ``W - lr*g`` on the same batch.
+    ``R = clamp(c - (g~ - g), -q, q)`` and ``W <- W - lr*g - lr*alpha*R`` element-wise, where ``g``
+    is the gradient at ``W``, ``g~`` the gradient at the lookahead ``W - lr*g`` on the same batch
+    and ``c = identity``: 1 is the ``hessian`` update, 0 the ``curvature`` ablation (§1.5).
 
     Args:
         params: tensors to update (or one tensor).
@@ -77,8 +83,9 @@ def fused_step_(
         alpha: regularisation strength (>= 0), or a 1-D tensor with one value per row of dim 0 of
             every tensor (one per client when clients are stacked on dim 0; 0 gives plain SGD).
         q: clip threshold (> 0).
+        identity: the constant ``c`` (finite; 1 by default).
     """
-    _call("fused_step_", "lookahead_grads", params, grads, lookahead_grads, lr, alpha, q)
+    _call("fused_step_", "lookahead_grads", params, grads, lookahead_grads, lr, alpha, q, identity=identity)
 
 
 def paper_step_(
@@ -123,7 +130,7 @@ def _check_metadata(op: str, params, first, first_name: str, second, second_name
 
 # Fake kernels: the ops only mutate their inputs, so tracing needs no output, only the checks.
 @torch.library.register_fake("leadfl::fused_step_")
-def _fused_step_fake(params, grads, lookahead_grads, *, lr, alpha, alpha_rows, q):
+def _fused_step_fake(params, grads, lookahead_grads, *, lr, alpha, alpha_rows, q, identity=1.0):
     _check_metadata("leadfl::fused_step_", params, grads, "grads", lookahead_grads, "lookahead_grads", alpha_rows)
 
 

@@ -21,12 +21,13 @@ def _lr_alpha(lr: float, alpha: Alpha, like: torch.Tensor):
 
 @torch.no_grad()
 def fused_step_(params: TensorOrList, grads: TensorOrList, lookahead_grads: TensorOrList, *, lr: float,
-                alpha: Alpha, q: float) -> None:
-    """SPEC §1.1 (``hessian``): ``W <- W - lr*g - lr*alpha*clamp(1 - (g~ - g), -q, q)``."""
+                alpha: Alpha, q: float, identity: float = 1.0) -> None:
+    """SPEC §1.1 (``hessian``): ``W <- W - lr*g - lr*alpha*clamp(c - (g~ - g), -q, q)``, ``c = identity``
+    (1: ``hessian``; 0: the ``curvature`` ablation, §1.5)."""
     for w, g, g_look in zip(_as_list(params, "params"), _as_list(grads, "grads"),
                             _as_list(lookahead_grads, "lookahead_grads"), strict=True):
         hessian_times_lr = g_look - g                     # lr * H, with H = (g~ - g) / lr
-        r = torch.clamp(1 - hessian_times_lr, -q, q)
+        r = torch.clamp(identity - hessian_times_lr, -q, q)
         w.copy_(w - lr * g - _lr_alpha(lr, alpha, w) * r)
 
 

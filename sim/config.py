@@ -29,7 +29,7 @@ import yaml
 from sim.attacks.data_poisoning import ATTACK_TYPES, BLEND_RULES
 from sim.attacks.model_poisoning import MODEL_POISONING, POISONEDFL_COORDINATES
 from sim.data import DATASET_NAMES, PARTITION_SCHEMES, check_synthetic_size
-from sim.defenses.client import CLIENT_DEFENSES, LEADFL_VARIANTS
+from sim.defenses.client import CLIENT_DEFENSES, LEADFL_VARIANTS, MOMENTUM_RESETS, check_client_defense
 from sim.defenses.privacy import PRIVACY_TYPES, build_privacy
 from sim.engines.client_training import check_training_settings
 from sim.engines.registry import AUTO, ENGINES
@@ -84,8 +84,8 @@ def _setting(
 ) -> Any:
     """A dataclass field carrying what `validate` checks: kind, choices and range.
 
-    kind is one of "int", "float", "str", "int_list"; a range applies to numbers and, for
-    "int_list", to every element.
+    kind is one of "int", "float", "str", "int_list", "str_or_list" (text or a list of texts); a
+    range applies to numbers and, for "int_list", to every element.
     """
     metadata = {
         "kind": kind,
@@ -160,6 +160,11 @@ class ClientDefenseConfig:
     variant: str = _setting("hessian", "str", choices=LEADFL_VARIANT_NAMES)
     alpha: float = _setting(0.4, "float", low=0)
     q: float = _setting(0.2, "float", low=0, low_open=True)
+    # Tensors a LeadFL variant regularises: all | weight | conv | a list of parameter names; null:
+    # the variant's own (weight for original, all for the others). sim.defenses.client.scope_flags
+    scope: str | list[str] | None = _setting(None, "str_or_list", nullable=True)
+    # original: round (momentum fresh every round) | never (kept per client across rounds, as the authors' code)
+    momentum_reset: str = _setting("round", "str", choices=MOMENTUM_RESETS)
 
 
 @dataclass
@@ -621,6 +626,10 @@ def _check_field(path: str, value: Any, meta: dict, default: Any) -> None:
         )
     if kind == "str" and not isinstance(value, str):
         raise ConfigError(f"{path}={value!r} must be text; {fix_default}")
+    if kind == "str_or_list":
+        if isinstance(value, str) or (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
+            return
+        raise ConfigError(f"{path}={value!r} must be text or a non-empty list of texts; {fix_default}")
     if kind == "int_list":
         if not isinstance(value, list) or not all(_is_int(v) for v in value):
             raise ConfigError(f"{path}={value!r} must be a list of whole numbers; fix: --set {path}=[3,0,0]")
@@ -704,6 +713,8 @@ def validate(cfg: Config) -> Config:
             f"{DATASET_INPUT[dataset]}; fix: --set model={fitting[0]}"
         )
     check_training_settings(cfg.training, cfg.attack, DATASET_CLASSES[dataset])
+    check_client_defense(cfg.client_defense, model, DATASET_INPUT.get(dataset, "1x28x28"), DATASET_CLASSES[dataset],
+                         momentum=cfg.training.momentum)
     build_aggregator(cfg.server, clients.clients_per_round, clients.num_clients, clients.num_malicious)
     build_privacy(cfg.privacy)
     _check_uploads(cfg)

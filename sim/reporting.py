@@ -116,6 +116,10 @@ def key_settings(cfg: Config) -> dict[str, Any]:
         settings["client_defense.variant"] = cfg.client_defense.variant
         settings["client_defense.alpha"] = cfg.client_defense.alpha
         settings["client_defense.q"] = cfg.client_defense.q
+        if cfg.client_defense.scope is not None:
+            settings["client_defense.scope"] = cfg.client_defense.scope
+        if cfg.client_defense.momentum_reset != "round":
+            settings["client_defense.momentum_reset"] = cfg.client_defense.momentum_reset
     elif cfg.client_defense.type in ("ldp", "flwbc"):
         settings["client_defense.noise_scale"] = cfg.client_defense.noise_scale
     if cfg.server.aggregator in ("krum", "multikrum", "bulyan"):

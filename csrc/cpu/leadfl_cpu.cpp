@@ -26,9 +26,9 @@ constexpr int64_t kParallelThreshold = 1 << 17;
 enum class Variant { kHessian, kPaper };
 
 template <typename T>
-Coefficients<T> coefficients(double lr, double alpha, double q) {
-  return Coefficients<T>{T(1), static_cast<T>(lr), static_cast<T>(lr * alpha), static_cast<T>(q),
-                         static_cast<T>(-q)};
+Coefficients<T> coefficients(double lr, double alpha, double q, double identity) {
+  return Coefficients<T>{static_cast<T>(identity), static_cast<T>(lr), static_cast<T>(lr * alpha),
+                         static_cast<T>(q), static_cast<T>(-q)};
 }
 
 void span(const SpanKernels& k, Variant v, float* w, const float* a, float* b, int64_t n,
@@ -48,7 +48,7 @@ struct WorkItem {
 };
 
 void run(Variant variant, at::TensorList params, at::TensorList first, at::TensorList second, double lr,
-         double alpha, const c10::optional<at::Tensor>& alpha_rows, double q) {
+         double alpha, const c10::optional<at::Tensor>& alpha_rows, double q, double identity) {
   const SpanKernels& kernels = span_kernels_for_this_cpu();
   const bool per_row = alpha_rows.has_value();
   at::Tensor alpha_copy;
@@ -78,7 +78,7 @@ void run(Variant variant, at::TensorList params, at::TensorList first, at::Tenso
         span(kernels, variant, w + lo, a + lo, b + lo, hi - lo, c);
       };
       if (!per_row) {
-        run_span(item.begin, item.end, coefficients<scalar_t>(lr, alpha, q));
+        run_span(item.begin, item.end, coefficients<scalar_t>(lr, alpha, q, identity));
         return;
       }
       // Split the chunk where rows (and so alpha) change.
@@ -86,7 +86,7 @@ void run(Variant variant, at::TensorList params, at::TensorList first, at::Tenso
       for (int64_t lo = item.begin; lo < item.end;) {
         const int64_t row = lo / len;
         const int64_t hi = std::min(item.end, (row + 1) * len);
-        run_span(lo, hi, coefficients<scalar_t>(lr, alpha_ptr[row], q));
+        run_span(lo, hi, coefficients<scalar_t>(lr, alpha_ptr[row], q, identity));
         lo = hi;
       }
     });
@@ -103,18 +103,19 @@ void run(Variant variant, at::TensorList params, at::TensorList first, at::Tenso
 }
 
 void fused_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList lookahead_grads, double lr,
-                    double alpha, const c10::optional<at::Tensor>& alpha_rows, double q) {
+                    double alpha, const c10::optional<at::Tensor>& alpha_rows, double q, double identity) {
   constexpr const char* op = "leadfl::fused_step_";
   check_arguments(op, params, grads, "grads", lookahead_grads, "lookahead_grads", false, lr, alpha, alpha_rows, q,
                   false);
-  run(Variant::kHessian, params, grads, lookahead_grads, lr, alpha, alpha_rows, q);
+  check_identity(op, identity, params);
+  run(Variant::kHessian, params, grads, lookahead_grads, lr, alpha, alpha_rows, q, identity);
 }
 
 void paper_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList deltas, double lr, double alpha,
                     const c10::optional<at::Tensor>& alpha_rows, double q) {
   constexpr const char* op = "leadfl::paper_step_";
   check_arguments(op, params, grads, "grads", deltas, "deltas", true, lr, alpha, alpha_rows, q, false);
-  run(Variant::kPaper, params, grads, deltas, lr, alpha, alpha_rows, q);
+  run(Variant::kPaper, params, grads, deltas, lr, alpha, alpha_rows, q, 1.0);
 }
 
 }  // namespace

@@ -26,7 +26,7 @@ cuda::Dtype kernel_dtype(at::ScalarType t) {
 }
 
 void run(cuda::Variant variant, at::TensorList params, at::TensorList first, at::TensorList second, double lr,
-         double alpha, const c10::optional<at::Tensor>& alpha_rows, double q) {
+         double alpha, const c10::optional<at::Tensor>& alpha_rows, double q, double identity) {
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(params[0].device());
   const bool per_row = alpha_rows.has_value();
@@ -48,24 +48,25 @@ void run(cuda::Variant variant, at::TensorList params, at::TensorList first, at:
   const cuda::LaunchResult result = cuda::launch_update(
       variant, refs.data(), static_cast<int64_t>(refs.size()), lr, alpha,
       alpha_f32.defined() ? alpha_f32.data_ptr<float>() : nullptr,
-      alpha_f64.defined() ? alpha_f64.data_ptr<double>() : nullptr, q,
+      alpha_f64.defined() ? alpha_f64.data_ptr<double>() : nullptr, q, identity,
       static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream()));
   C10_CUDA_CHECK(static_cast<cudaError_t>(result.error));
 }
 
 void fused_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList lookahead_grads, double lr,
-                     double alpha, const c10::optional<at::Tensor>& alpha_rows, double q) {
+                     double alpha, const c10::optional<at::Tensor>& alpha_rows, double q, double identity) {
   constexpr const char* op = "leadfl::fused_step_";
   check_arguments(op, params, grads, "grads", lookahead_grads, "lookahead_grads", false, lr, alpha, alpha_rows, q,
                   true);
-  run(cuda::Variant::kHessian, params, grads, lookahead_grads, lr, alpha, alpha_rows, q);
+  check_identity(op, identity, params);
+  run(cuda::Variant::kHessian, params, grads, lookahead_grads, lr, alpha, alpha_rows, q, identity);
 }
 
 void paper_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList deltas, double lr, double alpha,
                      const c10::optional<at::Tensor>& alpha_rows, double q) {
   constexpr const char* op = "leadfl::paper_step_";
   check_arguments(op, params, grads, "grads", deltas, "deltas", true, lr, alpha, alpha_rows, q, true);
-  run(cuda::Variant::kPaper, params, grads, deltas, lr, alpha, alpha_rows, q);
+  run(cuda::Variant::kPaper, params, grads, deltas, lr, alpha, alpha_rows, q, 1.0);
 }
 
 }  // namespace

@@ -82,8 +82,8 @@ struct alignas(16) Pack {
 };
 
 template <typename Acc>
-LEADFL_HD_INLINE Coefficients<Acc> make_coefficients(Acc lr, Acc lr_alpha, Acc q) {
-  return Coefficients<Acc>{Acc(1), lr, lr_alpha, q, -q};
+LEADFL_HD_INLINE Coefficients<Acc> make_coefficients(Acc one, Acc lr, Acc lr_alpha, Acc q) {
+  return Coefficients<Acc>{one, lr, lr_alpha, q, -q};
 }
 
 // One element: reads w, g, third; writes w (and third for the paper variant).
@@ -107,7 +107,7 @@ template <Variant V, typename T, int Capacity, typename Thread>
 LEADFL_HD_INLINE void update_block_thread(const LaunchArgs<Capacity>& args, int32_t block, Thread thread,
                                           unsigned num_threads, double lr_d, double alpha_d,
                                           const typename AccType<T>::type* __restrict__ alpha_rows,
-                                          double q_d) {
+                                          double q_d, double one_d) {
   using Acc = typename AccType<T>::type;
   constexpr int kVec = Pack<T>::kSize;
 
@@ -128,10 +128,11 @@ LEADFL_HD_INLINE void update_block_thread(const LaunchArgs<Capacity>& args, int3
 
   const Acc lr = static_cast<Acc>(lr_d);
   const Acc q = static_cast<Acc>(q_d);
-  const Coefficients<Acc> scalar_c = make_coefficients<Acc>(lr, static_cast<Acc>(lr_d * alpha_d), q);
+  const Acc one = static_cast<Acc>(one_d);
+  const Coefficients<Acc> scalar_c = make_coefficients<Acc>(one, lr, static_cast<Acc>(lr_d * alpha_d), q);
   auto coefficients_at = [&](int64_t i) -> Coefficients<Acc> {
     if (alpha_rows == nullptr) return scalar_c;
-    return make_coefficients<Acc>(lr, lr * alpha_rows[(begin + i) / row_len], q);
+    return make_coefficients<Acc>(one, lr, lr * alpha_rows[(begin + i) / row_len], q);
   };
 
   const bool aligned = ((reinterpret_cast<uintptr_t>(w) | reinterpret_cast<uintptr_t>(g) |
@@ -173,9 +174,9 @@ struct DeviceThread {
 template <Variant V, typename T, int Capacity>
 __global__ void __launch_bounds__(kThreads)
     leadfl_update_kernel(const LEADFL_GRID_CONSTANT LaunchArgs<Capacity> args, double lr_d, double alpha_d,
-                         const typename AccType<T>::type* __restrict__ alpha_rows, double q_d) {
+                         const typename AccType<T>::type* __restrict__ alpha_rows, double q_d, double one_d) {
   update_block_thread<V, T, Capacity>(args, static_cast<int32_t>(blockIdx.x), DeviceThread{},
-                                      kThreads, lr_d, alpha_d, alpha_rows, q_d);
+                                      kThreads, lr_d, alpha_d, alpha_rows, q_d, one_d);
 }
 
 // Runs one launch on the GPU, on `stream`.
@@ -184,8 +185,8 @@ struct GpuLauncher {
 
   template <Variant V, typename T, int Capacity>
   int run(const LaunchArgs<Capacity>& args, int32_t blocks, double lr, double alpha,
-          const typename AccType<T>::type* alpha_rows, double q) const {
-    leadfl_update_kernel<V, T, Capacity><<<blocks, kThreads, 0, stream>>>(args, lr, alpha, alpha_rows, q);
+          const typename AccType<T>::type* alpha_rows, double q, double one) const {
+    leadfl_update_kernel<V, T, Capacity><<<blocks, kThreads, 0, stream>>>(args, lr, alpha, alpha_rows, q, one);
     return static_cast<int>(cudaGetLastError());
   }
 };
@@ -196,10 +197,10 @@ struct GpuLauncher {
 struct HostLauncher {
   template <Variant V, typename T, int Capacity>
   int run(const LaunchArgs<Capacity>& args, int32_t blocks, double lr, double alpha,
-          const typename AccType<T>::type* alpha_rows, double q) const {
+          const typename AccType<T>::type* alpha_rows, double q, double one) const {
     for (int32_t block = 0; block < blocks; ++block) {
       for (unsigned thread = 0; thread < kThreads; ++thread) {
-        update_block_thread<V, T, Capacity>(args, block, thread, kThreads, lr, alpha, alpha_rows, q);
+        update_block_thread<V, T, Capacity>(args, block, thread, kThreads, lr, alpha, alpha_rows, q, one);
       }
     }
     return 0;
@@ -209,7 +210,7 @@ struct HostLauncher {
 
 template <typename T, int Capacity, typename Launcher>
 int launch_batch(Variant variant, const std::vector<const TensorRef*>& batch, double lr, double alpha,
-                 const typename AccType<T>::type* alpha_rows, double q, const Launcher& launcher) {
+                 const typename AccType<T>::type* alpha_rows, double q, double one, const Launcher& launcher) {
   LaunchArgs<Capacity> args;
   int32_t blocks = 0;
   args.count = static_cast<int32_t>(batch.size());
@@ -225,22 +226,23 @@ int launch_batch(Variant variant, const std::vector<const TensorRef*>& batch, do
   }
   args.block_start[batch.size()] = blocks;
   if (variant == Variant::kHessian) {
-    return launcher.template run<Variant::kHessian, T, Capacity>(args, blocks, lr, alpha, alpha_rows, q);
+    return launcher.template run<Variant::kHessian, T, Capacity>(args, blocks, lr, alpha, alpha_rows, q, one);
   }
-  return launcher.template run<Variant::kPaper, T, Capacity>(args, blocks, lr, alpha, alpha_rows, q);
+  return launcher.template run<Variant::kPaper, T, Capacity>(args, blocks, lr, alpha, alpha_rows, q, one);
 }
 
 template <typename T, typename Launcher>
 LaunchResult launch_dtype(Variant variant, const std::vector<const TensorRef*>& refs, double lr, double alpha,
-                          const typename AccType<T>::type* alpha_rows, double q, const Launcher& launcher) {
+                          const typename AccType<T>::type* alpha_rows, double q, double one,
+                          const Launcher& launcher) {
   LaunchResult result{0, 0};
   for (size_t start = 0; start < refs.size(); start += kLargeCapacity) {
     const size_t stop = start + kLargeCapacity < refs.size() ? start + kLargeCapacity : refs.size();
     const std::vector<const TensorRef*> batch(refs.begin() + start, refs.begin() + stop);
     // A small argument block keeps the launch cheap for short lists.
     result.error = batch.size() <= kSmallCapacity
-                       ? launch_batch<T, kSmallCapacity>(variant, batch, lr, alpha, alpha_rows, q, launcher)
-                       : launch_batch<T, kLargeCapacity>(variant, batch, lr, alpha, alpha_rows, q, launcher);
+                       ? launch_batch<T, kSmallCapacity>(variant, batch, lr, alpha, alpha_rows, q, one, launcher)
+                       : launch_batch<T, kLargeCapacity>(variant, batch, lr, alpha, alpha_rows, q, one, launcher);
     ++result.launches;
     if (result.error != 0) return result;
   }
@@ -250,7 +252,7 @@ LaunchResult launch_dtype(Variant variant, const std::vector<const TensorRef*>& 
 // Groups the non-empty tensors by dtype and hands each group to launch_dtype.
 template <typename Launcher>
 LaunchResult launch_all(Variant variant, const TensorRef* tensors, int64_t count, double lr, double alpha,
-                        const float* alpha_rows_f32, const double* alpha_rows_f64, double q,
+                        const float* alpha_rows_f32, const double* alpha_rows_f64, double q, double one,
                         const Launcher& launcher) {
   std::vector<const TensorRef*> by_dtype[4];
   for (int64_t k = 0; k < count; ++k) {
@@ -261,10 +263,10 @@ LaunchResult launch_all(Variant variant, const TensorRef* tensors, int64_t count
     total.launches += r.launches;
     if (total.error == 0) total.error = r.error;
   };
-  if (!by_dtype[0].empty()) add(launch_dtype<float>(variant, by_dtype[0], lr, alpha, alpha_rows_f32, q, launcher));
-  if (!by_dtype[1].empty()) add(launch_dtype<double>(variant, by_dtype[1], lr, alpha, alpha_rows_f64, q, launcher));
-  if (!by_dtype[2].empty()) add(launch_dtype<__half>(variant, by_dtype[2], lr, alpha, alpha_rows_f32, q, launcher));
-  if (!by_dtype[3].empty()) add(launch_dtype<__nv_bfloat16>(variant, by_dtype[3], lr, alpha, alpha_rows_f32, q, launcher));
+  if (!by_dtype[0].empty()) add(launch_dtype<float>(variant, by_dtype[0], lr, alpha, alpha_rows_f32, q, one, launcher));
+  if (!by_dtype[1].empty()) add(launch_dtype<double>(variant, by_dtype[1], lr, alpha, alpha_rows_f64, q, one, launcher));
+  if (!by_dtype[2].empty()) add(launch_dtype<__half>(variant, by_dtype[2], lr, alpha, alpha_rows_f32, q, one, launcher));
+  if (!by_dtype[3].empty()) add(launch_dtype<__nv_bfloat16>(variant, by_dtype[3], lr, alpha, alpha_rows_f32, q, one, launcher));
   return total;
 }
 
@@ -273,8 +275,9 @@ LaunchResult launch_all(Variant variant, const TensorRef* tensors, int64_t count
 int max_tensors_per_launch() { return kLargeCapacity; }
 
 LaunchResult launch_update(Variant variant, const TensorRef* tensors, int64_t count, double lr, double alpha,
-                           const float* alpha_rows_f32, const double* alpha_rows_f64, double q, void* stream) {
-  return launch_all(variant, tensors, count, lr, alpha, alpha_rows_f32, alpha_rows_f64, q,
+                           const float* alpha_rows_f32, const double* alpha_rows_f64, double q, double identity,
+                           void* stream) {
+  return launch_all(variant, tensors, count, lr, alpha, alpha_rows_f32, alpha_rows_f64, q, identity,
                     GpuLauncher{static_cast<cudaStream_t>(stream)});
 }
 
@@ -286,10 +289,10 @@ LaunchResult launch_update(Variant variant, const TensorRef* tensors, int64_t co
 // with host pointers and no stream. Returns the number of launches the GPU path would issue.
 extern "C" int leadfl_emulate_update(int variant, const leadfl::cuda::TensorRef* tensors, int64_t count, double lr,
                                      double alpha, const float* alpha_rows_f32, const double* alpha_rows_f64,
-                                     double q) {
+                                     double q, double identity) {
   using namespace leadfl::cuda;
   return launch_all(static_cast<Variant>(variant), tensors, count, lr, alpha, alpha_rows_f32, alpha_rows_f64, q,
-                    HostLauncher{})
+                    identity, HostLauncher{})
       .launches;
 }
 

@@ -28,8 +28,11 @@ struct LaunchResult {
 // Updates every tensor in `tensors` on `stream` (a cudaStream_t). Tensors of one dtype go in one
 // launch (more only past kMaxTensorsPerLaunch). alpha_rows_f32 / alpha_rows_f64: device arrays of
 // per-row alphas for float/half/bfloat16 tensors and for double tensors; both null for a scalar alpha.
+// `identity` is the constant c of the hessian variant's R = clamp(c - (g~ - g), -q, q) (1 for
+// `hessian`, 0 for `curvature`); the paper variant takes 1.
 LaunchResult launch_update(Variant variant, const TensorRef* tensors, int64_t count, double lr, double alpha,
-                           const float* alpha_rows_f32, const double* alpha_rows_f64, double q, void* stream);
+                           const float* alpha_rows_f32, const double* alpha_rows_f64, double q, double identity,
+                           void* stream);
 
 // Most tensors one launch carries in its argument block.
 int max_tensors_per_launch();

@@ -16,8 +16,12 @@ leaves them exactly where they are.
 * `ldp` (`LaplaceNoise`): the SGD step, then `lr * Laplace(0, b)` noise on every regularised
   tensor after every step but the first of each local epoch (docs/algorithms.md §1.4).
 * `flwbc` (`FLWBC`): the same noise, zeroed where `|g_i - g_{i-1}| > |noise|`.
-* `leadfl`, by `variant` (docs/algorithms.md §1.1-§1.3): `hessian` (`LeadFLHessian`), `paper`
-  (`LeadFLPaper`), `original` (`LeadFLOriginal`).
+* `leadfl`, by `variant` (docs/algorithms.md §1.1-§1.3, §1.5): `hessian` (`LeadFLHessian`),
+  `paper` (`LeadFLPaper`), `original` (`LeadFLOriginal`), and the ablations `drift`
+  (`LeadFLDrift`: SGD plus the uniform push `-lr*alpha*q`) and `curvature` (`LeadFLCurvature`:
+  `hessian` without the identity). `client_defense.scope` picks the tensors a LeadFL variant
+  regularises; `client_defense.momentum_reset: never` keeps `original`'s momentum per client
+  across rounds (state the checkpoint saves).
 
 Adding a client defense or a LeadFL variant is one subclass of `UpdateRule` plus its entry in
 `CLIENT_DEFENSES` or `LEADFL_VARIANTS`; see docs/architecture.md.
@@ -31,6 +35,7 @@ import torch
 from torch import Tensor
 
 from sim.errors import ConfigError
+from sim.models import build_model, trainable_parameters
 from sim.rng import noise_generator
 
 # The largest float32 below 1: keeps the inverse CDF finite when the uniform draw is exactly 0.
@@ -61,6 +66,49 @@ def is_regularised_name(name: str) -> bool:
     return "weight" in name
 
 
+# `client_defense.scope` values besides a list of parameter names (null: the variant's default).
+SCOPES = ("all", "weight", "conv")
+MOMENTUM_RESETS = ("round", "never")
+
+
+def scope_flags(scope, names: Sequence[str], shapes: Sequence[Sequence[int]] | None) -> list[bool]:
+    """Which parameter tensors a LeadFL variant regularises under `scope`: `all`; `weight` (names
+    containing "weight", as the authors' code); `conv` (the convolution kernels: weight tensors of
+    three or more dimensions); or a list of parameter names, each of which must exist."""
+    if isinstance(scope, str):
+        if scope == "all":
+            return [True] * len(names)
+        if scope == "weight":
+            return [is_regularised_name(name) for name in names]
+        if scope == "conv":
+            if shapes is None:
+                raise ValueError("scope 'conv' needs the parameter shapes")
+            flags = [is_regularised_name(name) and len(shape) >= 3 for name, shape in zip(names, shapes, strict=True)]
+            if not any(flags):
+                raise ConfigError(
+                    "client_defense.scope = 'conv' selects no tensor: the model has no convolution (its parameters: "
+                    f"{', '.join(names)}). Set client_defense.scope to all, weight or a list of these names."
+                )
+            return flags
+        raise ConfigError(
+            f"client_defense.scope = {scope!r} is not allowed; allowed: {', '.join(SCOPES)}, null (the variant's "
+            "default) or a list of parameter names. Set e.g. client_defense.scope=weight."
+        )
+    if isinstance(scope, (list, tuple)) and scope and all(isinstance(name, str) for name in scope):
+        unknown = [name for name in scope if name not in names]
+        if unknown:
+            raise ConfigError(
+                f"client_defense.scope names {', '.join(repr(n) for n in unknown)}, which the model does not have; "
+                f"its parameters: {', '.join(names)}. Set client_defense.scope to a list of these (or all, weight, conv)."
+            )
+        chosen = set(scope)
+        return [name in chosen for name in names]
+    raise ConfigError(
+        f"client_defense.scope = {scope!r} must be one of {', '.join(SCOPES)}, null, or a non-empty list of "
+        f"parameter names (the model's: {', '.join(names)}). Set e.g. client_defense.scope=weight."
+    )
+
+
 def _rows_index(rows: Sequence[int], device) -> Tensor:
     return torch.tensor(list(rows), dtype=torch.int64, device=device)
 
@@ -80,10 +128,14 @@ class UpdateRule:
 
     # Whether `step` reads the gradient at the lookahead point W - lr*g of its defended rows.
     needs_lookahead = False
+    # Whether the rule keeps per-client state across rounds (then it trains every row, defended
+    # or not, and `state_dict` holds that state by client id).
+    keeps_client_state = False
 
-    def __init__(self, settings, *, momentum: float, names: Sequence[str]):
+    def __init__(self, settings, *, momentum: float, names: Sequence[str], shapes: Sequence[Sequence[int]] | None = None):
         self.momentum = float(momentum)
         self.names = list(names)
+        self.shapes = None if shapes is None else [tuple(shape) for shape in shapes]
         self.regularised = [is_regularised_name(name) for name in self.names]
 
     def start(self, params: list[Tensor], defended: Sequence[bool], *, clients: Sequence[int], seed: int, round: int) -> None:
@@ -96,6 +148,8 @@ class UpdateRule:
 
     @torch.no_grad()
     def finish_rows(self, rows: Sequence[int]) -> None:
+        """Rows `rows` have taken their last step (called once per row, at the latest after the
+        last step of all): their momentum is zeroed so that zero gradients leave them in place."""
         if self.momentum_buffers is not None:
             index = _rows_index(rows, self.device)
             for buffer in self.momentum_buffers:
@@ -112,6 +166,13 @@ class UpdateRule:
         else:
             torch._foreach_add_(self.params, grads, alpha=-lr)
 
+    # Per-client state kept across rounds (none here): `{client id: state}`.
+    def client_state(self, clients: Sequence[int] | None = None) -> dict:
+        return {}
+
+    def load_client_state(self, entries: dict) -> None:
+        pass
+
 
 SGD = UpdateRule
 
@@ -123,8 +184,8 @@ class LaplaceNoise(UpdateRule):
     flat `[n, width]` buffer that all rows then turn into Laplace noise in one pass.
     """
 
-    def __init__(self, settings, *, momentum: float, names: Sequence[str]):
-        super().__init__(settings, momentum=momentum, names=names)
+    def __init__(self, settings, *, momentum: float, names: Sequence[str], shapes=None):
+        super().__init__(settings, momentum=momentum, names=names, shapes=shapes)
         if not settings.noise_scale >= 0:
             raise ConfigError(
                 f"client_defense.noise_scale = {settings.noise_scale!r} must be >= 0 (the Laplace scale b). "
@@ -198,17 +259,36 @@ def _import_leadfl_ext():
 
 
 class LeadFL(UpdateRule):
-    """The settings every LeadFL variant shares: `alpha` and the clip bound `q`."""
+    """The settings every LeadFL variant shares: `alpha`, the clip bound `q` and the `scope` of
+    regularised tensors (`default_scope` when the setting is null)."""
 
-    def __init__(self, settings, *, momentum: float, names: Sequence[str]):
-        super().__init__(settings, momentum=momentum, names=names)
+    default_scope = "all"
+
+    def __init__(self, settings, *, momentum: float, names: Sequence[str], shapes=None):
+        super().__init__(settings, momentum=momentum, names=names, shapes=shapes)
         if not settings.q > 0:
             raise ConfigError(f"client_defense.q = {settings.q!r} must be > 0 (the clip bound). Set it to e.g. 0.2.")
         if not settings.alpha >= 0:
             raise ConfigError(f"client_defense.alpha = {settings.alpha!r} must be >= 0. Set it to e.g. 0.4.")
         self.alpha = float(settings.alpha)
         self.q = float(settings.q)
+        scope = getattr(settings, "scope", None)
+        self.regularised = scope_flags(self.default_scope if scope is None else scope, self.names, self.shapes)
+        reset = getattr(settings, "momentum_reset", "round")
+        if reset not in MOMENTUM_RESETS:
+            raise ConfigError(
+                f"client_defense.momentum_reset = {reset!r} is not allowed; allowed: {', '.join(MOMENTUM_RESETS)}. "
+                "Set client_defense.momentum_reset=round."
+            )
+        if reset != "round" and not self.carries_momentum_option:
+            raise ConfigError(
+                f"client_defense.momentum_reset = {reset!r} applies to client_defense.variant=original only (the "
+                f"authors' optimizer), not to {settings.variant!r}. Set client_defense.momentum_reset=round."
+            )
         self.ext = _import_leadfl_ext()
+
+    # Whether the variant reads `momentum_reset` (only `original`).
+    carries_momentum_option = False
 
     def row_alpha(self, active: Sequence[bool]) -> float | Tensor:
         """`alpha` on the defended, active rows and 0 elsewhere (plain SGD for an undefended
@@ -221,19 +301,35 @@ class LeadFL(UpdateRule):
 
 
 class _LeadFLFused(LeadFL):
-    """`hessian` and `paper`: one `leadfl_ext` call per step over every row, with momentum on
-    the task gradient only: `W -= lr*mu*v_prev`, the LeadFL op, then `v = mu*v_prev + g`."""
+    """`hessian`, `paper`, `drift`, `curvature`: one `leadfl_ext` call per step over the
+    regularised tensors of every row (plain SGD on the others), with momentum on the task
+    gradient only: `W -= lr*mu*v_prev`, the LeadFL op, then `v = mu*v_prev + g`."""
+
+    def start(self, params, defended, *, clients, seed, round) -> None:
+        super().start(params, defended, clients=clients, seed=seed, round=round)
+        self.positions = [k for k, flag in enumerate(self.regularised) if flag]
+        self.others = [k for k, flag in enumerate(self.regularised) if not flag]
+        self.regularised_params = [params[k] for k in self.positions]
+        self.other_params = [params[k] for k in self.others]
 
     @torch.no_grad()
     def step(self, grads, lookahead, active, step_in_epoch, lr) -> None:
         if self.momentum_buffers is not None:
             torch._foreach_mul_(self.momentum_buffers, self.momentum)
             torch._foreach_add_(self.params, self.momentum_buffers, alpha=-lr)
-        self.leadfl_step(grads, lookahead, self.row_alpha(active), lr)
+        if not self.others:  # every tensor regularised (scope `all`)
+            self.leadfl_step(self.params, grads, lookahead, self.row_alpha(active), lr)
+        else:
+            if self.positions:
+                self.leadfl_step(self.regularised_params, [grads[k] for k in self.positions],
+                                 None if lookahead is None else [lookahead[k] for k in self.positions],
+                                 self.row_alpha(active), lr)
+            torch._foreach_add_(self.other_params, [grads[k] for k in self.others], alpha=-lr)
         if self.momentum_buffers is not None:
             torch._foreach_add_(self.momentum_buffers, grads)
 
-    def leadfl_step(self, grads, lookahead, alpha, lr) -> None:
+    def leadfl_step(self, params, grads, lookahead, alpha, lr) -> None:
+        """The LeadFL op on `params` (the regularised tensors) and their `grads` / `lookahead`."""
         raise NotImplementedError
 
 
@@ -242,8 +338,28 @@ class LeadFLHessian(_LeadFLFused):
 
     needs_lookahead = True
 
-    def leadfl_step(self, grads, lookahead, alpha, lr) -> None:
-        self.ext.fused_step_(self.params, grads, lookahead, lr=lr, alpha=alpha, q=self.q)
+    def leadfl_step(self, params, grads, lookahead, alpha, lr) -> None:
+        self.ext.fused_step_(params, grads, lookahead, lr=lr, alpha=alpha, q=self.q)
+
+
+class LeadFLCurvature(_LeadFLFused):
+    """§1.5: `R = clamp(-(g~ - g), -q, q)`: `hessian` without the identity, the curvature signal
+    alone (the fused op with its constant 0)."""
+
+    needs_lookahead = True
+
+    def leadfl_step(self, params, grads, lookahead, alpha, lr) -> None:
+        self.ext.fused_step_(params, grads, lookahead, lr=lr, alpha=alpha, q=self.q, identity=0.0)
+
+
+class LeadFLDrift(_LeadFLFused):
+    """§1.5: SGD plus `-lr*alpha*q` on every regularised element, one gradient per step: the
+    uniform push `hessian` reduces to where `R` sits at `+q`. It runs the fused op with `g~ = g`
+    and the constant `q`, so `R = clamp(q, -q, q) = q` exactly and the result is `hessian`'s,
+    bit for bit, wherever `hessian`'s `R` is `+q`."""
+
+    def leadfl_step(self, params, grads, lookahead, alpha, lr) -> None:
+        self.ext.fused_step_(params, grads, grads, lr=lr, alpha=alpha, q=self.q, identity=self.q)
 
 
 class LeadFLPaper(_LeadFLFused):
@@ -251,23 +367,43 @@ class LeadFLPaper(_LeadFLFused):
 
     def start(self, params, defended, *, clients, seed, round) -> None:
         super().start(params, defended, clients=clients, seed=seed, round=round)
-        self.deltas = [torch.zeros_like(p) for p in params]
+        self.deltas = [torch.zeros_like(params[k]) for k in self.positions]
 
-    def leadfl_step(self, grads, lookahead, alpha, lr) -> None:
-        self.ext.paper_step_(self.params, grads, self.deltas, lr=lr, alpha=alpha, q=self.q)
+    def leadfl_step(self, params, grads, lookahead, alpha, lr) -> None:
+        self.ext.paper_step_(params, grads, self.deltas, lr=lr, alpha=alpha, q=self.q)
         if self.momentum_buffers is not None:
             # D is the step's total change, the momentum shift included.
-            torch._foreach_add_(self.deltas, self.momentum_buffers, alpha=-lr)
+            torch._foreach_add_(self.deltas, [self.momentum_buffers[k] for k in self.positions], alpha=-lr)
 
 
 class LeadFLOriginal(LeadFL):
     """§1.3, the authors' code: the task step on every row, then on the defended rows past
     their epoch's first batch a second step with `h = clamp(g + alpha*u/||u||, -q, q)` on the
     regularised tensors (`clamp(g, -q, q)` on the others), `u = W' - P - G - lr`, momentum
-    shared by both steps; `P` and `G` are the weights and last gradient of the previous step."""
+    shared by both steps; `P` and `G` are the weights and last gradient of the previous step.
+
+    With `momentum_reset: never` every client's momentum buffer (benign or malicious rows
+    alike, as each client's optimizer in that code) starts where its last round left it: the
+    buffers live in a store keyed by client id, which `client_state` exposes to the checkpoint.
+    """
+
+    default_scope = "weight"
+    carries_momentum_option = True
+
+    def __init__(self, settings, *, momentum: float, names: Sequence[str], shapes=None):
+        super().__init__(settings, momentum=momentum, names=names, shapes=shapes)
+        self.keeps_client_state = getattr(settings, "momentum_reset", "round") == "never" and self.momentum > 0
+        self.client_momentum: dict[int, list[Tensor]] = {}
 
     def start(self, params, defended, *, clients, seed, round) -> None:
         super().start(params, defended, clients=clients, seed=seed, round=round)
+        self.clients = [int(client) for client in clients]
+        if self.keeps_client_state:
+            for row, client in enumerate(self.clients):
+                saved = self.client_momentum.get(client)
+                if saved is not None:
+                    for buffer, value in zip(self.momentum_buffers, saved, strict=True):
+                        buffer[row].copy_(value)
         positions = [k for k, flag in enumerate(self.regularised) if flag]
         # Every row's first batch of an epoch stores P and G before any step reads them.
         self.previous_params = {k: torch.zeros_like(params[k]) for k in positions}
@@ -315,10 +451,34 @@ class LeadFLOriginal(LeadFL):
             self.previous_params[k].copy_(self.params[k])
             self.previous_grads[k].copy_(last_grads[k])
 
+    @torch.no_grad()
+    def finish_rows(self, rows) -> None:
+        if self.keeps_client_state:
+            for row in rows:
+                self.client_momentum[self.clients[row]] = [buffer[row].clone() for buffer in self.momentum_buffers]
+        super().finish_rows(rows)
+
+    def client_state(self, clients=None) -> dict:
+        """`{client: {"momentum": [tensors on the CPU]}}` for `clients` (default: every client
+        the store holds)."""
+        chosen = self.client_momentum if clients is None else {c: self.client_momentum[c] for c in clients
+                                                                if c in self.client_momentum}
+        return {int(c): {"momentum": [t.detach().cpu().clone() for t in value]} for c, value in chosen.items()}
+
+    def load_client_state(self, entries: dict) -> None:
+        for client, state in entries.items():
+            self.client_momentum[int(client)] = [t.clone() for t in state["momentum"]]
+
 
 # config name (`client_defense.type`) -> rule; `leadfl` picks its class by `client_defense.variant`.
 CLIENT_DEFENSES: dict[str, type[UpdateRule]] = {"none": SGD, "ldp": LaplaceNoise, "flwbc": FLWBC, "leadfl": LeadFL}
-LEADFL_VARIANTS: dict[str, type[LeadFL]] = {"hessian": LeadFLHessian, "paper": LeadFLPaper, "original": LeadFLOriginal}
+LEADFL_VARIANTS: dict[str, type[LeadFL]] = {
+    "hessian": LeadFLHessian,
+    "paper": LeadFLPaper,
+    "original": LeadFLOriginal,
+    "drift": LeadFLDrift,
+    "curvature": LeadFLCurvature,
+}
 
 
 def client_defense_class(settings) -> type[UpdateRule]:
@@ -339,6 +499,22 @@ def client_defense_class(settings) -> type[UpdateRule]:
     return LEADFL_VARIANTS[settings.variant]
 
 
-def build_update_rule(settings, *, momentum: float, names: Sequence[str]) -> UpdateRule:
-    """The update rule of the `client_defense` section for a model with parameters `names`."""
-    return client_defense_class(settings)(settings, momentum=momentum, names=names)
+def check_client_defense(settings, model: str, input_shape: str, num_classes: int, *, momentum: float) -> None:
+    """Builds the rule of the `client_defense` section for `model` (its parameter names and shapes
+    from a copy on the meta device: no memory, no random draws), so a bad setting (a scope naming
+    a parameter the model lacks) is reported before any data is loaded."""
+    client_defense_class(settings)
+    if settings.type != "leadfl":
+        return
+    shape = tuple(int(part) for part in input_shape.split("x"))
+    with torch.device("meta"):
+        named = trainable_parameters(build_model(model, shape, num_classes))
+    build_update_rule(settings, momentum=momentum, names=[name for name, _ in named],
+                      shapes=[tuple(param.shape) for _, param in named])
+
+
+def build_update_rule(settings, *, momentum: float, names: Sequence[str],
+                      shapes: Sequence[Sequence[int]] | None = None) -> UpdateRule:
+    """The update rule of the `client_defense` section for a model with parameters `names` of
+    per-client shapes `shapes`."""
+    return client_defense_class(settings)(settings, momentum=momentum, names=names, shapes=shapes)

@@ -132,7 +132,7 @@ class BatchedEngine:
             param.requires_grad_(False)
         self.gradients = _VmapGradients(self.model, names)
         self.training = ClientTraining(dataset, training, attack, client_defense, names=names, seed=seed,
-                                       rounds=rounds, device=self.device)
+                                       rounds=rounds, device=self.device, shapes=self.shapes)
         self._activation_floats = None
 
     def chunk_size(self, num_clients: int) -> int:
@@ -175,3 +175,10 @@ class BatchedEngine:
                               [self.client_indices[client] for client in clients[start:stop]], round,
                               updates[start:stop])
         return updates
+
+    def state_dict(self):
+        """The client defense's per-client state (None without any), for the checkpoint."""
+        return self.training.state_dict()
+
+    def load_state_dict(self, state) -> None:
+        self.training.load_state_dict(state)

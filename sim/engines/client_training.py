@@ -116,12 +116,12 @@ class ClientTraining:
     """The settings-bound client computation every engine runs; see the module docstring.
 
     `training`, `attack` and `client_defense` are the config sections of those names; `names`
-    the model's trainable parameter names (in `trainable_parameters` order); `rounds` the run's
-    length (for the learning-rate schedule).
+    the model's trainable parameter names (in `trainable_parameters` order) and `shapes` their
+    shapes; `rounds` the run's length (for the learning-rate schedule).
     """
 
     def __init__(self, dataset: Dataset, training, attack, client_defense, *, names: Sequence[str], seed: int,
-                 rounds: int | None, device):
+                 rounds: int | None, device, shapes: Sequence[Sequence[int]] | None = None):
         check_training_settings(training, attack, dataset.num_classes)
         self.dataset = dataset
         self.training = training
@@ -130,7 +130,7 @@ class ClientTraining:
         self.rounds = rounds
         self.device = torch.device(device)
         momentum = float(training.momentum)
-        self.rule = build_update_rule(client_defense, momentum=momentum, names=names)
+        self.rule = build_update_rule(client_defense, momentum=momentum, names=names, shapes=shapes)
         # Rows none of which runs the client defense take plain SGD.
         self.plain_rule = SGD(client_defense, momentum=momentum, names=names)
         self.trigger_hi = dataset.trigger_hi.to(self.device)
@@ -149,7 +149,8 @@ class ClientTraining:
         n = len(clients)
         lr = local_lr(self.training, round, self.rounds)
         defended = [role == BENIGN for role in roles]
-        rule = self.rule if any(defended) else self.plain_rule
+        # A rule with per-client state trains every row, so that state follows every client.
+        rule = self.rule if any(defended) or self.rule.keeps_client_state else self.plain_rule
         rule.start(params, defended, clients=clients, seed=self.seed, round=round)
         plans = [
             plan_batches(indices, self.training, seed=self.seed, client=client, round=round, device=self.device)
@@ -172,6 +173,7 @@ class ClientTraining:
             batches = [plans[row].batch(step) if active[row] else (None, 0) for row in range(n)]
             grads, lookahead = self._gradients(gradients, params, roles, batches, label_shifts, step, lookahead_rows, lr)
             rule.step(grads, lookahead, active, [position for _, position in batches], lr)
+        rule.finish_rows([row for row in range(n) if not finished[row]])
 
         with torch.no_grad():
             torch.cat([p.reshape(n, -1) for p in params], dim=1, out=out)
@@ -180,6 +182,24 @@ class ClientTraining:
             if boosted and self.attack.boost != 1:
                 index = torch.tensor(boosted, device=out.device)
                 out.index_copy_(0, index, out.index_select(0, index).mul_(float(self.attack.boost)))
+
+    def client_state(self, clients: Sequence[int] | None = None) -> dict:
+        """The client defense's per-client state kept across rounds, `{client: state}` (empty
+        unless the rule keeps some), for `clients` (default: all)."""
+        return self.rule.client_state(clients)
+
+    def load_client_state(self, entries: dict) -> None:
+        self.rule.load_client_state(entries)
+
+    def state_dict(self) -> dict | None:
+        """What a checkpoint keeps of the client computation: None without per-client state."""
+        if not self.rule.keeps_client_state:
+            return None
+        return {"clients": self.client_state()}
+
+    def load_state_dict(self, state: dict | None) -> None:
+        if state is not None:
+            self.load_client_state(state["clients"])
 
     # ---------------------------------------------------------------------------------------
 

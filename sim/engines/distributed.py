@@ -171,6 +171,7 @@ class DistributedEngine:
         start, stop = bounds[self.rank]
         share_roles = None if roles is None else list(roles[start:stop])
         local = self.inner.train_clients(global_params, list(clients[start:stop]), round, share_roles)
+        self._share_client_state(list(clients[start:stop]))
         widest = max(high - low for low, high in bounds)
         if widest == 0:
             return local
@@ -179,6 +180,18 @@ class DistributedEngine:
         gathered = [torch.empty_like(padded) for _ in range(self.world_size)]
         torch.distributed.all_gather(gathered, padded)
         return torch.cat([part[: high - low] for part, (low, high) in zip(gathered, bounds)])
+
+    def _share_client_state(self, trained: list[int]) -> None:
+        """Per-client state kept across rounds (`original` with `momentum_reset: never`) is left
+        where a client trained; every rank receives every rank's, so whichever rank trains a
+        client next continues from it and rank 0's checkpoint holds all of it."""
+        training = getattr(self.inner, "training", None)
+        if training is None or not training.rule.keeps_client_state:
+            return
+        gathered = [None] * self.world_size
+        torch.distributed.all_gather_object(gathered, training.client_state(trained))
+        for part in gathered:
+            training.load_client_state(part)
 
     def state_dict(self):
         return self.inner.state_dict() if hasattr(self.inner, "state_dict") else None

@@ -75,10 +75,12 @@ class SequentialEngine:
         self.malicious = frozenset(int(client) for client in malicious)
         self.model = build_model(model_name, dataset.image_shape, dataset.num_classes).to(self.device)
         self.gradients = _ModelGradients(self.model)
-        names = [name for name, _ in trainable_parameters(self.model)]
+        named = trainable_parameters(self.model)
+        names = [name for name, _ in named]
         self.num_parameters = sum(row.numel() for row in self.gradients.rows)
         self.training = ClientTraining(dataset, training, attack, client_defense, names=names, seed=seed,
-                                       rounds=rounds, device=self.device)
+                                       rounds=rounds, device=self.device,
+                                       shapes=[tuple(param.shape) for _, param in named])
 
     def train_clients(self, global_params: Tensor, clients: list[int], round: int,
                       roles: Sequence[str] | None = None) -> Tensor:
@@ -93,3 +95,10 @@ class SequentialEngine:
             self.training.run(self.gradients, self.gradients.rows, global_params, [client], [role],
                               [self.client_indices[client]], round, updates[row : row + 1])
         return updates
+
+    def state_dict(self):
+        """The client defense's per-client state (None without any), for the checkpoint."""
+        return self.training.state_dict()
+
+    def load_state_dict(self, state) -> None:
+        self.training.load_state_dict(state)

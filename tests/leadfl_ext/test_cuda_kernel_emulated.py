@@ -62,14 +62,15 @@ def emu(tmp_path_factory):
     lib = ctypes.CDLL(str(lib_path))
     lib.leadfl_emulate_update.restype = ctypes.c_int
     lib.leadfl_emulate_update.argtypes = [ctypes.c_int, ctypes.POINTER(TensorRef), ctypes.c_int64, ctypes.c_double,
-                                          ctypes.c_double, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_double]
+                                          ctypes.c_double, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_double,
+                                          ctypes.c_double]
     lib.leadfl_emulate_max_tensors_per_launch.restype = ctypes.c_int
     lib.leadfl_emulate_tensor_ref_size.restype = ctypes.c_int64
     assert lib.leadfl_emulate_tensor_ref_size() == ctypes.sizeof(TensorRef), "TensorRef layout changed"
     return lib
 
 
-def emulate(lib, variant, params, grads, thirds, lr, alpha, q):
+def emulate(lib, variant, params, grads, thirds, lr, alpha, q, identity=1.0):
     """What leadfl_cuda.cpp hands to launch_update, run by the host emulation; returns the launch count."""
     per_row = isinstance(alpha, torch.Tensor)
     refs = (TensorRef * len(params))()
@@ -81,7 +82,7 @@ def emulate(lib, variant, params, grads, thirds, lr, alpha, q):
     alpha_f64 = alpha.to(torch.float64).contiguous() if per_row else None
     return lib.leadfl_emulate_update(variant, refs, len(params), lr, 0.0 if per_row else alpha,
                                      alpha_f32.data_ptr() if per_row else None,
-                                     alpha_f64.data_ptr() if per_row else None, q)
+                                     alpha_f64.data_ptr() if per_row else None, q, identity)
 
 
 class Guarded:
@@ -133,7 +134,7 @@ def tolerances(dtype):
 NORM_TOL = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
 
-def run_case(lib, op_name, specs, alpha=ALPHA, seed=0, lr=LR, q=Q):
+def run_case(lib, op_name, specs, alpha=ALPHA, seed=0, lr=LR, q=Q, identity=1.0):
     """specs: (shape, dtype, offset) per tensor, offset in elements past a 16-byte boundary (for w,
     or a triple for (w, g, third)). Runs the emulation, checks it and returns the launch count."""
     variant, ref_op = OPS[op_name]
@@ -150,10 +151,11 @@ def run_case(lib, op_name, specs, alpha=ALPHA, seed=0, lr=LR, q=Q):
         ref_dtype = torch.float64 if w.dtype in NORM_TOL else w.dtype
         want.append([x.to(ref_dtype, copy=True) for x in (w, g, t)])
     if want:
-        ref_op([x[0] for x in want], [x[1] for x in want], [x[2] for x in want], lr=lr, alpha=alpha, q=q)
+        extra = {"identity": identity} if variant == HESSIAN else {}
+        ref_op([x[0] for x in want], [x[1] for x in want], [x[2] for x in want], lr=lr, alpha=alpha, q=q, **extra)
 
     launches = emulate(lib, variant, [x[0].view for x in tensors], [x[1].view for x in tensors],
-                       [x[2].view for x in tensors], lr, alpha, q)
+                       [x[2].view for x in tensors], lr, alpha, q, identity)
 
     for k, ((w, g, t), (w0, g0, t0), (w_ref, _, t_ref)) in enumerate(zip(tensors, old, want)):
         rtol, atol = tolerances(w.view.dtype)
@@ -197,6 +199,17 @@ DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 def test_matches_reference(emu, op_name, dtype, case):
     specs = [(shape, dtype, 0) for shape in SHAPE_LISTS[case]]
     assert run_case(emu, op_name, specs, seed=len(case)) == 1
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("identity", [0.0, 0.5])
+def test_identity_coefficient_matches_reference(emu, dtype, identity):
+    # The `curvature` ablation (identity 0) and another constant, through the hessian kernel.
+    specs = [(shape, dtype, 0) for shape in SHAPE_LISTS["several_chunks"]]
+    assert run_case(emu, "fused_step_", specs, seed=4, identity=identity) == 1
+    alpha = torch.tensor([0.4, 0.0, 0.7])
+    assert run_case(emu, "fused_step_", [((3, 4099), dtype, 0), ((3, 5), dtype, 0)], alpha=alpha, seed=5,
+                    identity=identity) == 1
 
 
 @pytest.mark.parametrize("op_name", list(OPS))

@@ -103,6 +103,58 @@ def test_hessian_clamp_and_update_by_hand():
     torch.testing.assert_close(w, torch.tensor([0.958, 1 - 0.05 - 0.008], dtype=torch.float64))
 
 
+def test_curvature_constant_by_hand():
+    # identity 0 (the `curvature` variant): R = clamp(-(g~ - g), -q, q).
+    # g~ - g = 1.5 -> R = -0.2: W = 1 - 0.05 + 0.008 = 0.958; g~ - g = -0.05 -> R = 0.05: W = 1 - 0.05 - 0.002.
+    w = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    g = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    g_look = torch.tensor([2.0, 0.45], dtype=torch.float64)
+    leadfl_ext.fused_step_(w, g, g_look, lr=0.1, alpha=0.4, q=0.2, identity=0.0)
+    torch.testing.assert_close(w, torch.tensor([0.958, 1 - 0.05 - 0.002], dtype=torch.float64), rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("identity", [0.0, 0.5, 0.2])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("alpha_kind", ["scalar", "per_row"])
+def test_identity_constant_matches_reference(identity, dtype, alpha_kind, device):
+    shapes = [(6, 3, 5, 5), (6, 7), (6,), (6, 1031)]
+    params, grads, thirds = fresh_inputs(shapes, dtype, device, 21)
+    alpha = 0.4 if alpha_kind == "scalar" else torch.tensor([0.4, 0.0, 0.25, 1.5, 0.0, 0.1], device=device)
+    expected = [p.clone() for p in params]
+    reference.fused_step_(expected, grads, thirds, lr=0.05, alpha=alpha, q=0.2, identity=identity)
+    leadfl_ext.fused_step_(params, grads, thirds, lr=0.05, alpha=alpha, q=0.2, identity=identity)
+    tol = 1e-13 if dtype == torch.float64 else 1e-6
+    for got, want in zip(params, expected):
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+    # and the constant matters (the test can fail):
+    other = fresh_inputs(shapes, dtype, device, 21)[0]
+    leadfl_ext.fused_step_(other, grads, thirds, lr=0.05, alpha=0.4, q=0.2, identity=identity + 1.0)
+    assert not torch.equal(other[0], params[0])
+
+
+def test_identity_q_with_equal_gradients_is_the_uniform_push(device):
+    # The `drift` variant: g~ = g and identity = q give R = q exactly: W - lr*g - lr*alpha*q.
+    params, grads, _ = fresh_inputs([(5, 9)], torch.float64, device, 4)
+    expected = params[0] - 0.05 * grads[0] - 0.05 * 0.4 * 0.2
+    leadfl_ext.fused_step_(params, grads, grads, lr=0.05, alpha=0.4, q=0.2, identity=0.2)
+    torch.testing.assert_close(params[0], expected, rtol=0, atol=1e-15)
+
+
+def test_bad_identity_is_refused_before_any_write():
+    params, grads, thirds = _good()
+    before = [p.clone() for p in params]
+    for bad in (math.nan, math.inf):
+        with pytest.raises(RuntimeError, match=r"identity=.* is not allowed; identity must be a finite number"):
+            leadfl_ext.fused_step_(params, grads, thirds, lr=0.1, alpha=0.4, q=0.2, identity=bad)
+        with pytest.raises(RuntimeError, match=r"identity=.* is not allowed"):
+            leadfl_ext.fused_step_([], [], [], lr=0.1, alpha=0.4, q=0.2, identity=bad)
+    with pytest.raises(RuntimeError, match=r"identity=1e\+300 overflows float32"):
+        leadfl_ext.fused_step_(params, grads, thirds, lr=0.1, alpha=0.4, q=0.2, identity=1e300)
+    with pytest.raises(TypeError, match="identity must be a float"):
+        leadfl_ext.fused_step_(params, grads, thirds, lr=0.1, alpha=0.4, q=0.2, identity="1")
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
+
+
 def test_paper_update_by_hand():
     # W=1, g=1, D=0.9, lr=0.1: R = clamp(1 - 0.1 - 0.9) = 0 -> W' = 0.9, D = -0.1
     # second element D=0.95: R = clamp(-0.05) = -0.05 -> W' = 0.9 + 0.1*0.5*0.05 = 0.9025, D = -0.0975
@@ -142,6 +194,9 @@ def test_opcheck(op_name, alpha_kind, device):
     alpha_rows = torch.rand(4, device=device) if alpha_kind == "per_row" else None
     op = getattr(torch.ops.leadfl, op_name)
     torch.library.opcheck(op, (params, grads, thirds), dict(lr=0.1, alpha=0.4, alpha_rows=alpha_rows, q=0.2))
+    if op_name == "fused_step_":
+        torch.library.opcheck(op, (params, grads, thirds),
+                              dict(lr=0.1, alpha=0.4, alpha_rows=alpha_rows, q=0.2, identity=0.0))
 
 
 # -- bad input ---------------------------------------------------------------------------------

@@ -43,10 +43,17 @@ def metrics_without_timing(out_dir: Path) -> list[list[str]]:
     return [[row[i] for i in keep] for row in rows]
 
 
+# `original` with momentum_reset=never: each client's momentum is carried across rounds, and
+# clients change ranks between rounds (the selection changes), so the ranks must share it.
+CARRIED_MOMENTUM = {"client_defense": {"type": "leadfl", "variant": "original", "momentum_reset": "never"},
+                    "training": {**TINY["training"], "momentum": 0.5}}
+
+
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch build has no torch.distributed")
-def test_two_gloo_ranks_give_the_metrics_of_one_process(tmp_path):
+@pytest.mark.parametrize("case", ["flwbc", "original, momentum never"])
+def test_two_gloo_ranks_give_the_metrics_of_one_process(tmp_path, case):
     config_file = tmp_path / "tiny.yaml"
-    config_file.write_text(yaml.safe_dump(TINY))
+    config_file.write_text(yaml.safe_dump({**TINY, **(CARRIED_MOMENTUM if case != "flwbc" else {})}))
     environment = {key: value for key, value in os.environ.items() if key not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     environment["PYTHONPATH"] = os.pathsep.join([str(REPO), environment.get("PYTHONPATH", "")])
     command = [
@@ -66,6 +73,12 @@ def test_two_gloo_ranks_give_the_metrics_of_one_process(tmp_path):
         torch.set_num_threads(threads)
 
     assert metrics_without_timing(tmp_path / "two") == metrics_without_timing(tmp_path / "one")
+    if case != "flwbc":
+        saved = {name: torch.load(tmp_path / name / io.CHECKPOINT_FILE, weights_only=False)["engine_state"]["clients"]
+                 for name in ("one", "two")}
+        assert sorted(saved["two"]) == sorted(saved["one"]) and len(saved["one"]) > 5
+        for client, entry in saved["one"].items():
+            assert all(torch.equal(a, b) for a, b in zip(entry["momentum"], saved["two"][client]["momentum"]))
     summary = json.loads((tmp_path / "two" / io.SUMMARY_FILE).read_text())
     assert summary["settings"]["engine (resolved)"] == "sequential on each of 2 ranks"
     # Only rank 0 prints: one summary block, one engine line.

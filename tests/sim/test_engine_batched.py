@@ -43,6 +43,10 @@ DEFENSES = {
     "leadfl hessian": {"type": "leadfl", "variant": "hessian"},
     "leadfl paper": {"type": "leadfl", "variant": "paper"},
     "leadfl original": {"type": "leadfl", "variant": "original"},
+    "leadfl drift": {"type": "leadfl", "variant": "drift"},
+    "leadfl curvature": {"type": "leadfl", "variant": "curvature"},
+    "leadfl hessian scope list": {"type": "leadfl", "variant": "hessian", "scope": ["fc1.weight", "bn1.bias"]},
+    "leadfl original never": {"type": "leadfl", "variant": "original", "momentum_reset": "never"},
 }
 
 
@@ -102,17 +106,60 @@ def test_batched_updates_equal_sequential_for_every_attack_and_defense(float64, 
 
 
 @pytest.mark.parametrize(
-    "attack, defense", [("backdoor, mgda", "leadfl hessian"), ("label_flip", "flwbc"), ("no attack", "leadfl original")]
+    "attack, defense", [("backdoor, mgda", "leadfl hessian"), ("label_flip", "flwbc"), ("no attack", "leadfl original"),
+                        ("no attack", "leadfl drift conv")]
 )
 def test_batched_fmnist_cnn_updates_equal_sequential(dataset, uneven_clients, attack, defense):
     # Convolutions and 2-D BatchNorm under vmap: the FashionMNIST CNN, three steps per client.
+    defenses = {**DEFENSES, "leadfl drift conv": {"type": "leadfl", "variant": "drift", "scope": "conv"}}
     sequential, batched = both_engines(
-        dataset, uneven_clients, ATTACKS[attack], DEFENSES[defense], model="fmnist_cnn", local_steps=3
+        dataset, uneven_clients, ATTACKS[attack], defenses[defense], model="fmnist_cnn", local_steps=3
     )
     start = start_params(dataset, "fmnist_cnn")
     clients = [0, 1, 2, 5]
     expected = sequential.train_clients(start, clients, ROUND)
     assert torch.allclose(batched.train_clients(start, clients, ROUND), expected, rtol=0, atol=FLOAT32_TOLERANCE)
+
+
+def test_batched_fmnist_cnn_curvature_equals_sequential_in_float64(float64, uneven_clients):
+    # `curvature` passes g~ - g through the clip where it is small, so float32 rounding of the
+    # two engines' lookahead gradients shows in its update (up to ~6e-4 here); in float64 they agree.
+    sequential, batched = both_engines(float64, uneven_clients, ATTACKS["backdoor, mgda"], DEFENSES["leadfl curvature"],
+                                       model="fmnist_cnn", local_steps=3)
+    start = start_params(float64, "fmnist_cnn").double()
+    clients = [0, 1, 2, 5]
+    expected = sequential.train_clients(start, clients, ROUND)
+    assert torch.allclose(batched.train_clients(start, clients, ROUND), expected, rtol=0, atol=FLOAT64_TOLERANCE)
+
+
+def test_momentum_reset_never_carries_every_clients_buffer_on_both_engines(float64, uneven_clients):
+    # Two rounds of `original` with momentum 0.5: round 2 starts from each client's round-1
+    # buffer under `never` (so it differs from `round`), and both engines agree, the batched one
+    # in chunks whose make-up changes between the rounds.
+    start = start_params(float64)
+    second = {}
+    for reset in ("round", "never"):
+        defense = {"type": "leadfl", "variant": "original", "momentum_reset": reset}
+        sequential, batched = both_engines(float64, uneven_clients, ATTACKS["backdoor, mgda"], defense,
+                                           client_chunk=3, momentum=0.5)
+        for engine in (sequential, batched):
+            engine.train_clients(start, [3, 1, 0, 7, 5], ROUND)
+        expected = sequential.train_clients(start, [0, 5, 2, 1], ROUND + 1)
+        got = batched.train_clients(start, [0, 5, 2, 1], ROUND + 1)
+        assert torch.allclose(got, expected, rtol=0, atol=FLOAT64_TOLERANCE), (got - expected).abs().max()
+        second[reset] = expected
+        state = sequential.state_dict()
+        if reset == "round":
+            assert state is None and batched.state_dict() is None
+        else:
+            assert sorted(state["clients"]) == [0, 1, 2, 3, 5, 7]
+            for client, entry in batched.state_dict()["clients"].items():
+                for a, b in zip(entry["momentum"], state["clients"][client]["momentum"]):
+                    assert torch.allclose(a, b, rtol=0, atol=FLOAT64_TOLERANCE)
+    # Clients 0, 5, 1 trained in round 1 (benign and malicious); client 2 did not.
+    for row in (0, 1, 3):
+        assert not torch.allclose(second["never"][row], second["round"][row], rtol=0, atol=1e-6)
+    assert torch.allclose(second["never"][2], second["round"][2], rtol=0, atol=FLOAT64_TOLERANCE)
 
 
 def test_chunk_size_does_not_change_the_updates(float64, uneven_clients):
@@ -177,6 +224,11 @@ RUN_CASES = {
     "label_flip, leadfl original": [
         "attack.type=label_flip", "client_defense.type=leadfl", "client_defense.variant=original",
     ],
+    "backdoor, leadfl original, momentum never": [
+        "client_defense.type=leadfl", "client_defense.variant=original", "client_defense.momentum_reset=never",
+        "selection.schedule=random", "clients.clients_per_round=4", "training.momentum=0.5",
+    ],
+    "backdoor, leadfl curvature": ["client_defense.type=leadfl", "client_defense.variant=curvature"],
 }
 
 

@@ -243,3 +243,27 @@ def test_resume_accepts_settings_added_after_the_run_started_only_at_their_defau
     path.write_bytes(encode_checkpoint(checkpoint))
     with pytest.raises(ConfigError, match="client_defense.q"):
         run(tiny_config("rounds=3", "client_defense.q=0.3"), tmp_path / "run", resume=True, progress=False)
+
+
+def test_resume_restores_each_clients_carried_momentum_bit_for_bit(tmp_path):
+    # `original` with momentum_reset=never: the per-client momentum store is part of the run's
+    # state; a run stopped and resumed ends exactly where the uninterrupted one does.
+    carry = ["client_defense.type=leadfl", "client_defense.variant=original", "client_defense.momentum_reset=never",
+             "training.momentum=0.5", "selection.schedule=random"]
+    run(tiny_config("rounds=4", *carry), tmp_path / "straight", progress=False)
+    run(tiny_config("rounds=2", *carry), tmp_path / "stopped", progress=False)
+    stopped = torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=False)
+    assert stopped["engine_state"]["clients"], "the checkpoint holds no carried momentum"
+    run(tiny_config("rounds=4", *carry), tmp_path / "stopped", resume=True, progress=False)
+    assert metrics_without_timing(tmp_path / "stopped") == metrics_without_timing(tmp_path / "straight")
+    final = {name: torch.load(tmp_path / name / "checkpoint.pt", weights_only=False) for name in ("straight", "stopped")}
+    assert torch.equal(final["stopped"]["global_params"], final["straight"]["global_params"])
+    for client, entry in final["straight"]["engine_state"]["clients"].items():
+        for a, b in zip(entry["momentum"], final["stopped"]["engine_state"]["clients"][client]["momentum"]):
+            assert torch.equal(a, b)
+    # and the carried momentum changes the run (the test can fail):
+    run(tiny_config("rounds=4", *carry[:2], "training.momentum=0.5", "selection.schedule=random"), tmp_path / "reset",
+        progress=False)
+    reset = torch.load(tmp_path / "reset" / "checkpoint.pt", weights_only=False)
+    assert reset["engine_state"] is None
+    assert not torch.equal(reset["global_params"], final["straight"]["global_params"])
