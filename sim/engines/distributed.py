@@ -180,6 +180,10 @@ class DistributedEngine:
         torch.distributed.all_gather(gathered, padded)
         return torch.cat([part[: high - low] for part, (low, high) in zip(gathered, bounds)])
 
+    def batchnorm_counters(self, clients: list[int], roles=None) -> Tensor:
+        # A function of the settings, roles and data sizes only: every rank computes all rows.
+        return self.inner.batchnorm_counters(clients, roles)
+
     def state_dict(self):
         return self.inner.state_dict() if hasattr(self.inner, "state_dict") else None
 
