@@ -22,6 +22,7 @@ from sim.engines.batched import BatchedEngine
 from sim.engines.sequential import SequentialEngine
 from sim.errors import ConfigError
 from sim.models import batchnorm_layers, build_model
+from sim import runner
 from sim.runner import run
 from sim.selection import Selector, malicious_set
 from sim.server.aggregators import FltkBulyan, FltkMultiKrum, MultiKrum
@@ -126,13 +127,20 @@ def test_authors_trigger_values_are_the_mnist_normalised_pattern_on_raw_images()
     assert int((stamped != 0.5).sum()) == 2 * 9
 
 
-def test_clients_and_evaluation_stamp_the_configured_trigger(monkeypatch):
+def test_clients_and_evaluation_stamp_the_configured_trigger():
     dataset = make_synthetic_dataset(120, 20, "cpu", seed=0)
     training, attack, defense = sections(attack={"trigger_values": "authors"})
     engine = SequentialEngine("mlp", dataset, partition(dataset.train_y, 4, "iid", seed=0), [1], training, attack,
                               defense, 0, "cpu")
     assert float(engine.training.trigger_hi) == pytest.approx(2.821487, abs=1e-6)
     assert float(engine.training.trigger_lo) == pytest.approx(-0.424213, abs=1e-6)
+    for choice, (hi, lo) in {"authors": (2.821487, -0.424213), "data_range": (1.0, 0.0)}.items():
+        parts = runner._Parts(load_config(overrides=[*tiny_synthetic(), "server.aggregator=median",
+                                                     f"attack.trigger_values={choice}"]),
+                              torch.device("cpu"))
+        stamped = parts.stamp(torch.full((1, 1, 28, 28), 0.5))
+        assert float(stamped[0, 0, 3, 23]) == pytest.approx(hi, abs=1e-6)
+        assert float(stamped[0, 0, 3, 24]) == pytest.approx(lo, abs=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
