@@ -22,7 +22,7 @@ from sim.engines.batched import BatchedEngine
 from sim.engines.sequential import SequentialEngine
 from sim.errors import ConfigError
 from sim.models import batchnorm_layers, build_model
-from sim import runner
+from sim import reporting, runner
 from sim.runner import run
 from sim.selection import Selector, malicious_set
 from sim.server.aggregators import FltkBulyan, FltkMultiKrum, MultiKrum
@@ -266,6 +266,9 @@ def test_a_run_with_counters_keeps_no_malicious_client_when_few_are_selected(tmp
     with open(tmp_path / "run" / "metrics.csv", newline="") as stream:
         rows = list(csv.DictReader(stream))
     assert len(rows) == 2
+    settings = reporting.key_settings(cfg)
+    assert settings["server.fltk_counters"] is True and settings["attack.trigger_values"] == "authors"
+    assert "selection.rng" not in settings  # left at its default
     for row in rows:
         malicious = set(row["malicious_ids"].split())
         kept = set(row["kept"].split())
