@@ -26,7 +26,7 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
-from sim.attacks.data_poisoning import ATTACK_TYPES, BLEND_RULES
+from sim.attacks.data_poisoning import ATTACK_TYPES, BLEND_RULES, TRIGGER_VALUES
 from sim.attacks.model_poisoning import MODEL_POISONING, POISONEDFL_COORDINATES
 from sim.data import DATASET_NAMES, PARTITION_SCHEMES, check_synthetic_size
 from sim.defenses.client import CLIENT_DEFENSES, LEADFL_VARIANTS, MOMENTUM_RESETS, check_client_defense
@@ -37,8 +37,8 @@ from sim.engines.schedules import LR_SCHEDULES
 from sim.errors import ConfigError
 from sim.models import MODELS
 from sim.selection import SCHEDULES as SELECTION_SCHEDULES
-from sim.selection import Selector
-from sim.server.aggregators import AGGREGATORS, UNAVAILABLE_AGGREGATORS, build_aggregator
+from sim.selection import SELECTION_RNGS, Selector
+from sim.server.aggregators import AGGREGATORS, COUNTER_AGGREGATORS, UNAVAILABLE_AGGREGATORS, build_aggregator
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -84,8 +84,8 @@ def _setting(
 ) -> Any:
     """A dataclass field carrying what `validate` checks: kind, choices and range.
 
-    kind is one of "int", "float", "str", "int_list", "str_or_list" (text or a list of texts); a
-    range applies to numbers and, for "int_list", to every element.
+    kind is one of "int", "float", "str", "bool", "int_list", "str_or_list" (text or a list of
+    texts); a range applies to numbers and, for "int_list", to every element.
     """
     metadata = {
         "kind": kind,
@@ -127,6 +127,12 @@ class SelectionConfig:
     burst_malicious: int = _setting(6, "int", low=0)
     fixed_malicious: int = _setting(2, "int", low=0)
     malicious_counts: list[int] = _setting([], "int_list", low=0)
+    # simulator: seeded streams; authors: the LeadFL code's legacy-numpy draws (sim.selection).
+    rng: str = _setting("simulator", "str", choices=SELECTION_RNGS)
+    # Rounds whose selection is replaced by override_malicious malicious + benign clients
+    # (the LeadFL code: rounds 0, 10, 12 with 5 + 5).
+    override_rounds: list[int] = _setting([], "int_list", low=0)
+    override_malicious: int = _setting(5, "int", low=0)
 
 
 @dataclass
@@ -151,6 +157,8 @@ class AttackConfig:
     blend: str = _setting("mgda", "str", choices=BLENDS)
     blend_weight: float = _setting(0.5, "float", low=0, high=1)
     boost: float = _setting(1.0, "float", low=0, low_open=True)
+    # data_range: the trigger takes the data's max/min; authors: the LeadFL code's normalised values.
+    trigger_values: str = _setting("data_range", "str", choices=TRIGGER_VALUES)
 
 
 @dataclass
@@ -200,6 +208,9 @@ class ServerConfig:
     trim_beta: float = _setting(0.1, "float", low=0, high=0.5, high_open=True)
     sparsefed_k: float = _setting(0.1, "float", low=0, low_open=True)
     sparsefed_clip: float = _setting(1.0, "float", low=0, low_open=True)
+    # fltk_* rules: add the BatchNorm forward-pass counters to the distances, as the LeadFL code's
+    # full state dicts did.
+    fltk_counters: bool = _setting(False, "bool")
 
 
 @dataclass
@@ -595,6 +606,8 @@ def _show(value: Any) -> str:
     """A value as it would be typed after `--set path=`."""
     if value is None:
         return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, list):
         return "[" + ",".join(_show(v) for v in value) + "]"
     return str(value)
@@ -630,6 +643,8 @@ def _check_field(path: str, value: Any, meta: dict, default: Any) -> None:
         if isinstance(value, str) or (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
             return
         raise ConfigError(f"{path}={value!r} must be text or a non-empty list of texts; {fix_default}")
+    if kind == "bool" and not isinstance(value, bool):
+        raise ConfigError(f"{path}={value!r} must be true or false; {fix_default}")
     if kind == "int_list":
         if not isinstance(value, list) or not all(_is_int(v) for v in value):
             raise ConfigError(f"{path}={value!r} must be a list of whole numbers; fix: --set {path}=[3,0,0]")
@@ -716,6 +731,12 @@ def validate(cfg: Config) -> Config:
     check_client_defense(cfg.client_defense, model, DATASET_INPUT.get(dataset, "1x28x28"), DATASET_CLASSES[dataset],
                          momentum=cfg.training.momentum)
     build_aggregator(cfg.server, clients.clients_per_round, clients.num_clients, clients.num_malicious)
+    if cfg.server.fltk_counters and cfg.server.aggregator not in COUNTER_AGGREGATORS:
+        raise ConfigError(
+            f"server.fltk_counters=true adds BatchNorm counters to the distances of {', '.join(COUNTER_AGGREGATORS)} "
+            f"only, but server.aggregator={cfg.server.aggregator}; fix: --set server.aggregator=fltk_multikrum "
+            "or --set server.fltk_counters=false"
+        )
     build_privacy(cfg.privacy)
     _check_uploads(cfg)
     _check_limits(cfg)

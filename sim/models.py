@@ -147,6 +147,12 @@ def trainable_parameters(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(name, param) for name, param in module.named_parameters() if param.requires_grad]
 
 
+def batchnorm_layers(module: nn.Module) -> int:
+    """How many BatchNorm layers the module holds (each had a `num_batches_tracked` counter in
+    the LeadFL code's models)."""
+    return sum(isinstance(layer, nn.modules.batchnorm._BatchNorm) for layer in module.modules())
+
+
 def num_trainable_parameters(module: nn.Module) -> int:
     return sum(param.numel() for _, param in trainable_parameters(module))
 

@@ -133,6 +133,16 @@ def key_settings(cfg: Config) -> dict[str, Any]:
     if cfg.privacy.type != "none":
         settings["privacy.type"] = cfg.privacy.type
         settings["privacy.epsilon"] = cfg.privacy.epsilon
+    # The LeadFL authors' options (docs/algorithms.md), where switched on.
+    if cfg.selection.rng != "simulator":
+        settings["selection.rng"] = cfg.selection.rng
+    if cfg.selection.override_rounds:
+        settings["selection.override_rounds"] = list(cfg.selection.override_rounds)
+        settings["selection.override_malicious"] = cfg.selection.override_malicious
+    if cfg.attack.trigger_values != "data_range":
+        settings["attack.trigger_values"] = cfg.attack.trigger_values
+    if cfg.server.fltk_counters:
+        settings["server.fltk_counters"] = True
     return settings
 
 

@@ -23,7 +23,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from sim.attacks.data_poisoning import stamp_trigger
+from sim.attacks.data_poisoning import stamp_trigger, trigger_values
 from sim.config import Config, to_dict, validate
 from sim.data import check_data_files, load_dataset, partition
 from sim.engines import distributed
@@ -95,7 +95,7 @@ class _Parts:
         test_size = cfg.eval.test_size
         self.test_x = self.dataset.test_x[:test_size] if test_size else self.dataset.test_x
         self.test_y = self.dataset.test_y[:test_size] if test_size else self.dataset.test_y
-        hi, lo = self.dataset.trigger_hi, self.dataset.trigger_lo
+        hi, lo = trigger_values(self.dataset, cfg.attack.trigger_values)
         self.stamp = lambda images: stamp_trigger(images, hi, lo)
 
     def stateful(self) -> dict[str, Any]:
@@ -190,7 +190,10 @@ def _round(cfg: Config, parts: _Parts, global_params: torch.Tensor, round_index:
     selected = parts.selector.select(round_index)
     updates = parts.engine.train_clients(global_params, selected, round_index)
     updates = parts.uploads(updates, selected, round_index, global_params)  # DP, model poisoning
-    aggregation = parts.aggregator(updates)
+    if cfg.server.fltk_counters:  # the LeadFL code's BatchNorm counters (docs/algorithms.md)
+        aggregation = parts.aggregator(updates, counters=parts.engine.batchnorm_counters(selected))
+    else:
+        aggregation = parts.aggregator(updates)
     update = aggregation.update.to(device=global_params.device, dtype=global_params.dtype)
     candidate = global_params + update
     scores = _evaluate(cfg, parts, candidate) if bool(torch.isfinite(candidate).all()) else None

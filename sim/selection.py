@@ -4,6 +4,15 @@ Both are pure functions of the seed (and the round): every call builds its own
 ``numpy.random.default_rng`` from ``[seed, ..., stream]`` and touches no global random state, so
 runs that differ only in a defense or an aggregator see identical selections, and a resumed run
 selects exactly what the uninterrupted run would have.
+
+``rng="authors"`` draws both as the LeadFL authors' code does (docs/algorithms.md, "Where this
+follows the authors' code"): numpy's legacy ``RandomState`` seeded 0 for the malicious set and
+``r + 100`` in round ``r``, over the client ids 1..N (here 0..N-1). Those draws do not depend on
+``seed``; they are still built per call, never from the global generator.
+
+``override_rounds`` replaces the selection of the listed rounds by ``override_malicious``
+malicious clients and benign ones for the rest, drawn from the round's stream after the
+schedule's own draw, whatever the schedule (the authors' code does this in rounds 0, 10, 12).
 """
 
 from __future__ import annotations
@@ -16,9 +25,14 @@ import numpy as np
 from sim import rng
 from sim.errors import ConfigError
 
-__all__ = ["SCHEDULES", "Selector", "malicious_set"]
+__all__ = ["SCHEDULES", "SELECTION_RNGS", "Selector", "malicious_set"]
 
 SCHEDULES = ("random", "periodic", "fixed", "schedule")
+# Where the malicious set and the per-round draws come from: this simulator's seeded streams, or
+# the LeadFL authors' legacy-numpy seeding.
+SELECTION_RNGS = ("simulator", "authors")
+AUTHORS_MALICIOUS_SEED = 0
+AUTHORS_ROUND_SEED_OFFSET = 100
 
 
 
@@ -39,14 +53,21 @@ def _require_int(field: str, value: Any, low: int, high: int | None = None, fix:
     return int(value)
 
 
-def malicious_set(seed: int, num_clients: int, num_malicious: int) -> list[int]:
-    """The ``num_malicious`` malicious client ids out of ``0 .. num_clients-1``, sorted."""
+def malicious_set(seed: int, num_clients: int, num_malicious: int, source: str = "simulator") -> list[int]:
+    """The ``num_malicious`` malicious client ids out of ``0 .. num_clients-1``, sorted.
+
+    ``source="authors"``: ``np.random.seed(0); np.random.choice(range(1, N + 1), M, replace=False)``
+    as the LeadFL code draws it, minus one (``seed`` is not used).
+    """
     _require_int("seed", seed, 0)
     _require_int("clients.num_clients", num_clients, 1)
     _require_int(
         "clients.num_malicious", num_malicious, 0, num_clients,
         fix=f"there are only {num_clients} clients",
     )
+    if source == "authors":
+        draws = np.random.RandomState(AUTHORS_MALICIOUS_SEED)
+        return sorted(int(c) - 1 for c in draws.choice(range(1, num_clients + 1), num_malicious, replace=False))
     draws = rng.numpy_stream(seed, rng.MALICIOUS_SET)
     return sorted(int(c) for c in draws.choice(num_clients, size=num_malicious, replace=False))
 
@@ -63,6 +84,10 @@ class Selector:
     * ``schedule``: round ``r`` selects ``malicious_counts[r % len(malicious_counts)]`` malicious
       clients.
 
+    ``rng`` (``SELECTION_RNGS``) picks the random source (module docstring); under ``authors`` a
+    schedule with malicious and benign draws takes the benign clients first, as that code does.
+    ``override_rounds`` / ``override_malicious``: see the module docstring.
+
     ``select(round)`` returns sorted client ids; the same ``(seed, round)`` always gives the same list.
     """
 
@@ -78,6 +103,9 @@ class Selector:
         burst_malicious: int = 6,
         fixed_malicious: int = 2,
         malicious_counts: Sequence[int] = (),
+        rng: str = "simulator",
+        override_rounds: Sequence[int] = (),
+        override_malicious: int = 5,
     ):
         self.num_clients = _require_int("clients.num_clients", num_clients, 1)
         self.num_malicious = _require_int(
@@ -99,8 +127,16 @@ class Selector:
         self.burst_malicious = burst_malicious
         self.fixed_malicious = fixed_malicious
         self.malicious_counts = tuple(malicious_counts)
+        if rng not in SELECTION_RNGS:
+            raise ConfigError(
+                f"selection.rng={rng!r} is not a known source; allowed: {', '.join(SELECTION_RNGS)}; "
+                "fix: --set selection.rng=simulator"
+            )
+        self.rng = rng
+        self.override_rounds = tuple(override_rounds)
+        self.override_malicious = override_malicious
 
-        self.malicious = malicious_set(seed, num_clients, num_malicious)
+        self.malicious = malicious_set(seed, num_clients, num_malicious, rng)
         self._malicious_ids = frozenset(self.malicious)
         self.benign = [c for c in range(num_clients) if c not in self._malicious_ids]
         self._validate_schedule()
@@ -127,6 +163,9 @@ class Selector:
             burst_malicious=read(selection, "burst_malicious", 6),
             fixed_malicious=read(selection, "fixed_malicious", 2),
             malicious_counts=read(selection, "malicious_counts", ()) or (),
+            rng=read(selection, "rng", "simulator"),
+            override_rounds=read(selection, "override_rounds", ()) or (),
+            override_malicious=read(selection, "override_malicious", 5),
         )
 
     def _count_range(self) -> tuple[int, int]:
@@ -147,6 +186,11 @@ class Selector:
         )
 
     def _validate_schedule(self) -> None:
+        for position, round in enumerate(self.override_rounds):
+            _require_int(f"selection.override_rounds[{position}]", round, 0, fix="list round numbers, e.g. [0, 10, 12]")
+        self.override_rounds = frozenset(int(round) for round in self.override_rounds)
+        if self.override_rounds:
+            self.override_malicious = self._require_count("selection.override_malicious", self.override_malicious)
         if self.schedule == "periodic":
             self.period = _require_int("selection.period", self.period, 1)
             self.burst_rounds = _require_int(
@@ -175,9 +219,11 @@ class Selector:
                 self._require_count(f"selection.malicious_counts[{position}]", count)
             self.malicious_counts = tuple(int(c) for c in self.malicious_counts)
 
-    def _rng(self, round: int) -> np.random.Generator:
+    def _rng(self, round: int) -> np.random.Generator | np.random.RandomState:
         if not _is_int(round) or round < 0:
             raise ValueError(f"round must be an integer >= 0, got {round!r}")
+        if self.rng == "authors":
+            return np.random.RandomState(int(round) + AUTHORS_ROUND_SEED_OFFSET)
         return rng.numpy_stream(self.seed, int(round), rng.SELECTION_ROUND)
 
     def scheduled_malicious_count(self, round: int) -> int | None:
@@ -195,11 +241,23 @@ class Selector:
         draws = self._rng(round)
         if self.schedule == "random":
             chosen = draws.choice(self.num_clients, size=self.clients_per_round, replace=False)
-            return sorted(int(c) for c in chosen)
-        count = self.scheduled_malicious_count(round)
+        else:
+            chosen = self._draw_mix(draws, self.scheduled_malicious_count(round))
+        if round in self.override_rounds:
+            chosen = self._draw_mix(draws, self.override_malicious)
+        return sorted(int(c) for c in chosen)
+
+    def _draw_mix(self, draws, count: int) -> list[int]:
+        """``count`` malicious and ``clients_per_round - count`` benign clients."""
+        benign_count = self.clients_per_round - count
+        if self.rng == "authors":
+            # Benign first, then malicious, both drawn even when empty (a legacy draw of 0 still
+            # advances the stream), as the authors' code does.
+            benign = draws.choice(self.benign, size=benign_count, replace=False)
+            return [*benign, *draws.choice(self.malicious, size=count, replace=False)]
         malicious = draws.choice(self.malicious, size=count, replace=False) if count else []
-        benign = draws.choice(self.benign, size=self.clients_per_round - count, replace=False)
-        return sorted(int(c) for c in (*malicious, *benign))
+        benign = draws.choice(self.benign, size=benign_count, replace=False)
+        return [*malicious, *benign]
 
     def malicious_count(self, round: int) -> int:
         """How many of ``select(round)`` are malicious."""

@@ -15,6 +15,18 @@ from sim.errors import ConfigError
 
 ATTACK_TYPES = ("none", "backdoor", "label_flip")
 BLEND_RULES = ("mgda", "fixed")
+# The values of the trigger's high / low pixels (attack.trigger_values): the data range's max / min,
+# or the LeadFL authors' values.
+TRIGGER_VALUES = ("data_range", "authors")
+
+# The authors' code passes the pattern (1 / 0 pixels) through its backdoor task's normalisation
+# and stamps the result on images that are not normalised that way: MNIST's statistics for the
+# one-channel tasks (FashionMNIST in [0, 1]: 1 -> 2.821487, 0 -> -0.424213), the CIFAR task's for
+# three channels. Key: number of image channels; value: (mean, std) per channel.
+AUTHORS_TRIGGER_STATS = {
+    1: ((0.1307,), (0.3081,)),
+    3: ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+}
 
 # The 9-pixel pattern: (row, column, is_high). Six pixels take the data range's maximum and
 # three its minimum; the 5x3 box spans rows 3-7 and columns 23-25 of the image.
@@ -77,6 +89,30 @@ def stamp_trigger(x: Tensor, hi, lo) -> Tensor:
     stamped = x.clone()
     stamped[:, :, rows, cols] = values
     return stamped
+
+
+def trigger_values(dataset, source: str = "data_range") -> tuple[Tensor, Tensor]:
+    """(hi, lo) per channel for `stamp_trigger` on `dataset` (attack.trigger_values).
+
+    `data_range`: the dataset's `trigger_hi` / `trigger_lo` (its raw range after its own
+    normalisation). `authors`: (1 - mean) / std and (0 - mean) / std with the statistics of
+    `AUTHORS_TRIGGER_STATS`, whatever the data's range.
+    """
+    if source == "data_range":
+        return dataset.trigger_hi, dataset.trigger_lo
+    if source != "authors":
+        raise ConfigError(
+            f"attack.trigger_values={source!r} is not one of {', '.join(TRIGGER_VALUES)}; "
+            "fix: --set attack.trigger_values=data_range"
+        )
+    channels = int(dataset.train_x.shape[1])
+    if channels not in AUTHORS_TRIGGER_STATS:
+        raise ConfigError(
+            f"attack.trigger_values=authors has values for 1- and 3-channel images, but {dataset.name} has "
+            f"{channels} channels; fix: --set attack.trigger_values=data_range"
+        )
+    mean, std = (torch.tensor(v, dtype=torch.float32, device=dataset.trigger_hi.device) for v in AUTHORS_TRIGGER_STATS[channels])
+    return (1.0 - mean) / std, (0.0 - mean) / std
 
 
 def poison_batch(x: Tensor, hi, lo, target_label: int) -> tuple[Tensor, Tensor]:

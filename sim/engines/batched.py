@@ -26,7 +26,7 @@ from sim.data import Dataset
 from sim.engines.client_training import ClientTraining
 from sim.engines.sequential import check_client_ids
 from sim.errors import ConfigError
-from sim.models import build_model, trainable_parameters
+from sim.models import batchnorm_layers, build_model, trainable_parameters
 
 # Share of the free memory the stacked clients may take when `client_chunk` is not set.
 MEMORY_SHARE = 0.5
@@ -182,3 +182,11 @@ class BatchedEngine:
 
     def load_state_dict(self, state) -> None:
         self.training.load_state_dict(state)
+
+    def batchnorm_counters(self, clients: list[int], roles: Sequence[str] | None = None) -> Tensor:
+        """`[len(clients), L]` float64: the forward passes each client's round adds to each of
+        the model's L BatchNorm layers' counters (`ClientTraining.forward_passes`)."""
+        check_client_ids(clients, len(self.client_indices))
+        roles = self.training.roles(clients, self.malicious) if roles is None else list(roles)
+        return self.training.batchnorm_counters(roles, [self.client_indices[c] for c in clients],
+                                                batchnorm_layers(self.model))

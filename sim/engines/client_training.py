@@ -38,13 +38,18 @@ from sim.attacks.data_poisoning import (
     flip_labels,
     mgda_backdoor_weights,
     poison_batch,
+    trigger_values,
 )
 from sim.data import Dataset
 from sim.defenses.client import SGD, build_update_rule
-from sim.engines.schedules import local_lr, plan_batches
+from sim.engines.schedules import local_lr, num_local_steps, plan_batches
 from sim.errors import ConfigError
 
 BENIGN = "benign"
+
+# Forward passes a client runs after its local training: the LeadFL code tests every client on
+# its local test shard (one batch) before it returns its state dict.
+LOCAL_TEST_PASSES = 1
 
 
 class Gradients(Protocol):
@@ -133,13 +138,41 @@ class ClientTraining:
         self.rule = build_update_rule(client_defense, momentum=momentum, names=names, shapes=shapes)
         # Rows none of which runs the client defense take plain SGD.
         self.plain_rule = SGD(client_defense, momentum=momentum, names=names)
-        self.trigger_hi = dataset.trigger_hi.to(self.device)
-        self.trigger_lo = dataset.trigger_lo.to(self.device)
+        hi, lo = trigger_values(dataset, getattr(attack, "trigger_values", "data_range"))
+        self.trigger_hi, self.trigger_lo = hi.to(self.device), lo.to(self.device)
 
     def roles(self, clients: Sequence[int], malicious) -> list[str]:
         """Each client's role: the attack for a malicious client (when there is one), else benign."""
         attack = self.attack.type
         return [attack if client in malicious and attack != "none" else BENIGN for client in clients]
+
+    def forward_passes(self, roles: Sequence[str], client_indices: Sequence[Tensor]) -> list[int]:
+        """Each client's training-mode forward passes in a round: what every BatchNorm layer's
+        `num_batches_tracked` counter would have grown by in the LeadFL code's state dicts.
+
+        Per local step: 2 for `backdoor` (the triggered and the clean batch, MGDA or fixed blend),
+        1 for `label_flip` and plain benign training, and for a benign row under the client
+        defense 2 if its rule evaluates the lookahead gradient (LeadFL `hessian`), else 1 (the
+        authors' LeadFL, `original`, runs one forward pass per batch: its second step reuses
+        the gradient). Plus `LOCAL_TEST_PASSES`. A client without data trains no step.
+        """
+        counts = []
+        for role, indices in zip(roles, client_indices):
+            samples = int(indices.numel())
+            steps = num_local_steps(self.training, samples) if samples > 0 else 0
+            if role == "backdoor":
+                per_step = 2
+            elif role == BENIGN and self.rule.needs_lookahead:
+                per_step = 2
+            else:
+                per_step = 1
+            counts.append(steps * per_step + LOCAL_TEST_PASSES)
+        return counts
+
+    def batchnorm_counters(self, roles: Sequence[str], client_indices: Sequence[Tensor], layers: int) -> Tensor:
+        """`[n, layers]` float64: every BatchNorm layer counts each client's `forward_passes`."""
+        passes = torch.tensor(self.forward_passes(roles, client_indices), dtype=torch.float64)
+        return passes[:, None].repeat(1, layers)
 
     def run(self, gradients: Gradients, params: list[Tensor], global_params: Tensor, clients: Sequence[int],
             roles: Sequence[str], client_indices: Sequence[Tensor], round: int, out: Tensor) -> None:

@@ -193,6 +193,10 @@ class DistributedEngine:
         for part in gathered:
             training.load_client_state(part)
 
+    def batchnorm_counters(self, clients: list[int], roles=None) -> Tensor:
+        # A function of the settings, roles and data sizes only: every rank computes all rows.
+        return self.inner.batchnorm_counters(clients, roles)
+
     def state_dict(self):
         return self.inner.state_dict() if hasattr(self.inner, "state_dict") else None
 

@@ -29,6 +29,11 @@ class Engine(Protocol):
         the attack) without touching any state of the run."""
         ...
 
+    def batchnorm_counters(self, clients: list[int], roles: Sequence[str] | None = None) -> Tensor:
+        """[len(clients), L] float64: the forward passes each client's round adds to each of
+        the model's L BatchNorm layers (the LeadFL code's `num_batches_tracked`)."""
+        ...
+
 
 # engine name (the `engine` setting) -> class; every one is built from the same arguments, and
 # `client_chunk` only where the class takes it.

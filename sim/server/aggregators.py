@@ -35,6 +35,14 @@ The reference code aggregated absolute weights; these rules see updates. Distanc
 updates equal distances between the local models (the global part cancels), and a mean of updates
 is the mean of the local models minus the global, so the compatibility rules give the same result
 on the trainable parameters.
+
+Its weights were full state dicts, so each BatchNorm layer's ``num_batches_tracked`` counter (the
+global model's count plus the forward passes the client ran) entered the distances too. The
+compatibility rules take those counters as ``counters[n, L]`` (one column per BatchNorm layer,
+the forward passes of the round; the global model's count is common to every row and cancels in
+the differences) and add ``sum_l (counters[i, l] - counters[j, l])^2`` to the squared distance
+of rows ``i`` and ``j``. The counters never enter the mean: this simulator's models keep no
+BatchNorm buffers (``server.fltk_counters``, docs/algorithms.md).
 """
 
 from __future__ import annotations
@@ -256,13 +264,24 @@ class Component:
 
 
 class Aggregator(Component):
-    """Base rule: set aside non-finite rows, run ``_aggregate`` on the rest."""
+    """Base rule: set aside non-finite rows, run ``_aggregate`` on the rest.
 
-    def __call__(self, updates: Tensor) -> Aggregation:
+    Rules with ``takes_counters`` also accept ``counters[n, L]`` (module docstring), passed to
+    ``_aggregate`` for the kept rows.
+    """
+
+    takes_counters = False
+
+    def __call__(self, updates: Tensor, counters: Tensor | None = None) -> Aggregation:
         finite_updates, finite_rows, rejected_rows = _split_finite(updates)
+        if counters is not None:
+            counters = _check_counters(counters, updates.shape[0], type(self).__name__, self.takes_counters)
         if not finite_rows:
             return Aggregation(updates.new_zeros(updates.shape[1]), [], rejected_rows)
-        update, kept_local = self._aggregate(finite_updates)
+        if counters is None:
+            update, kept_local = self._aggregate(finite_updates)
+        else:
+            update, kept_local = self._aggregate(finite_updates, counters[finite_rows].to(finite_updates.device))
         kept = sorted(finite_rows[i] for i in kept_local)
         return Aggregation(update, kept, rejected_rows)
 
@@ -461,21 +480,49 @@ class SparseFed(Aggregator):
         self.error = None if error is None else error.detach().clone()
 
 
+def _check_counters(counters: Tensor, rows: int, rule: str, accepted: bool) -> Tensor:
+    if not accepted:
+        raise ValueError(
+            f"{rule} takes no BatchNorm counters; only {', '.join(COUNTER_AGGREGATORS)} add them to their distances"
+        )
+    counters = torch.as_tensor(counters)
+    if counters.dim() != 2 or counters.shape[0] != rows:
+        raise ValueError(
+            f"counters must be [clients, BatchNorm layers] with one row per update ({rows}), "
+            f"got shape {tuple(counters.shape)}"
+        )
+    if not bool(torch.isfinite(counters.double()).all()):
+        raise ValueError("counters must be finite forward-pass counts")
+    return counters.to(torch.float64)
+
+
+def _distances_with_counters(updates: Tensor, counters: Tensor | None) -> Tensor:
+    """Squared distances of the rows, plus those of their counter rows when given (float64)."""
+    distances = _pairwise_squared_distances(updates)
+    if counters is None or counters.shape[1] == 0:
+        return distances
+    difference = counters[:, None, :] - counters[None, :, :]  # exact: whole numbers in float64
+    return distances + (difference * difference).sum(dim=2)
+
+
 class FltkMultiKrum(Aggregator):
     """Compatibility rule: what the LeadFL reference code runs as ``multiKrum``.
 
     Score = sum of the 8 smallest squared distances counting the zero self-distance, i.e. the 7
     nearest other rows (standard Multi-Krum with n = 10 would use n - f - 2); the unweighted mean
     of the 5 lowest scores. The constants ignore ``n`` and ``f``; with fewer rows they are capped.
+    Takes the BatchNorm ``counters`` (module docstring).
     """
+
+    takes_counters = True
 
     def __init__(self, nearest: int = 7, m: int = 5):
         self.nearest = _check_count("nearest", nearest, 1)
         self.m = _check_count("m", m, 1)
 
-    def _aggregate(self, updates: Tensor) -> tuple[Tensor, list[int]]:
+    def _aggregate(self, updates: Tensor, counters: Tensor | None = None) -> tuple[Tensor, list[int]]:
         n = updates.shape[0]
-        scores = _sum_of_nearest(_pairwise_squared_distances(updates), min(self.nearest, max(1, n - 1)))
+        scores = _sum_of_nearest(_distances_with_counters(updates, counters), min(self.nearest, max(1, n - 1)))
         chosen = _lowest(scores, self.m)
         return _mean(updates[chosen]), chosen
 
@@ -486,16 +533,19 @@ class FltkBulyan(Aggregator):
     Score = sum of the 7 smallest squared distances counting the zero self-distance (6 nearest
     others); rows ranked by score; the unweighted mean of ranks 2, 3 and 4 -- the best-scored row
     is skipped, and there is no coordinate-wise step. With a single row, that row is returned.
+    Takes the BatchNorm ``counters`` (module docstring).
     """
+
+    takes_counters = True
 
     def __init__(self, nearest: int = 6, first_rank: int = 1, last_rank: int = 4):
         self.nearest = _check_count("nearest", nearest, 1)
         self.first_rank = _check_count("first_rank", first_rank, 0)
         self.last_rank = _check_count("last_rank", last_rank, self.first_rank + 1)
 
-    def _aggregate(self, updates: Tensor) -> tuple[Tensor, list[int]]:
+    def _aggregate(self, updates: Tensor, counters: Tensor | None = None) -> tuple[Tensor, list[int]]:
         n = updates.shape[0]
-        scores = _sum_of_nearest(_pairwise_squared_distances(updates), min(self.nearest, max(1, n - 1)))
+        scores = _sum_of_nearest(_distances_with_counters(updates, counters), min(self.nearest, max(1, n - 1)))
         ranked = _lowest(scores, n)
         chosen = ranked[self.first_rank : self.last_rank] or ranked[:1]
         return _mean(updates[chosen]), chosen
@@ -560,6 +610,10 @@ AGGREGATORS: dict[str, type[Aggregator]] = {
     "fltk_bulyan": FltkBulyan,
     "robust_dpfl": RobustDPFL,
 }
+
+
+# Rules that add the BatchNorm forward-pass counters to their distances (server.fltk_counters).
+COUNTER_AGGREGATORS = tuple(name for name, rule in AGGREGATORS.items() if rule.takes_counters)
 
 
 # Names a user may reach for that the simulator deliberately does not provide, with the reason.
