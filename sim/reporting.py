@@ -132,9 +132,11 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def summarize(rows: list[dict[str, Any]], cfg: Config, engine: str | None = None) -> dict[str, Any]:
+def summarize(rows: list[dict[str, Any]], cfg: Config, engine: str | None = None,
+              threads: int | None = None) -> dict[str, Any]:
     """Headline numbers of a run (accuracies in percent) and its key settings; `engine` is
-    what trained the clients (`engine: auto` resolved, distributed or not)."""
+    what trained the clients (`engine: auto` resolved, distributed or not), `threads` the CPU
+    threads torch ran with (the wall time depends on it)."""
     main = [row["main_accuracy"] for row in rows]
     backdoor = [row["backdoor_accuracy"] for row in rows if row["backdoor_accuracy"] is not None]
     malicious = [row["malicious_selected"] for row in rows]
@@ -148,6 +150,7 @@ def summarize(rows: list[dict[str, Any]], cfg: Config, engine: str | None = None
         "mean_malicious_per_round": _mean(malicious),
         "rounds_with_malicious": sum(1 for count in malicious if count > 0),
         "wall_time_s": sum(row["wall_time_s"] for row in rows),
+        **({"threads": threads} if threads is not None else {}),
         "settings": {**key_settings(cfg), **({"engine (resolved)": engine} if engine else {})},
         **_privacy_summary(rows, cfg),
     }
@@ -161,10 +164,11 @@ def _privacy_summary(rows: list[dict[str, Any]], cfg: Config) -> dict[str, Any]:
 
 
 def write_outputs(
-    out_dir: Path, rows: list[dict[str, Any]], cfg: Config, label: str | None = None, engine: str | None = None
+    out_dir: Path, rows: list[dict[str, Any]], cfg: Config, label: str | None = None, engine: str | None = None,
+    threads: int | None = None,
 ) -> dict:
     """summary.json and accuracy.png from the rows; returns the summary."""
-    summary = summarize(rows, cfg, engine)
+    summary = summarize(rows, cfg, engine, threads)
     if label is not None:
         summary = {"label": label, **summary}
     write_atomic(out_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")

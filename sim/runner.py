@@ -166,7 +166,7 @@ def run(
     if not writer:
         return summarize(rows, cfg, engine_description)
     write_atomic(out_dir / METRICS_FILE, metrics_csv_text(rows))
-    return write_outputs(out_dir, rows, cfg, label, engine=engine_description)
+    return write_outputs(out_dir, rows, cfg, label, engine=engine_description, threads=torch.get_num_threads())
 
 
 def _round(cfg: Config, parts: _Parts, global_params: torch.Tensor, round_index: int) -> tuple[torch.Tensor, RoundRecord]:
