@@ -3,6 +3,7 @@
     leadfl-sim run     [--preset NAME] [--config FILE] [--set KEY=VALUE ...] [--out DIR] [--resume]
     leadfl-sim run     --out DIR --resume [--rounds N]     (the settings from DIR/config.yaml)
     leadfl-sim compare [--preset NAME] [--config FILE] [--set KEY=VALUE ...] [--out DIR] [--resume]
+                       [--seeds 0-4] [--jobs N]
     leadfl-sim sweep   --grid FILE|NAME --out DIR [--jobs N | --ray auto|ADDRESS] [--resume] [--dry-run]
     leadfl-sim sweep   --report DIR [--metric NAME ...] [--axis NAME]
     leadfl-sim plot DIR
@@ -10,6 +11,11 @@
 
 `--set` takes any setting by its dotted path (`client_defense.alpha=0.3`); `--seed`, `--device`
 and `--rounds` are shortcuts for the three most common ones and win over `--set`.
+On a CPU, torch runs with one thread unless `--threads N` says otherwise: the simulator's models are
+small, so a second thread gains little, and on a machine busy with other work threads that wait on
+each other cost a great deal (the demo on a loaded 2-core machine: 41-128 s per round with torch's
+default of 2 threads, 3.6 s with 1). `compare` uses the cores by running several runs at once
+(`--jobs`, default: the cores this process may use), each a one-thread process.
 A bad setting prints one line naming it, the allowed values and the fix, and exits with status 2.
 
 Each command imports what it needs when it runs, so `--help` and `list-presets` answer without
@@ -28,6 +34,7 @@ from sim.errors import ConfigError
 EXAMPLES = """examples:
   leadfl-sim list-presets
   leadfl-sim compare --preset demo
+  leadfl-sim compare --preset demo --seeds 0-4 --out runs/demo-5-seeds
   leadfl-sim run --preset table1-fmnist --set client_defense.type=leadfl --out runs/leadfl
   leadfl-sim run --out runs/leadfl --resume
   leadfl-sim plot runs/leadfl
@@ -81,7 +88,8 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads",
         type=int,
         metavar="N",
-        help="CPU threads for torch (default: torch's choice); 1 is often fastest for small models on a busy machine",
+        help="CPU threads for torch (default on a CPU: 1, the fastest for these small models on a busy machine; "
+        "on a GPU: torch's choice)",
     )
 
 
@@ -99,6 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
         "compare", help="the variants in the config's compare: section, on identical selections, as one table"
     )
     _add_config_arguments(compare_parser)
+    compare_parser.add_argument(
+        "--seeds", metavar="LIST", help="run every variant for each seed: 0-4, 0,2,5 or 0-2,7 (default: the preset's "
+        "seeds: key, else --seed); the table shows means and 95%% intervals over the seeds"
+    )
+    compare_parser.add_argument(
+        "--jobs", type=int, metavar="N", help="runs at once, each a one-thread process (default on a CPU: the usable "
+        "cores; on a GPU or under torchrun: 1, in this process)"
+    )
     plot_parser = commands.add_parser("plot", help="redraw the plots of a run or comparison folder")
     plot_parser.add_argument("folder", metavar="DIR")
     commands.add_parser("list-presets", help="the presets in configs/ with their descriptions")
@@ -173,14 +189,16 @@ def _out_dir(args: argparse.Namespace) -> Path:
     return out_dir
 
 
-def _set_threads(args: argparse.Namespace) -> None:
-    if args.threads is None:
-        return
-    if args.threads < 1:
+def _set_threads(args: argparse.Namespace, device: str) -> None:
+    """--threads, or one thread on a CPU (see the module's docstring)."""
+    if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads {args.threads} must be at least 1; fix: --threads 1")
+    threads = args.threads if args.threads is not None else (1 if device == "cpu" else None)
+    if threads is None:
+        return
     import torch
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(threads)
 
 
 def _run_config(args: argparse.Namespace, out_dir: Path):
@@ -203,7 +221,7 @@ def _command_run(args: argparse.Namespace) -> int:
 
     out_dir = _out_dir(args)
     cfg = _run_config(args, out_dir)
-    _set_threads(args)
+    _set_threads(args, cfg.device)
     summary = run(cfg, out_dir, resume=args.resume, progress=not args.no_progress,
                   allow_machine_change=args.allow_machine_change)
     if _is_main_process():
@@ -220,13 +238,38 @@ def _is_main_process() -> bool:
     return is_main_process()
 
 
+def _compare_jobs(args: argparse.Namespace, device: str) -> int:
+    """--jobs, or its default: the usable cores on a CPU; 1 on a GPU or under torchrun."""
+    from sim.engines.distributed import launched_with_several_ranks
+    from sim.jobs import usable_cores
+
+    if args.jobs is None:
+        return usable_cores() if device == "cpu" and not launched_with_several_ranks() else 1
+    if args.jobs > 1 and args.threads not in (None, 1):
+        raise ConfigError(
+            f"--threads {args.threads} sets the threads of runs in this process, but --jobs {args.jobs} runs each "
+            "as a one-thread process; fix: drop --threads, or add --jobs 1"
+        )
+    return args.jobs
+
+
 def _command_compare(args: argparse.Namespace) -> int:
-    from sim.compare import PLOT_FILE, TABLE_FILE, compare
-    from sim.config import compare_variants, load_config
+    from sim.compare import PLOT_FILE, TABLE_FILE, TrialsFailed, compare
+    from sim.config import compare_seeds, compare_variants, load_config, parse_seeds
 
     cfg = load_config(args.preset, args.config, _overrides(args))
     variants = compare_variants(args.preset, args.config)
-    _set_threads(args)
+    if args.seeds is not None and args.seed is not None:
+        raise ConfigError(
+            f"--seed {args.seed} and --seeds {args.seeds} both choose the seed; fix: drop one of them"
+        )
+    # --seeds, else one --seed (which wins over a preset's seeds:), else the preset's seeds:.
+    if args.seeds is not None:
+        seeds = parse_seeds(args.seeds)
+    else:
+        seeds = None if args.seed is not None else compare_seeds(args.preset, args.config)
+    jobs = _compare_jobs(args, cfg.device)
+    _set_threads(args, cfg.device)
     if not variants:
         source = f"preset '{args.preset}'" if args.preset else (f"'{args.config}'" if args.config else "the defaults")
         raise ConfigError(
@@ -235,8 +278,13 @@ def _command_compare(args: argparse.Namespace) -> int:
         )
     out_dir = _out_dir(args)
     main_process = _is_main_process()
-    compare(cfg, variants, out_dir, resume=args.resume, progress=not args.no_progress,
-            echo=print if main_process else (lambda _text: None), allow_machine_change=args.allow_machine_change)
+    try:
+        compare(cfg, variants, out_dir, resume=args.resume, progress=not args.no_progress,
+                echo=print if main_process else (lambda _text: None), allow_machine_change=args.allow_machine_change,
+                seeds=seeds, jobs=jobs)
+    except TrialsFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     if main_process:
         print(f"table: {out_dir / TABLE_FILE}")
         print(f"plot: {out_dir / PLOT_FILE}")

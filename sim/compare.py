@@ -4,31 +4,46 @@ Every variant is a full run in its own folder under the comparison folder. Selec
 on the seed and the round, so variants that differ in a defense or an aggregator face the same
 clients, the same malicious rounds, and the same initial model.
 
+With several seeds (`seeds=[0, 1, 2]`, `compare --seeds 0-2`, or `seeds:` in a preset) every
+variant runs for every seed; the variants of one seed share their selections, so the difference
+between two variants is taken seed by seed (a paired difference).
+
+The runs execute in this process one after another (`jobs=1`), or as `jobs` concurrent
+one-thread processes of `sim run` through `sim.jobs`; a run gives the same metrics either way.
+
 Files written:
-* `<variant>/...`       each run's own files (see `sim.runner`)
+* `<variant>/...`       each run's own files (see `sim.runner`); with seeds, `seed<k>/<variant>/...`
 * `table.md`            variants as rows; final main accuracy, average and final backdoor accuracy,
-                        and, where the comparison holds a matching clean run, the main-accuracy loss
-* `comparison.png`      backdoor and main accuracy per round, one curve per variant
-* `comparison.json`     the base settings, each variant's overrides, folder and summary
+                        and, where the comparison holds a matching clean run, the main-accuracy loss;
+                        with seeds, each cell is the mean and the half-width of its Student-t 95%
+                        interval over the seeds, and the Δ columns the paired difference to the
+                        first variant (mean and interval of the per-seed differences)
+* `comparison.png`      backdoor and main accuracy per round, one curve per variant (with seeds: the
+                        mean over the seeds and a band from their minimum to their maximum)
+* `comparison.json`     the base settings, each variant's overrides, folder and summary (with seeds:
+                        every seed's folder and summary, the estimates and the paired differences)
 """
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Union
 
 from sim.config import Config, apply_overrides, to_dict
 from sim.data import check_data_files
-from sim.engines.distributed import broadcast_object, init_from_env, is_main_process
+from sim.engines.distributed import broadcast_object, init_from_env, is_main_process, launched_with_several_ranks
 from sim.errors import ConfigError
-from sim.io import CHECKPOINT_FILE, METRICS_FILE, write_atomic
+from sim.io import CHECKPOINT_FILE, METRICS_FILE, SUMMARY_FILE, write_atomic
 from sim.metrics import attack_metric_name
-from sim.plots import plot_comparison
+from sim.jobs import LocalBackend, Trial, TrialResult, run_trials
+from sim.plots import plot_comparison, plot_comparison_bands
 from sim.reporting import read_metrics
-from sim.resume import finished_summary
+from sim.resume import finished_summary, refuse_overwrite
 from sim.runner import run
+from sim.stats import mean_interval
 
 TABLE_FILE = "table.md"
 PLOT_FILE = "comparison.png"
@@ -36,6 +51,20 @@ JSON_FILE = "comparison.json"
 
 # A variant setting: "a.b=value" as on the command line, or a (path, value) pair.
 Override = Union[str, tuple[str, Any]]
+# The summary figures a many-seed table averages, in its column order.
+SEED_METRICS = (
+    ("final_main_accuracy", "main accuracy, final (%)"),
+    ("mean_backdoor_accuracy", "backdoor accuracy, average (%)"),
+    ("final_backdoor_accuracy", "backdoor accuracy, final (%)"),
+)
+
+
+class TrialsFailed(RuntimeError):
+    """Some runs of a comparison ended with an error; the message names each and its log."""
+
+
+def seed_folder(seed: int) -> str:
+    return f"seed{seed}"
 
 
 def folder_name(label: str) -> str:
@@ -119,7 +148,14 @@ def main_accuracy_loss(summary: dict[str, Any], clean_summary: dict[str, Any]) -
     return clean - attacked
 
 
-def caption_for(cfg: Config) -> str:
+def seeds_text(seeds: list[int]) -> str:
+    """`0-4` for consecutive seeds, else `0, 2, 5`."""
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ", ".join(str(seed) for seed in seeds)
+
+
+def caption_for(cfg: Config, seeds: list[int] | None = None) -> str:
     """What every variant shares, in one sentence above the table."""
     attack = {"backdoor": "9-pixel backdoor", "label_flip": "label flipping", "none": "no attack"}[cfg.attack.type]
     if cfg.model_poisoning.type != "none":
@@ -130,7 +166,7 @@ def caption_for(cfg: Config) -> str:
         f"{attack} on {cfg.data.dataset} ({cfg.data.partition}), model {cfg.model}, server aggregator "
         f"{cfg.server.aggregator}, {cfg.selection.schedule} selection of {cfg.clients.clients_per_round} "
         f"of {cfg.clients.num_clients} clients ({cfg.clients.num_malicious} malicious), {cfg.rounds} rounds, "
-        f"seed {cfg.seed}."
+        + (f"seed {cfg.seed}." if seeds is None else f"{len(seeds)} seeds ({seeds_text(seeds)}).")
     )
 
 
@@ -170,6 +206,32 @@ def _resume_plan(run_dir: Path, cfg: Config) -> tuple[bool, dict | None]:
     return False, finished
 
 
+@dataclass
+class _Run:
+    """One run of the comparison: a variant at a seed (seed None: the base config's own seed)."""
+
+    label: str
+    seed: int | None
+    cfg: Config
+    folder: str  # relative to the comparison folder
+
+
+def _plan(configs: dict[str, Config], seeds: list[int] | None) -> list[_Run]:
+    """Every run, seed by seed (a stopped comparison has whole seeds done)."""
+    if seeds is None:
+        return [_Run(label, None, cfg, folder_name(label)) for label, cfg in configs.items()]
+    return [
+        _Run(label, seed, apply_overrides(cfg, [("seed", seed)], source=f"compare variant '{label}', seed {seed}"),
+             f"{seed_folder(seed)}/{folder_name(label)}")
+        for seed in seeds
+        for label, cfg in configs.items()
+    ]
+
+
+def _labelled(summary: dict[str, Any], label: str) -> dict[str, Any]:
+    return {"label": label, **{key: value for key, value in summary.items() if key != "label"}}
+
+
 def compare(
     cfg: Config,
     variants: dict[str, Iterable[Override]],
@@ -178,14 +240,27 @@ def compare(
     progress: bool = True,
     echo=print,
     allow_machine_change: bool = False,
+    *,
+    seeds: list[int] | None = None,
+    jobs: int = 1,
 ) -> dict[str, Any]:
-    """Run every variant under `out_dir`, then write and print the table; returns comparison.json's content.
+    """Run every variant (for every seed in `seeds`) under `out_dir`, then write and print the
+    table; returns comparison.json's content.
 
-    With `resume`, finished variants are read back, a stopped one continues from its checkpoint,
-    and the rest start fresh.
+    `jobs` > 1 runs up to that many runs at once as one-thread processes (`sim.jobs`). With
+    `resume`, finished runs are read back, a stopped one continues from its checkpoint, and the
+    rest start fresh.
     """
     variants = {label: list(overrides) for label, overrides in variants.items()}
     configs = variant_configs(cfg, variants)
+    if jobs < 1:
+        raise ConfigError(f"--jobs {jobs} must be at least 1; fix: --jobs 1")
+    if jobs > 1 and launched_with_several_ranks():
+        raise ConfigError(
+            f"--jobs {jobs} starts runs as separate processes, but this comparison runs under torchrun, where "
+            "every rank trains its share of one run at a time; fix: drop --jobs (or --jobs 1) under torchrun"
+        )
+    runs = _plan(configs, seeds)
     out_dir = Path(out_dir)
     init_from_env(cfg.device)  # under torchrun: join the process group before the ranks decide anything
     writer = is_main_process()  # only rank 0 writes (sim.engines.distributed)
@@ -194,65 +269,214 @@ def compare(
     if writer:
         out_dir.mkdir(parents=True, exist_ok=True)
 
-    summaries = {}
-    for label, variant_cfg in configs.items():
-        run_dir = out_dir / folder_name(label)
+    summaries: dict[tuple[str, int | None], dict] = {}
+    todo: list[tuple[_Run, bool]] = []  # (run, continue from its checkpoint?)
+    for item in runs:
+        run_dir = out_dir / item.folder
         # Decided on rank 0 alone (the folder may exist only there) and shared with every rank.
-        plan = _resume_plan(run_dir, variant_cfg) if resume and writer else (False, None)
+        plan = (False, None)
+        if writer:
+            if resume:
+                plan = _resume_plan(run_dir, item.cfg)
+            else:
+                refuse_overwrite(run_dir)  # before any run starts, not after the first ones
         continue_run, finished = broadcast_object(plan)
         if finished is not None:
-            summaries[label] = finished
-            continue
-        summaries[label] = run(variant_cfg, run_dir, resume=continue_run, progress=progress, label=label,
-                               allow_machine_change=allow_machine_change)
+            summaries[item.label, item.seed] = _labelled(finished, item.label)
+        else:
+            todo.append((item, continue_run))
 
+    if min(jobs, len(todo)) > 1:
+        summaries.update(_run_processes(out_dir, todo, jobs, echo))
+    else:
+        for item, continue_run in todo:
+            label = item.label if item.seed is None else f"{item.label} (seed {item.seed})"
+            summary = run(item.cfg, out_dir / item.folder, resume=continue_run, progress=progress, label=label,
+                          allow_machine_change=allow_machine_change)
+            summaries[item.label, item.seed] = _labelled(summary, item.label)
+
+    comparison = (_single_seed_record if seeds is None else _many_seed_record)(cfg, configs, variants, summaries, seeds)
+    if writer:
+        write_outputs(out_dir, comparison)
+    echo(comparison_table(comparison))
+    return comparison
+
+
+def _run_processes(out_dir: Path, todo: list[tuple[_Run, bool]], jobs: int, echo) -> dict:
+    """The runs as `sim.jobs` trials on `jobs` local one-thread processes; their summaries."""
+    trials = [Trial(item.folder, to_dict(item.cfg), out_dir / item.folder, resume=continue_run)
+              for item, continue_run in todo]
+    by_name = {item.folder: item for item, _ in todo}
+    backend = LocalBackend(jobs)
+    echo(f"compare: {len(trials)} runs on {backend.describe()}")
+    summaries, failed = {}, []
+
+    def on_done(trial: Trial, result: TrialResult) -> None:
+        item = by_name[trial.name]
+        done = len(summaries) + len(failed) + 1
+        if result.ok:
+            summary = json.loads((trial.out_dir / SUMMARY_FILE).read_text())
+            summaries[item.label, item.seed] = _labelled(summary, item.label)
+            echo(f"[{done}/{len(trials)}] {trial.name}: main {_percent(summary['final_main_accuracy'])}%, "
+                 f"backdoor (avg) {_percent(summary['mean_backdoor_accuracy'])}%, {result.elapsed_s:.0f} s")
+        else:
+            failed.append(f"{trial.name} (exit {result.returncode}: {result.log_tail}; see {trial.out_dir / 'log.txt'})")
+            echo(f"[{done}/{len(trials)}] {trial.name} FAILED: {failed[-1]}")
+
+    run_trials(trials, backend, on_done)
+    if failed:
+        raise TrialsFailed(
+            f"{len(failed)} of {len(trials)} runs failed: " + "; ".join(failed)
+            + "; fix: see the logs, then run the same command with --resume to finish the rest"
+        )
+    return summaries
+
+
+def _baseline_fields(label: str, baselines: dict[str, str | None], loss: Any) -> dict[str, Any]:
+    if label not in baselines:
+        return {}
+    return {"clean_baseline": baselines[label], "main_accuracy_loss": loss if baselines[label] else None}
+
+
+def _single_seed_record(cfg, configs, variants, summaries, seeds) -> dict[str, Any]:
     baselines = clean_baselines(configs)
-    comparison = {
+    by_label = {label: summaries[label, None] for label in configs}
+    return {
         "caption": caption_for(cfg),
         "base_config": to_dict(cfg),
         "variants": {
             label: {
                 "overrides": [_override_text(item) for item in variants[label]],
                 "folder": folder_name(label),
-                "summary": summaries[label],
-                **(
-                    {
-                        "clean_baseline": baselines[label],
-                        "main_accuracy_loss": main_accuracy_loss(summaries[label], summaries[baselines[label]])
-                        if baselines[label]
-                        else None,
-                    }
-                    if label in baselines
-                    else {}
+                "summary": by_label[label],
+                **_baseline_fields(
+                    label, baselines,
+                    baselines.get(label) and main_accuracy_loss(by_label[label], by_label[baselines[label]]),
                 ),
             }
             for label in configs
         },
     }
-    if writer:
-        write_outputs(out_dir, comparison)
-    echo(table_markdown(summaries, comparison["caption"], baselines, _metric(comparison)))
-    return comparison
+
+
+def _estimate_record(values: dict[int, float | None]) -> dict[str, Any] | None:
+    """Mean and Student-t 95% interval of the seeds' values (None values left out), with the values."""
+    present = [value for value in values.values() if value is not None]
+    if not present:
+        return None
+    estimate = mean_interval(present)
+    return {"mean": estimate.mean, "half_width": estimate.half_width, "low": estimate.low, "high": estimate.high,
+            "n": estimate.n, "values": {str(seed): value for seed, value in values.items()}}
+
+
+def _paired(values: dict[int, float | None], reference: dict[int, float | None]) -> dict[int, float | None]:
+    return {seed: None if value is None or reference.get(seed) is None else value - reference[seed]
+            for seed, value in values.items()}
+
+
+def _many_seed_record(cfg, configs, variants, summaries, seeds) -> dict[str, Any]:
+    baselines = clean_baselines(configs)
+    labels = list(configs)
+    first = labels[0]
+
+    def values(label: str, metric: str) -> dict[int, float | None]:
+        return {seed: summaries[label, seed].get(metric) for seed in seeds}
+
+    entries = {}
+    for label in labels:
+        entry: dict[str, Any] = {
+            "overrides": [_override_text(item) for item in variants[label]],
+            "folder": folder_name(label),
+            "runs": {str(seed): {"folder": f"{seed_folder(seed)}/{folder_name(label)}",
+                                 "summary": summaries[label, seed]} for seed in seeds},
+            "estimates": {metric: _estimate_record(values(label, metric)) for metric, _ in SEED_METRICS},
+        }
+        if label != first:
+            entry["difference_to"] = first
+            entry["differences"] = {metric: _estimate_record(_paired(values(label, metric), values(first, metric)))
+                                    for metric, _ in SEED_METRICS}
+        clean = baselines.get(label)
+        losses = None
+        if clean:
+            losses = _estimate_record({seed: main_accuracy_loss(summaries[label, seed], summaries[clean, seed])
+                                       for seed in seeds})
+        entry.update(_baseline_fields(label, baselines, losses))
+        entries[label] = entry
+    return {"caption": caption_for(cfg, seeds), "base_config": to_dict(cfg), "seeds": list(seeds), "variants": entries}
+
+
+def _estimate_text(record: dict[str, Any] | None, signed: bool = False) -> str:
+    if record is None:
+        return "n/a"
+    mean = f"{record['mean']:+.1f}" if signed else f"{record['mean']:.1f}"
+    return mean if record["half_width"] is None else f"{mean} ± {record['half_width']:.1f}"
+
+
+def seeds_table_markdown(comparison: dict[str, Any]) -> str:
+    """The many-seed table: per variant, each figure's mean ± 95% half-width over the seeds and,
+    after the first variant, the paired difference to it."""
+    entries = comparison["variants"]
+    labels = list(entries)
+    seeds = comparison["seeds"]
+    with_loss = any(entry.get("clean_baseline") for entry in entries.values())
+    lines = [
+        comparison.get("caption", ""),
+        "",
+        f"Mean ± half-width of the Student-t 95% interval over the {len(seeds)} seeds (n: seeds with a value); "
+        f"Δ: the difference to {labels[0]}, seed by seed (same selections), its mean ± 95% half-width.",
+        "",
+    ]
+    header = ["variant", "n"]
+    for _, title in SEED_METRICS:
+        header += [title.replace("backdoor accuracy", _metric(comparison)), "Δ"]
+    if with_loss:
+        header.append("main accuracy loss vs clean run (points)")
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("| --- | ---: |" + " ---: |" * (len(header) - 2))
+    for label, entry in entries.items():
+        estimates = entry["estimates"]
+        n = max((record["n"] for record in estimates.values() if record), default=0)
+        cells = [label, str(n)]
+        for metric, _ in SEED_METRICS:
+            difference = entry.get("differences", {}).get(metric)
+            cells += [_estimate_text(estimates[metric]), "" if label == labels[0] else _estimate_text(difference, True)]
+        if with_loss:
+            clean = entry.get("clean_baseline")
+            cells.append(f"{_estimate_text(entry.get('main_accuracy_loss'))} (vs {clean})" if clean else "n/a")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def comparison_table(comparison: dict[str, Any]) -> str:
+    """table.md's text for a comparison record, of one seed or several."""
+    if "seeds" in comparison:
+        return seeds_table_markdown(comparison)
+    summaries = {label: entry["summary"] for label, entry in comparison["variants"].items()}
+    baselines = {label: entry.get("clean_baseline") for label, entry in comparison["variants"].items()}
+    return table_markdown(summaries, comparison["caption"], baselines, _metric(comparison))
 
 
 def write_outputs(out_dir: Path, comparison: dict[str, Any]) -> None:
     """table.md, comparison.png and comparison.json from the variants' summaries and metrics."""
-    summaries = {label: entry["summary"] for label, entry in comparison["variants"].items()}
-    baselines = {label: entry.get("clean_baseline") for label, entry in comparison["variants"].items()}
-    write_atomic(out_dir / TABLE_FILE, table_markdown(summaries, comparison["caption"], baselines, _metric(comparison)))
+    write_atomic(out_dir / TABLE_FILE, comparison_table(comparison))
     write_atomic(out_dir / JSON_FILE, json.dumps(comparison, indent=2) + "\n")
     replot(out_dir, comparison)
 
 
 def replot(out_dir: str | Path, comparison: dict[str, Any] | None = None) -> Path:
-    """Draw comparison.png again from the variants' metrics.csv files."""
+    """Draw comparison.png again from the runs' metrics.csv files."""
     out_dir = Path(out_dir)
     if comparison is None:
         comparison = read_comparison(out_dir)
-    runs = {
-        label: read_metrics(out_dir / entry["folder"]) for label, entry in comparison["variants"].items()
-    }
-    return plot_comparison(runs, out_dir / PLOT_FILE, title=comparison.get("caption", ""), metric=_metric(comparison))
+    title = comparison.get("caption", "")
+    if "seeds" in comparison:
+        runs = {
+            label: {int(seed): read_metrics(out_dir / run["folder"]) for seed, run in entry["runs"].items()}
+            for label, entry in comparison["variants"].items()
+        }
+        return plot_comparison_bands(runs, out_dir / PLOT_FILE, title=title, metric=_metric(comparison))
+    runs = {label: read_metrics(out_dir / entry["folder"]) for label, entry in comparison["variants"].items()}
+    return plot_comparison(runs, out_dir / PLOT_FILE, title=title, metric=_metric(comparison))
 
 
 def _metric(comparison: dict[str, Any]) -> str:

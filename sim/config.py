@@ -9,8 +9,9 @@ and the result is validated before any data is loaded, so a typo costs seconds, 
 Every problem is raised as `ConfigError` naming the setting, the bad value, the allowed values
 and a fix that can be pasted onto the command line.
 
-Preset files may hold two keys that are not settings: `description:` (one line, shown by
-`list-presets`) and `compare:` (the variants `sim compare` runs, see `compare_variants`).
+Preset files may hold three keys that are not settings: `description:` (one line, shown by
+`list-presets`), `compare:` (the variants `sim compare` runs, see `compare_variants`) and
+`seeds:` (the seeds `sim compare` runs every variant for, see `parse_seeds`).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from sim.server.aggregators import AGGREGATORS, COUNTER_AGGREGATORS, UNAVAILABLE
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 # Keys a preset or config file may carry besides the settings themselves.
-PRESET_ONLY_KEYS = ("description", "compare")
+PRESET_ONLY_KEYS = ("description", "compare", "seeds")
 
 # Every choice list is its registry's keys: the component that owns a name is the one place it is
 # spelled.
@@ -435,12 +436,16 @@ class ConfigSource:
     settings: dict
     description: str = ""
     compare: dict | None = None
+    seeds: Any = None
 
 
 def read_source(path: Path, name: str) -> ConfigSource:
     raw = _read_yaml(path, name)
     description = raw.pop("description", "")
     compare = raw.pop("compare", None)
+    seeds = raw.pop("seeds", None)
+    if seeds is not None:
+        parse_seeds(seeds, f"'seeds' in {name}")  # a bad list is reported before anything runs
     if not isinstance(description, str):
         raise ConfigError(f"'description' in {name} must be one line of text, got {description!r}")
     if compare is not None and not isinstance(compare, dict):
@@ -449,7 +454,7 @@ def read_source(path: Path, name: str) -> ConfigSource:
             "fix: e.g. compare: {leadfl: {client_defense.type: leadfl}}"
         )
     _check_keys(raw, Config, name)
-    return ConfigSource(name, raw, description, compare)
+    return ConfigSource(name, raw, description, compare, seeds)
 
 
 def _sources(preset: str | None, path: str | Path | None) -> list[ConfigSource]:
@@ -572,6 +577,51 @@ def compare_variants(preset: str | None = None, path: str | Path | None = None) 
             )
         variants[str(label)] = _flatten(settings)
     return variants
+
+
+_SEED_RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
+
+
+def parse_seeds(value: Any, source: str = "--seeds") -> list[int]:
+    """Seeds from `0-4`, `0,2,5`, `0-2,7`, one int, or a YAML list of ints; in the given order,
+    without repeats."""
+    if isinstance(value, bool):
+        value = str(value)
+    if isinstance(value, int):
+        items: list[Any] = [value]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        items = [part.strip() for part in str(value).split(",")]
+    seeds: list[int] = []
+    for item in items:
+        if isinstance(item, int) and not isinstance(item, bool) and item >= 0:
+            span = [item]
+        else:
+            match = _SEED_RANGE.match(str(item).strip())
+            if not match or (match.group(2) is not None and int(match.group(2)) < int(match.group(1))):
+                raise ConfigError(
+                    f"{source}: {item!r} in {value!r} is not a seed or a range of seeds (whole numbers >= 0, "
+                    "a range low-high with low <= high); fix: e.g. 0-4 or 0,2,5"
+                )
+            low = int(match.group(1))
+            span = list(range(low, int(match.group(2) or low) + 1))
+        for seed in span:
+            if seed in seeds:
+                raise ConfigError(f"{source}: seed {seed} appears twice in {value!r}; fix: list each seed once")
+            seeds.append(seed)
+    if not seeds:
+        raise ConfigError(f"{source}: no seeds in {value!r}; fix: e.g. 0-4")
+    return seeds
+
+
+def compare_seeds(preset: str | None = None, path: str | Path | None = None) -> list[int] | None:
+    """The `seeds:` key of the preset or config file (the later source wins), or None."""
+    seeds = None
+    for source in _sources(preset, path):
+        if source.seeds is not None:
+            seeds = parse_seeds(source.seeds, f"'seeds' in {source.name}")
+    return seeds
 
 
 # ----------------------------------------------------------------------------------------------

@@ -67,6 +67,14 @@ class TrialResult:
         return self.returncode == 0
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, which containers and `taskset` narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def trial_command(out_dir: str | Path, resume: bool, python: str | None = None) -> list[str]:
     out_dir = Path(out_dir)
     command = [python or sys.executable, "-m", "sim", "run", "--config", str(out_dir / TRIAL_CONFIG_FILE),

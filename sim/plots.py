@@ -138,3 +138,48 @@ def plot_comparison(runs: dict[str, list[dict[str, Any]]], path: str | Path, tit
         backdoor_axes.set_title(textwrap.fill(title, 90), fontsize="medium")
     _save(figure, path)
     return path
+
+
+def plot_comparison_bands(runs: dict[str, dict[int, list[dict[str, Any]]]], path: str | Path, title: str = "",
+                          metric: str = "backdoor accuracy") -> Path:
+    """Backdoor accuracy (top) and main accuracy (bottom) over several seeds: per run label the mean
+    curve over its seeds and a band from their minimum to their maximum. Seeds select different
+    clients, so malicious rounds are not marked."""
+    path = Path(path)
+    figure = Figure(figsize=(9, 7.5))
+    backdoor_axes, main_axes = figure.subplots(2, 1, sharex=True)
+    colors = [f"C{i % 10}" for i in range(len(runs))]
+    styles = [("-", "--", ":", "-.")[(i // 10) % 4] for i in range(len(runs))]
+    for color, style, (label, by_seed) in zip(colors, styles, runs.items()):
+        for axes, column in ((backdoor_axes, "backdoor_accuracy"), (main_axes, "main_accuracy")):
+            per_round: dict[int, list[float]] = {}
+            for rows in by_seed.values():
+                for row in rows:
+                    if row[column] is not None:
+                        per_round.setdefault(row["round"], []).append(row[column])
+            rounds = sorted(per_round)
+            if not rounds:
+                continue
+            values = [per_round[r] for r in rounds]
+            axes.fill_between(rounds, [min(v) for v in values], [max(v) for v in values], color=color, alpha=0.18,
+                              linewidth=0)
+            axes.plot(rounds, [sum(v) / len(v) for v in values], color=color, linestyle=style,
+                      label=f"{label} (mean of {len(by_seed)} seeds)")
+    backdoor_axes.set_ylabel(f"{metric} (%)")
+    main_axes.set_ylabel("main accuracy (%)")
+    main_axes.set_xlabel("round")
+    main_axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for axes in (backdoor_axes, main_axes):
+        axes.set_ylim(0, 100)
+        axes.grid(True, alpha=0.3)
+    handles, labels = backdoor_axes.get_legend_handles_labels()
+    labels = labels + ["(bands: lowest to highest seed)"]
+    handles = handles + [backdoor_axes.fill_between([], [], [], color="grey", alpha=0.18)]
+    if len(runs) > 6:
+        backdoor_axes.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    else:
+        backdoor_axes.legend(handles, labels, loc="upper right", fontsize="small")
+    if title:
+        backdoor_axes.set_title(textwrap.fill(title, 90), fontsize="medium")
+    _save(figure, path)
+    return path
