@@ -147,10 +147,15 @@ def test_seeds_from_the_config_file_and_a_single_seed_overriding_them(tmp_path, 
 
 
 def test_a_failed_run_under_jobs_names_its_log_and_exits_1(tmp_path, study, capsys):
-    # The dataset folder is missing: each run process stops at loading it.
+    # The dataset files are there (so validation passes) but unreadable: each run process stops at
+    # loading them.
     study.write_text(study.read_text().replace("no defense", "none"))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (broken / name).write_bytes(b"not an IDX file")
     out_dir = tmp_path / "cmp"
-    argv = ["compare", "--config", str(study), *flags("data.dataset=fashion_mnist", f"data.data_dir={tmp_path}/none"),
+    argv = ["compare", "--config", str(study), *flags("data.dataset=fashion_mnist", f"data.data_dir={broken}"),
             "--jobs", "2", "--out", str(out_dir), "--no-progress"]
     assert main(argv) == 1
     err = capsys.readouterr().err
