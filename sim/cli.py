@@ -174,7 +174,7 @@ def _set_threads(args: argparse.Namespace) -> None:
 
 def _command_run(args: argparse.Namespace) -> int:
     from sim.config import load_config
-    from sim.io import PLOT_FILE
+    from sim.io import ATTACK_EFFECT_PLOT_FILE, PLOT_FILE
     from sim.reporting import format_summary
     from sim.runner import run
 
@@ -186,6 +186,8 @@ def _command_run(args: argparse.Namespace) -> int:
         print(format_summary(summary))
         print(f"results: {out_dir}")
         print(f"plot: {out_dir / PLOT_FILE}")
+        if cfg.metrics.attack_effect:
+            print(f"plot: {out_dir / ATTACK_EFFECT_PLOT_FILE}")
     return 0
 
 
@@ -226,14 +228,15 @@ def _command_plot(args: argparse.Namespace) -> int:
 
     folder = Path(args.folder)
     if (folder / JSON_FILE).is_file():
-        path = compare.replot(folder)
+        paths = [compare.replot(folder)]
     elif (folder / METRICS_FILE).is_file():
-        path = reporting.replot(folder)
+        paths = reporting.replot(folder)
     else:
         raise ConfigError(
             f"{folder} holds neither {JSON_FILE} nor {METRICS_FILE}; fix: point at a run or comparison folder"
         )
-    print(f"plot: {path}")
+    for path in paths:
+        print(f"plot: {path}")
     return 0
 
 

@@ -80,7 +80,7 @@ def _setting(
 ) -> Any:
     """A dataclass field carrying what `validate` checks: kind, choices and range.
 
-    kind is one of "int", "float", "str", "int_list"; a range applies to numbers and, for
+    kind is one of "int", "float", "str", "bool", "int_list"; a range applies to numbers and, for
     "int_list", to every element.
     """
     metadata = {
@@ -202,6 +202,13 @@ class EvalConfig:
 
 
 @dataclass
+class MetricsConfig:
+    # A shadow run in which the malicious clients train as benign ones, and the distance of the
+    # global model from it every round (sim.attack_effect; about twice the run's cost).
+    attack_effect: bool = _setting(False, "bool")
+
+
+@dataclass
 class Config:
     seed: int = _setting(0, "int", low=0)
     device: str = _setting("cpu", "str")
@@ -220,6 +227,7 @@ class Config:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -580,6 +588,8 @@ def _show(value: Any) -> str:
     """A value as it would be typed after `--set path=`."""
     if value is None:
         return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, list):
         return "[" + ",".join(_show(v) for v in value) + "]"
     return str(value)
@@ -606,6 +616,8 @@ def _check_field(path: str, value: Any, meta: dict, default: Any) -> None:
         raise ConfigError(f"{path}={value!r} must be a finite number; {fix_default}")
     if kind == "str" and not isinstance(value, str):
         raise ConfigError(f"{path}={value!r} must be text; {fix_default}")
+    if kind == "bool" and not isinstance(value, bool):
+        raise ConfigError(f"{path}={value!r} must be true or false; {fix_default}")
     if kind == "int_list":
         if not isinstance(value, list) or not all(_is_int(v) for v in value):
             raise ConfigError(f"{path}={value!r} must be a list of whole numbers; fix: --set {path}=[3,0,0]")
