@@ -33,6 +33,8 @@ TINY = {
     "client_defense": {"type": "flwbc"},
     # Median: an order statistic, so every rank needs every update.
     "server": {"aggregator": "median"},
+    # The shadow run trains every selected client a second time, split over the ranks too.
+    "metrics": {"attack_effect": True},
 }
 
 
@@ -66,6 +68,9 @@ def test_two_gloo_ranks_give_the_metrics_of_one_process(tmp_path):
         torch.set_num_threads(threads)
 
     assert metrics_without_timing(tmp_path / "two") == metrics_without_timing(tmp_path / "one")
+    effect = [row["attack_effect"] for row in reporting.read_metrics(tmp_path / "two")]
+    assert len(effect) == 3 and all(value > 0 for value in effect)
+    assert (tmp_path / "two" / "attack_effect.png").is_file()
     summary = json.loads((tmp_path / "two" / io.SUMMARY_FILE).read_text())
     assert summary["settings"]["engine (resolved)"] == "sequential on each of 2 ranks"
     # Only rank 0 prints: one summary block, one engine line.
