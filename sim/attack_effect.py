@@ -1,4 +1,4 @@
-"""The attack effect (docs/algorithms.md §5): how far the attack moved the global model.
+"""The attack effect (docs/algorithms.md §6): how far the attack moved the global model.
 
 With `metrics.attack_effect: true` a run carries a shadow global model `W^M` next to its own
 `W`. Both start from the same initial model; each round the shadow takes the same step as the
