@@ -127,5 +127,5 @@ def summarize_attack_effect(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "benign_rounds_with_decay_ratio": len(decay),
         "mean_uniform_share": sum(shares) / len(shares) if shares else None,
         "final_shadow_main_accuracy": last["shadow_main_accuracy"],
-        "final_main_accuracy_cost": last["shadow_main_accuracy"] - last["main_accuracy"],
+        "final_main_accuracy_shadow_minus_run": last["shadow_main_accuracy"] - last["main_accuracy"],
     }
