@@ -215,7 +215,7 @@ def _run_config(args: argparse.Namespace, out_dir: Path):
 
 
 def _command_run(args: argparse.Namespace) -> int:
-    from sim.io import PLOT_FILE
+    from sim.io import ATTACK_EFFECT_PLOT_FILE, PLOT_FILE
     from sim.reporting import format_summary
     from sim.runner import run
 
@@ -228,6 +228,8 @@ def _command_run(args: argparse.Namespace) -> int:
         print(format_summary(summary))
         print(f"results: {out_dir}")
         print(f"plot: {out_dir / PLOT_FILE}")
+        if cfg.metrics.attack_effect:
+            print(f"plot: {out_dir / ATTACK_EFFECT_PLOT_FILE}")
     return 0
 
 
@@ -298,17 +300,22 @@ def _command_plot(args: argparse.Namespace) -> int:
 
     folder = Path(args.folder)
     if (folder / JSON_FILE).is_file():
+        paths = []
         for label, entry in compare.read_comparison(folder)["variants"].items():
-            if (folder / entry["folder"] / METRICS_FILE).is_file():
-                print(f"plot: {reporting.replot(folder / entry['folder'], label)}")
-        path = compare.replot(folder)
+            # one folder per variant, or one per variant and seed (compare --seeds)
+            run_folders = [run["folder"] for run in entry.get("runs", {}).values()] or [entry["folder"]]
+            for run_folder in run_folders:
+                if (folder / run_folder / METRICS_FILE).is_file():
+                    paths += reporting.replot(folder / run_folder, label)
+        paths.append(compare.replot(folder))
     elif (folder / METRICS_FILE).is_file():
-        path = reporting.replot(folder)
+        paths = reporting.replot(folder)
     else:
         raise ConfigError(
             f"{folder} holds neither {JSON_FILE} nor {METRICS_FILE}; fix: point at a run or comparison folder"
         )
-    print(f"plot: {path}")
+    for path in paths:
+        print(f"plot: {path}")
     return 0
 
 

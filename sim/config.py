@@ -223,6 +223,13 @@ class EvalConfig:
 
 
 @dataclass
+class MetricsConfig:
+    # A shadow run in which the malicious clients train as benign ones, and the distance of the
+    # global model from it every round (sim.attack_effect; about twice the run's cost).
+    attack_effect: bool = _setting(False, "bool")
+
+
+@dataclass
 class Config:
     seed: int = _setting(0, "int", low=0, high=SEED_MAX)
     device: str = _setting("cpu", "str")
@@ -241,6 +248,7 @@ class Config:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 # ----------------------------------------------------------------------------------------------

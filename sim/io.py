@@ -12,6 +12,7 @@ CONFIG_FILE = "config.yaml"  # the resolved configuration (written once at the s
 METRICS_FILE = "metrics.csv"  # one row per finished round (sim.reporting.RoundRecord)
 SUMMARY_FILE = "summary.json"  # headline numbers, once the last round is done
 PLOT_FILE = "accuracy.png"  # accuracies per round, once the last round is done
+ATTACK_EFFECT_PLOT_FILE = "attack_effect.png"  # with metrics.attack_effect, once the last round is done
 CHECKPOINT_FILE = "checkpoint.pt"  # what a resumed run continues from (sim.state)
 
 

@@ -78,6 +78,62 @@ def plot_run(rows: list[dict[str, Any]], path: str | Path, title: str = "", metr
     return path
 
 
+def _shade_malicious_rounds(axes, rows: list[dict[str, Any]]) -> None:
+    """A light band over every round that had malicious clients (one legend entry)."""
+    labelled = False
+    for row in rows:
+        if row["malicious_selected"] > 0:
+            axes.axvspan(row["round"] - 0.5, row["round"] + 0.5, color=MALICIOUS_COLOR, alpha=0.12, linewidth=0,
+                         label=None if labelled else "rounds with malicious clients")
+            labelled = True
+
+
+def plot_attack_effect(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """`||W_t - W_t^M||` per round on a log scale with its uniform part and the rest (top), the
+    run's and the shadow's main accuracy (bottom); rounds with malicious clients shaded
+    (sim.attack_effect)."""
+    path = Path(path)
+    figure = Figure(figsize=(8, 7))
+    effect_axes, accuracy_axes = figure.subplots(2, 1, sharex=True, height_ratios=(3, 2))
+    for axes in (effect_axes, accuracy_axes):
+        _shade_malicious_rounds(axes, rows)
+    curves = (
+        ("attack_effect", "||delta_t|| = ||W_t - W_t^M||", "black", "-"),
+        ("attack_effect_uniform", "uniform part (per-tensor mean)", "tab:purple", "--"),
+        ("attack_effect_rest", "rest", "tab:green", ":"),
+    )
+    drawn = False
+    for column, label, color, style in curves:
+        # A zero (no attack effect yet) has no place on a log axis: it is left out of the curve.
+        points = [(row["round"], row[column]) for row in rows if row.get(column)]
+        if points:
+            effect_axes.plot(*zip(*points), color=color, linestyle=style, marker=".", label=label)
+            drawn = True
+    if drawn:
+        effect_axes.set_yscale("log")
+    else:
+        effect_axes.text(0.5, 0.5, "delta_t = 0 in every round", transform=effect_axes.transAxes, ha="center")
+    effect_axes.set_ylabel("attack effect (L2 norm)")
+    effect_axes.grid(True, alpha=0.3, which="both")
+    if effect_axes.get_legend_handles_labels()[0]:
+        effect_axes.legend(loc="best", fontsize="small")
+
+    accuracy_axes.plot([row["round"] for row in rows], [row["main_accuracy"] for row in rows], color=MAIN_COLOR,
+                       marker=".", label="main accuracy")
+    shadow = [(row["round"], row["shadow_main_accuracy"]) for row in rows if row.get("shadow_main_accuracy") is not None]
+    if shadow:
+        accuracy_axes.plot(*zip(*shadow), color=MAIN_COLOR, linestyle="--", label="shadow (malicious clients benign)")
+    accuracy_axes.set_ylabel("main accuracy (%)")
+    accuracy_axes.set_xlabel("round")
+    accuracy_axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    accuracy_axes.grid(True, alpha=0.3)
+    accuracy_axes.legend(loc="lower right", fontsize="small")
+    if title:
+        effect_axes.set_title(textwrap.fill(title, 80), fontsize="medium")
+    _save(figure, path)
+    return path
+
+
 def plot_comparison(runs: dict[str, list[dict[str, Any]]], path: str | Path, title: str = "",
                     metric: str = "backdoor accuracy") -> Path:
     """Backdoor accuracy (top) and main accuracy (bottom), one curve per run label.

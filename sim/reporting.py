@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sim.attack_effect import summarize_attack_effect
 from sim.config import Config
 from sim.defenses.privacy import privacy_budget
 from sim.errors import ConfigError
-from sim.io import METRICS_FILE, PLOT_FILE, SUMMARY_FILE, write_atomic
+from sim.io import ATTACK_EFFECT_PLOT_FILE, METRICS_FILE, PLOT_FILE, SUMMARY_FILE, write_atomic
 from sim.metrics import attack_metric_name
-from sim.plots import plot_run
+from sim.plots import plot_attack_effect, plot_run
 from sim.resume import load_run_config
 from sim.server.aggregators import byzantine_f
 
@@ -38,6 +39,14 @@ class RoundRecord:
     rejected_nonfinite: str
     aggregate_rejected: int  # 1: the aggregate gave a non-finite model, which was rejected (previous model kept)
     wall_time_s: float
+    # With `metrics.attack_effect` (sim.attack_effect), else empty: ||W_t - W_t^M||, its uniform
+    # part and the rest, ||delta_t|| / ||delta_{t-1}|| (empty after a zero delta), and the shadow
+    # model's main accuracy.
+    attack_effect: float | None = None
+    attack_effect_uniform: float | None = None
+    attack_effect_rest: float | None = None
+    attack_effect_ratio: float | None = None
+    shadow_main_accuracy: float | None = None
 
     def as_row(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -66,6 +75,7 @@ def metrics_csv_text(rows: list[dict[str, Any]]) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(METRIC_COLUMNS)
     for row in rows:
+        # .get: rows checkpointed before a column existed leave it empty
         writer.writerow([_format_cell(row.get(column)) for column in METRIC_COLUMNS])
     return out.getvalue()
 
@@ -87,7 +97,9 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         raise ConfigError(f"no {METRICS_FILE} at {path}; fix: point at the folder of a run")
     kinds = {field.name: str(field.type) for field in dataclasses.fields(RoundRecord)}
     with open(path, newline="") as stream:
-        return [{name: _parse(record.get(name), kind) for name, kind in kinds.items()} for record in csv.DictReader(stream)]
+        # A column the file lacks (written before it existed) reads as empty.
+        return [{name: _parse(record.get(name) or "", kind) for name, kind in kinds.items()}
+                for record in csv.DictReader(stream)]
 
 
 def key_settings(cfg: Config) -> dict[str, Any]:
@@ -172,6 +184,7 @@ def summarize(rows: list[dict[str, Any]], cfg: Config, engine: str | None = None
         **_machine_summary(machine),
         "settings": {**key_settings(cfg), **({"engine (resolved)": engine} if engine else {})},
         **_privacy_summary(rows, cfg),
+        **_attack_effect_summary(rows, cfg),
     }
 
 
@@ -179,6 +192,12 @@ def _machine_summary(machine: dict[str, Any] | None) -> dict[str, Any]:
     if not machine:
         return {}
     return {"threads": machine["threads"], "machine": {k: v for k, v in machine.items() if k != "threads"}}
+
+def _attack_effect_summary(rows: list[dict[str, Any]], cfg: Config) -> dict[str, Any]:
+    """{"attack_effect": sim.attack_effect.summarize_attack_effect} when it is measured, else {}."""
+    if not cfg.metrics.attack_effect:
+        return {}
+    return {"attack_effect": summarize_attack_effect(rows)}
 
 
 def _privacy_summary(rows: list[dict[str, Any]], cfg: Config) -> dict[str, Any]:
@@ -198,6 +217,8 @@ def write_outputs(
         summary = {"label": label, **summary}
     write_atomic(out_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     plot_run(rows, out_dir / PLOT_FILE, title=plot_title(cfg, label), metric=attack_metric_name(cfg.attack.type))
+    if cfg.metrics.attack_effect:
+        plot_attack_effect(rows, out_dir / ATTACK_EFFECT_PLOT_FILE, title=plot_title(cfg, label))
     return summary
 
 
@@ -214,13 +235,17 @@ def plot_title(cfg: Config, label: str | None) -> str:
 
 
 
-def replot(out_dir: str | Path, label: str | None = None) -> Path:
-    """Redraws `accuracy.png` of the run in `out_dir` from its `metrics.csv` and `config.yaml`
-    (`label`: the run's variant label in a comparison)."""
+def replot(out_dir: str | Path, label: str | None = None) -> list[Path]:
+    """Redraws `accuracy.png` (and `attack_effect.png` when the run measured it) of the run in
+    `out_dir` from its `metrics.csv` and `config.yaml` (`label`: the run's variant label in a
+    comparison); returns the paths drawn."""
     out_dir = Path(out_dir)
-    cfg = load_run_config(out_dir)
-    return plot_run(read_metrics(out_dir), out_dir / PLOT_FILE, title=plot_title(cfg, label),
-                    metric=attack_metric_name(cfg.attack.type))
+    rows, cfg = read_metrics(out_dir), load_run_config(out_dir)
+    title = plot_title(cfg, label)
+    paths = [plot_run(rows, out_dir / PLOT_FILE, title=title, metric=attack_metric_name(cfg.attack.type))]
+    if cfg.metrics.attack_effect:
+        paths.append(plot_attack_effect(rows, out_dir / ATTACK_EFFECT_PLOT_FILE, title=title))
+    return paths
 
 
 def progress_postfix(row: dict[str, Any]) -> dict[str, str]:

@@ -5,7 +5,8 @@ poisoning) -> aggregate -> update the global model -> evaluate -> record. After 
 run folder is brought up to date (`sim.io` lists its files): `metrics.csv` gains the round's
 `RoundRecord`, the checkpoint is replaced (`sim.state`), and after the last round `summary.json`
 and `accuracy.png` are written (`sim.reporting`). `run(..., resume=True)` continues after the
-last finished round (`sim.resume`).
+last finished round (`sim.resume`). With `metrics.attack_effect` every round ends with a step of
+the shadow run (`sim.attack_effect`), whose state the checkpoint saves too.
 """
 
 from __future__ import annotations
@@ -23,15 +24,16 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from sim.attack_effect import ShadowRun
 from sim.attacks.data_poisoning import stamp_trigger, trigger_values
 from sim.config import Config, to_dict, validate
 from sim.data import check_data_files, load_dataset, partition
 from sim.engines import distributed
 from sim.engines.registry import build_engine, describe_engine, resolve_engine
 from sim.errors import ConfigError
-from sim.io import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, PLOT_FILE, SUMMARY_FILE, write_atomic
+from sim.io import ATTACK_EFFECT_PLOT_FILE, CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, PLOT_FILE, SUMMARY_FILE, write_atomic
 from sim.metrics import evaluate
-from sim.models import build_model, flatten_parameters, load_flat_parameters_
+from sim.models import build_model, flatten_parameters, load_flat_parameters_, trainable_parameters
 from sim.reporting import RoundRecord, ids_text, metrics_csv_text, progress_postfix, summarize, write_outputs
 from sim.resume import load_checkpoint, machine_facts, refuse_overwrite
 from sim.selection import Selector
@@ -97,10 +99,32 @@ class _Parts:
         self.test_y = self.dataset.test_y[:test_size] if test_size else self.dataset.test_y
         hi, lo = trigger_values(self.dataset, cfg.attack.trigger_values)
         self.stamp = lambda images: stamp_trigger(images, hi, lo)
+        self.shadow = None
+        if cfg.metrics.attack_effect:
+            self.shadow = ShadowRun(
+                self.engine,
+                self.uploads,
+                build_aggregator(cfg.server, cfg.clients.clients_per_round, cfg.clients.num_clients,
+                                 cfg.clients.num_malicious),
+                self.initial_params,
+                [param.numel() for _, param in trainable_parameters(self.model)],
+                score=lambda params: self.scores(cfg, params)["main_accuracy"],
+                reseed=lambda round_index: _seed_everything(cfg.seed, round_index),
+                counters=self.engine.batchnorm_counters if cfg.server.fltk_counters else None,
+            )
+
+    def scores(self, cfg: Config, params: torch.Tensor) -> dict[str, Any]:
+        """Main accuracy, backdoor accuracy and test loss of the flat parameters `params`."""
+        load_flat_parameters_(self.model, params)
+        return evaluate(self.model, self.test_x, self.test_y, target_label=cfg.attack.target_label,
+                        stamp=self.stamp, batch_size=cfg.eval.batch_size)
 
     def stateful(self) -> dict[str, Any]:
         """The parts a checkpoint saves, by checkpoint key."""
-        return {"aggregator_state": self.aggregator, "engine_state": self.engine, "upload_state": self.uploads}
+        parts = {"aggregator_state": self.aggregator, "engine_state": self.engine, "upload_state": self.uploads}
+        if self.shadow is not None:
+            parts["shadow_state"] = self.shadow
+        return parts
 
 
 def run(
@@ -158,7 +182,7 @@ def run(
         write_atomic(out_dir / CONFIG_FILE, yaml.safe_dump(to_dict(cfg), sort_keys=False))
         if start_round < cfg.rounds:
             # A run extended past its old end has no final results until it reaches the new one.
-            for name in (SUMMARY_FILE, PLOT_FILE):
+            for name in (SUMMARY_FILE, PLOT_FILE, ATTACK_EFFECT_PLOT_FILE):
                 (out_dir / name).unlink(missing_ok=True)
 
     bar = tqdm(total=cfg.rounds, initial=start_round, desc=label or "rounds", unit="round",
@@ -196,7 +220,7 @@ def _round(cfg: Config, parts: _Parts, global_params: torch.Tensor, round_index:
         aggregation = parts.aggregator(updates)
     update = aggregation.update.to(device=global_params.device, dtype=global_params.dtype)
     candidate = global_params + update
-    scores = _evaluate(cfg, parts, candidate) if bool(torch.isfinite(candidate).all()) else None
+    scores = parts.scores(cfg, candidate) if bool(torch.isfinite(candidate).all()) else None
     rejected = scores is None or not math.isfinite(scores["test_loss"])
     if rejected:
         # The server keeps the previous model rather than one it cannot use (docs/architecture.md,
@@ -206,10 +230,12 @@ def _round(cfg: Config, parts: _Parts, global_params: torch.Tensor, round_index:
                   f"(|update| max {float(aggregation.update.abs().max()):.3g}); it is rejected and the previous "
                   "model kept (metrics.csv: aggregate_rejected=1)", file=sys.stderr, flush=True)
         update = torch.zeros_like(update)
-        scores = _evaluate(cfg, parts, global_params)
+        scores = parts.scores(cfg, global_params)
     else:
         global_params = candidate
     parts.uploads.observe(update)
+    # The shadow step comes after everything of the run's own round, so it changes nothing of it.
+    effect = {} if parts.shadow is None else parts.shadow.step(global_params, selected, round_index)
     malicious = set(parts.malicious)
     malicious_in_round = [c for c in selected if c in malicious]
     backdoor = scores["backdoor_accuracy"]
@@ -225,10 +251,6 @@ def _round(cfg: Config, parts: _Parts, global_params: torch.Tensor, round_index:
         rejected_nonfinite=ids_text([selected[i] for i in aggregation.rejected_nonfinite]),
         aggregate_rejected=int(rejected),
         wall_time_s=round(time.perf_counter() - started, 4),
+        **effect,
     )
 
-
-def _evaluate(cfg: Config, parts: _Parts, params: torch.Tensor) -> dict[str, Any]:
-    load_flat_parameters_(parts.model, params)
-    return evaluate(parts.model, parts.test_x, parts.test_y, target_label=cfg.attack.target_label,
-                    stamp=parts.stamp, batch_size=cfg.eval.batch_size)

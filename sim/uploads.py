@@ -13,6 +13,9 @@ every engine (engines only train):
   uploaded, malicious ones as their clients trained them, un-noised -- and replaces the rows of the
   selected malicious clients.
 * After aggregation `observe` records the global update, which PoisonedFL reads next round.
+* `benign` is the same stage for a round in which every client follows the protocol (the
+  attack-effect shadow, `sim.attack_effect`): DP on every row with each client's own noise
+  stream, no attack, no state read or written.
 
 With `privacy.type: none` and `model_poisoning.type: none` nothing is touched and no state is
 kept, so such runs are what they were before this stage existed.
@@ -73,6 +76,14 @@ class UploadPipeline:
             )
             updates = self.attack(updates, malicious.to(updates.device), context)
         return updates
+
+    def benign(self, updates: Tensor, clients: Sequence[int], round: int) -> Tensor:
+        """The uploads of `clients` had every one of them followed the protocol: DP (when on)
+        on every row, each with its client's noise stream of round `round`; no attack."""
+        if self.privacy is None or not len(clients):
+            return updates
+        generators = [noise_generator(self.seed, client, round) for client in clients]
+        return self.privacy.privatize(updates, generators)
 
     def observe(self, global_update: Tensor) -> None:
         """Record what this round added to the global model (for the next round's attack)."""

@@ -173,6 +173,9 @@ class UpdateRule:
     def load_client_state(self, entries: dict) -> None:
         pass
 
+    def clear_client_state(self) -> None:
+        pass
+
 
 SGD = UpdateRule
 
@@ -464,6 +467,9 @@ class LeadFLOriginal(LeadFL):
         chosen = self.client_momentum if clients is None else {c: self.client_momentum[c] for c in clients
                                                                 if c in self.client_momentum}
         return {int(c): {"momentum": [t.detach().cpu().clone() for t in value]} for c, value in chosen.items()}
+
+    def clear_client_state(self) -> None:
+        self.client_momentum.clear()
 
     def load_client_state(self, entries: dict) -> None:
         for client, state in entries.items():

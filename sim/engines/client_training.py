@@ -231,6 +231,9 @@ class ClientTraining:
         return {"clients": self.client_state()}
 
     def load_state_dict(self, state: dict | None) -> None:
+        """Replaces the per-client state by `state` (None: none kept yet)."""
+        if self.rule.keeps_client_state:
+            self.rule.clear_client_state()
         if state is not None:
             self.load_client_state(state["clients"])
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from sim.state import read_checkpoint
 from sim import io, reporting, runner
 from sim.engines import distributed
 from sim.config import load_config
@@ -33,6 +34,8 @@ TINY = {
     "client_defense": {"type": "flwbc"},
     # Median: an order statistic, so every rank needs every update.
     "server": {"aggregator": "median"},
+    # The shadow run trains every selected client a second time, split over the ranks too.
+    "metrics": {"attack_effect": True},
 }
 
 
@@ -74,11 +77,14 @@ def test_two_gloo_ranks_give_the_metrics_of_one_process(tmp_path, case):
 
     assert metrics_without_timing(tmp_path / "two") == metrics_without_timing(tmp_path / "one")
     if case != "flwbc":
-        saved = {name: torch.load(tmp_path / name / io.CHECKPOINT_FILE, weights_only=False)["engine_state"]["clients"]
+        saved = {name: read_checkpoint(tmp_path / name / io.CHECKPOINT_FILE)["engine_state"]["clients"]
                  for name in ("one", "two")}
         assert sorted(saved["two"]) == sorted(saved["one"]) and len(saved["one"]) > 5
         for client, entry in saved["one"].items():
             assert all(torch.equal(a, b) for a, b in zip(entry["momentum"], saved["two"][client]["momentum"]))
+    effect = [row["attack_effect"] for row in reporting.read_metrics(tmp_path / "two")]
+    assert len(effect) == 3 and all(value > 0 for value in effect)
+    assert (tmp_path / "two" / "attack_effect.png").is_file()
     summary = json.loads((tmp_path / "two" / io.SUMMARY_FILE).read_text())
     assert summary["settings"]["engine (resolved)"] == "sequential on each of 2 ranks"
     # Only rank 0 prints: one summary block, one engine line.

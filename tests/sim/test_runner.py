@@ -252,11 +252,11 @@ def test_resume_restores_each_clients_carried_momentum_bit_for_bit(tmp_path):
              "training.momentum=0.5", "selection.schedule=random"]
     run(tiny_config("rounds=4", *carry), tmp_path / "straight", progress=False)
     run(tiny_config("rounds=2", *carry), tmp_path / "stopped", progress=False)
-    stopped = torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=False)
+    stopped = read_checkpoint(tmp_path / "stopped" / "checkpoint.pt")
     assert stopped["engine_state"]["clients"], "the checkpoint holds no carried momentum"
     run(tiny_config("rounds=4", *carry), tmp_path / "stopped", resume=True, progress=False)
     assert metrics_without_timing(tmp_path / "stopped") == metrics_without_timing(tmp_path / "straight")
-    final = {name: torch.load(tmp_path / name / "checkpoint.pt", weights_only=False) for name in ("straight", "stopped")}
+    final = {name: read_checkpoint(tmp_path / name / "checkpoint.pt") for name in ("straight", "stopped")}
     assert torch.equal(final["stopped"]["global_params"], final["straight"]["global_params"])
     for client, entry in final["straight"]["engine_state"]["clients"].items():
         for a, b in zip(entry["momentum"], final["stopped"]["engine_state"]["clients"][client]["momentum"]):
@@ -264,6 +264,6 @@ def test_resume_restores_each_clients_carried_momentum_bit_for_bit(tmp_path):
     # and the carried momentum changes the run (the test can fail):
     run(tiny_config("rounds=4", *carry[:2], "training.momentum=0.5", "selection.schedule=random"), tmp_path / "reset",
         progress=False)
-    reset = torch.load(tmp_path / "reset" / "checkpoint.pt", weights_only=False)
+    reset = read_checkpoint(tmp_path / "reset" / "checkpoint.pt")
     assert reset["engine_state"] is None
     assert not torch.equal(reset["global_params"], final["straight"]["global_params"])
