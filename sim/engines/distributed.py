@@ -201,5 +201,5 @@ class DistributedEngine:
         return self.inner.state_dict() if hasattr(self.inner, "state_dict") else None
 
     def load_state_dict(self, state) -> None:
-        if state is not None and hasattr(self.inner, "load_state_dict"):
-            self.inner.load_state_dict(state)
+        if hasattr(self.inner, "load_state_dict"):
+            self.inner.load_state_dict(state)  # None included: it clears the per-client state
