@@ -128,7 +128,20 @@ def numpy_trimmed_mean(a: np.ndarray, t: int) -> np.ndarray:
     return np.partition(a, [t, n - t - 1], axis=0)[t : n - t].mean(axis=0)
 
 
+# Above this many elements only the baselines that need no copy of the updates run: torch.cdist
+# makes two augmented copies ([n, d + 2] each), and the full sorts of the columns take minutes.
+BIG = 100_000_000
+NEEDS_COPIES = ("torch.cdist Krum scores", "torch.cdist + torch.sort Bulyan", "torch.sort trimmed mean")
+
+
 def baselines(name: str, x: torch.Tensor, on_cpu: bool) -> dict:
+    out = _baselines(name, x, on_cpu)
+    if x.numel() > BIG and on_cpu:
+        out = {k: v for k, v in out.items() if k not in NEEDS_COPIES}
+    return out
+
+
+def _baselines(name: str, x: torch.Tensor, on_cpu: bool) -> dict:
     n = x.shape[0]
     f = byzantine_f(n)
     a = x.numpy() if on_cpu else None
@@ -169,14 +182,15 @@ def baselines(name: str, x: torch.Tensor, on_cpu: bool) -> dict:
 # timing
 
 
-def timed(fns: dict, device: str, repeats: int) -> dict:
+def timed(fns: dict, device: str, repeats: int, warm_up: bool = True) -> dict:
     """Each callable once to warm up, then `repeats` rounds, in turn; best and median seconds."""
     def sync():
         if device == "cuda":
             torch.cuda.synchronize()
 
-    for fn in fns.values():
-        fn()
+    if warm_up:
+        for fn in fns.values():
+            fn()
     sync()
     times = {name: [] for name in fns}
     for _ in range(repeats):
@@ -189,7 +203,7 @@ def timed(fns: dict, device: str, repeats: int) -> dict:
     return {name: {"best_s": min(v), "median_s": statistics.median(v)} for name, v in times.items()}
 
 
-def run_size(n: int, d: int, device: str, repeats: int, seed: int = 0) -> list[dict]:
+def run_size(n: int, d: int, device: str, repeats: int, warm_up: bool, seed: int = 0) -> list[dict]:
     generator = torch.Generator().manual_seed(seed)
     x = (torch.randn(n, d, generator=generator) * 0.01).to(device)
     x[: byzantine_f(n)] += 0.05  # a group of shifted rows, as an attack would send
@@ -206,7 +220,7 @@ def run_size(n: int, d: int, device: str, repeats: int, seed: int = 0) -> list[d
 
         fns = {"rule": call, **baselines(name, x, device == "cpu")}
         print(f"  {name} ...", file=sys.stderr, flush=True)
-        measured = timed(fns, device, repeats)
+        measured = timed(fns, device, repeats, warm_up)
         base = {k: v for k, v in measured.items() if k != "rule"}
         fastest = min(base, key=lambda k: base[k]["best_s"])
         rows.append({
@@ -274,7 +288,9 @@ def main(argv=None) -> int:
     parser.add_argument("--clients", default="10,100,1000", help="clients per round, comma-separated")
     parser.add_argument("--dims", default=",".join(DIMS), help=f"model sizes: names ({', '.join(DIMS)}) or counts")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per rule and baseline (best counts)")
-    parser.add_argument("--big-repeats", type=int, default=1, help="timed calls for sizes over 1e8 elements")
+    parser.add_argument("--mid-repeats", type=int, default=3, help="timed calls for sizes of 1e7 to 1e8 elements")
+    parser.add_argument("--big-repeats", type=int, default=1,
+                        help="timed calls for sizes over 1e8 elements (on CPU: no warm-up call, copy-free baselines only)")
     parser.add_argument("--max-gb", type=float, default=5.0, help="largest update matrix to try, GiB")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--quick", action="store_true", help="n = 10, 30 and d = 2,000 only: a smoke test")
@@ -282,8 +298,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but no CUDA GPU is visible; run on a GPU machine or use --device cpu")
-    if args.repeats < 1 or args.big_repeats < 1:
-        parser.error(f"--repeats {args.repeats} and --big-repeats {args.big_repeats} must be >= 1")
+    if min(args.repeats, args.mid_repeats, args.big_repeats) < 1:
+        parser.error(f"--repeats, --mid-repeats and --big-repeats must be >= 1, got {args.repeats}, {args.mid_repeats}, {args.big_repeats}")
     torch.set_num_threads(args.threads)
     try:
         clients = [int(c) for c in args.clients.split(",") if c]
@@ -294,6 +310,37 @@ def main(argv=None) -> int:
         clients, dims = [10, 30], [2_000]
     rows, skipped = [], []
     started = time.perf_counter()
+    threads = f", {torch.get_num_threads()} thread(s)" if args.device == "cpu" else ""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"aggregators_{args.device}" + ("_quick" if args.quick else "")
+
+    def write(final: bool) -> str:
+        """The results so far (rewritten after every size, so a stopped run keeps what it measured)."""
+        result = {
+            "device": f"{device_name(args.device)}{threads}",
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "what": (
+                "Random float32 updates (N(0, 0.01^2), the first f rows shifted by 0.05); f = floor((n-3)/4) for krum, "
+                "multikrum, bulyan and the Krum baselines; trimmed_mean beta 0.1; sparsefed k 0.1, clip 1. Best of "
+                f"{args.repeats} interleaved calls after one warm-up call ({args.mid_repeats} from 1e7 elements; "
+                f"{args.big_repeats} above 1e8, where on CPU there is no warm-up call and only the baselines that need no "
+                "copy of the updates run: torch.cdist makes two [n, d+2] copies, full column sorts take minutes). "
+                "'x baseline' = fastest baseline time / rule time (above 1: the rule is faster). "
+                f"Wall time of the whole benchmark: {time.perf_counter() - started:,.0f} s"
+                + ("." if final else " so far (stopped or still running).")
+            ),
+            "command": "python bench/aggregators.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "rows": rows,
+            "skipped": skipped,
+            "targets": targets(rows),
+        }
+        (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+        md = markdown(result)
+        (out / f"{stem}.md").write_text(md)
+        return md
+
     for d in dims:
         for n in clients:
             ok, why = fits(n, d, args.device, args.max_gb)
@@ -302,30 +349,11 @@ def main(argv=None) -> int:
                 skipped.append({"clients": n, "dim": d, "why": why})
                 continue
             print(f"n={n}, d={d:,}", file=sys.stderr, flush=True)
-            repeats = args.big_repeats if n * d > 100_000_000 else args.repeats
-            rows += run_size(n, d, args.device, repeats)
-    threads = f", {torch.get_num_threads()} thread(s)" if args.device == "cpu" else ""
-    result = {
-        "device": f"{device_name(args.device)}{threads}",
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "what": (
-            "Random float32 updates (N(0, 0.01^2), the first f rows shifted by 0.05); f = floor((n-3)/4) for krum, "
-            "multikrum, bulyan and the Krum baselines; trimmed_mean beta 0.1; sparsefed k 0.1, clip 1. Best of "
-            f"{args.repeats} interleaved calls ({args.big_repeats} above 1e8 elements) after one warm-up; "
-            "'x baseline' = fastest baseline time / rule time (above 1: the rule is faster). "
-            f"Wall time of the whole benchmark: {time.perf_counter() - started:,.0f} s."
-        ),
-        "rows": rows,
-        "skipped": skipped,
-        "targets": targets(rows),
-    }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"aggregators_{args.device}" + ("_quick" if args.quick else "")
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    md = markdown(result)
-    (out / f"{stem}.md").write_text(md)
+            big = n * d > BIG
+            repeats = args.big_repeats if big else args.mid_repeats if n * d > 10_000_000 else args.repeats
+            rows += run_size(n, d, args.device, repeats, warm_up=not (big and args.device == "cpu"))
+            write(final=False)
+    md = write(final=True)
     print(md)
     print(f"wrote {out / (stem + '.json')} and {out / (stem + '.md')}")
     return 0

@@ -101,9 +101,24 @@ def _split_finite(updates: Tensor) -> tuple[Tensor, list[int], list[int]]:
 _CHUNK_ELEMENTS = 1 << 19
 
 
+# Elements per column chunk of the coordinate-wise rules (median, trimmed mean, Bulyan's last
+# step): each chunk's copies (partition, distances, masks) stay small whatever d is.
+_COORDINATE_CHUNK_ELEMENTS = 1 << 22
+
+
 def _column_chunks(n: int, d: int) -> tuple[range, int]:
     step = max(1, _CHUNK_ELEMENTS // max(n, 1))
     return range(0, d, step), step
+
+
+def _per_column_chunk(rows: Tensor, rule) -> Tensor:
+    """A coordinate-wise ``rule`` (a function of an [n, c] block returning [c]) over the columns
+    of ``rows``, a chunk at a time."""
+    n, d = rows.shape
+    step = max(1, _COORDINATE_CHUNK_ELEMENTS // max(n, 1))
+    if step >= d:
+        return rule(rows)
+    return torch.cat([rule(rows[:, start : start + step]) for start in range(0, d, step)])
 
 
 def _pairwise_squared_distances(rows: Tensor) -> Tensor:
@@ -374,14 +389,18 @@ class Bulyan(Aggregator):
             selected.append(winner)
             in_play[winner] = False
 
-        return _mean_closest_to_median(updates[selected], closest_count), selected
+        index = torch.tensor(selected, device=updates.device)
+        update = _per_column_chunk(
+            updates, lambda block: _mean_closest_to_median(block.index_select(0, index), closest_count)
+        )
+        return update, selected
 
 
 class Median(Aggregator):
     """Coordinate-wise median; for even ``n`` the mean of the two middle values."""
 
     def _aggregate(self, updates: Tensor) -> tuple[Tensor, list[int]]:
-        return _coordinate_median(updates), list(range(updates.shape[0]))
+        return _per_column_chunk(updates, _coordinate_median), list(range(updates.shape[0]))
 
 
 class TrimmedMean(Aggregator):
@@ -398,12 +417,16 @@ class TrimmedMean(Aggregator):
         trimmed = math.floor(self.beta * n + 1e-9)
         if trimmed == 0:
             return _mean(updates), list(range(n))
-        if updates.device.type == "cpu" and updates.dtype in (torch.float32, torch.float64):
-            # np.partition with both cut ranks leaves exactly the untrimmed values between them.
-            middle = torch.from_numpy(np.partition(updates.detach().numpy(), [trimmed, n - trimmed - 1], axis=0))
-        else:
-            middle = updates.sort(dim=0).values
-        return _mean(middle[trimmed : n - trimmed]), list(range(n))
+
+        def trimmed_mean(rows: Tensor) -> Tensor:
+            if rows.device.type == "cpu" and rows.dtype in (torch.float32, torch.float64):
+                # np.partition with both cut ranks leaves exactly the untrimmed values between them.
+                middle = torch.from_numpy(np.partition(rows.detach().numpy(), [trimmed, n - trimmed - 1], axis=0))
+            else:
+                middle = rows.sort(dim=0).values
+            return _mean(middle[trimmed : n - trimmed])
+
+        return _per_column_chunk(updates, trimmed_mean), list(range(n))
 
 
 class SparseFed(Aggregator):

@@ -198,3 +198,16 @@ def test_sparsefed_without_clip_keeps_its_error_memory_finite():
     second = rule(rows)  # the unreleased HUGE plus another HUGE: beyond float32, saturates
     assert torch.isfinite(second.update).all() and torch.isfinite(rule.error).all()
     assert float(second.update.abs().max()) == torch.finfo(torch.float32).max
+
+
+def test_coordinate_rules_in_column_chunks(monkeypatch):
+    rows = random_updates(13, 1003, 7, "cpu", duplicates=2)
+    rows[:, :100] = rows[:, :100].round()
+    rules = {"median": Median(), "trimmed": TrimmedMean(0.2), "bulyan": Bulyan(2)}
+    whole = {name: rule(rows) for name, rule in rules.items()}
+    monkeypatch.setattr(aggregators, "_COORDINATE_CHUNK_ELEMENTS", 13 * 50)  # 50 columns per chunk
+    for name, rule in rules.items():
+        chunked = rule(rows)
+        assert chunked.kept == whole[name].kept
+        # the same values; a mean over 50 columns may add them in another order than over 1003
+        assert torch.allclose(chunked.update, whole[name].update, rtol=1e-6, atol=1e-7), name
