@@ -246,7 +246,10 @@ def _mean_closest_to_median(rows: Tensor, count: int) -> Tensor:
     closer = distance < threshold
     at_threshold = distance == threshold
     missing = count - closer.sum(dim=0)
-    chosen = closer | (at_threshold & (at_threshold.cumsum(dim=0) <= missing))
+    if bool((at_threshold.sum(dim=0) == missing).all()):  # no column has more ties than places
+        chosen = closer | at_threshold
+    else:
+        chosen = closer | (at_threshold & (at_threshold.cumsum(dim=0) <= missing))
     return _mean(torch.where(chosen, rows, rows.new_zeros(())), count)
 
 
@@ -539,12 +542,16 @@ def two_means_low_cluster(scores: Tensor) -> list[int]:
         return list(range(n))
     order = torch.sort(values, stable=True).indices
     ordered = values[order]
-    best_split, best_cost = 1, math.inf
-    for split in range(1, n):
-        low, high = ordered[:split], ordered[split:]
-        cost = float(((low - low.mean()) ** 2).sum() + ((high - high.mean()) ** 2).sum())
-        if cost < best_cost:
-            best_split, best_cost = split, cost
+    # Every split at once: row s-1 of the [n-1, n] tables is the split into ordered[:s] and
+    # ordered[s:]; each value's squared deviation from the mean of its own side, summed per row.
+    splits = torch.arange(1, n, dtype=torch.float64, device=values.device)
+    prefix = ordered.cumsum(dim=0)[:-1]
+    low_mean = prefix / splits
+    high_mean = (ordered.sum() - prefix) / (n - splits)
+    in_low = torch.arange(n, device=values.device)[None, :] < splits[:, None]
+    side_mean = torch.where(in_low, low_mean[:, None], high_mean[:, None])
+    costs = (ordered[None, :] - side_mean).square().sum(dim=1)
+    best_split = int(torch.sort(costs, stable=True).indices[0]) + 1  # ties: the fewest low rows
     return sorted(order[:best_split].tolist())
 
 
