@@ -30,8 +30,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+# numpy's BLAS on one thread, like torch (--threads); set before numpy is imported.
+for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_name, "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -314,7 +318,8 @@ def main(argv=None) -> int:
         clients, dims = [10, 30], [2_000]
     rows, skipped = [], []
     started = time.perf_counter()
-    threads = f", {torch.get_num_threads()} thread(s)" if args.device == "cpu" else ""
+    threads = (f", {torch.get_num_threads()} torch thread(s), numpy BLAS threads "
+               f"{os.environ['OPENBLAS_NUM_THREADS']}" if args.device == "cpu" else "")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"aggregators_{args.device}" + ("_quick" if args.quick else "") + (f"_{args.tag}" if args.tag else "")

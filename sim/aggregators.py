@@ -294,6 +294,12 @@ class FedAvg(Aggregator):
     """Mean of the rows; ``weights`` (one per input row, e.g. client data sizes) makes it weighted."""
 
     def __call__(self, updates: Tensor, weights: Tensor | Sequence[float] | None = None) -> Aggregation:
+        if weights is None and updates.dim() == 2 and updates.is_floating_point() and updates.shape[0] > 0:
+            # One pass: a NaN or Inf in any row makes its column's mean non-finite, so a finite
+            # mean means every row was finite and there is nothing to set aside.
+            mean = updates.mean(dim=0)
+            if bool(torch.isfinite(mean).all()):
+                return Aggregation(mean, list(range(updates.shape[0])), [])
         finite_updates, finite_rows, rejected_rows = _split_finite(updates)
         if weights is not None:
             weights = torch.as_tensor(weights, dtype=finite_updates.dtype, device=finite_updates.device)
