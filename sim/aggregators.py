@@ -136,12 +136,24 @@ def _pairwise_squared_distances(rows: Tensor) -> Tensor:
     gram = torch.zeros(n, n, dtype=torch.float64, device=rows.device)
     shift = rows.mean(dim=0)  # any shift will do, the same for every row
     starts, step = _column_chunks(n, d)
-    buffer = torch.empty(n, min(step, d), dtype=torch.float64, device=rows.device)
-    for start in starts:
-        width = min(step, d - start)
-        chunk = buffer[:, :width].copy_(rows[:, start : start + width])
-        chunk -= shift[start : start + width]
-        gram.addmm_(chunk, chunk.T)
+    if rows.device.type == "cpu" and rows.dtype in (torch.float32, torch.float64):
+        # numpy's BLAS: on some CPUs (measured on an AMD EPYC) twice as fast as torch's for this.
+        values, shift_values, gram_values = rows.detach().numpy(), shift.numpy(), gram.numpy()
+        buffer = np.empty((n, min(step, d)), dtype=np.float64)
+        for start in starts:
+            width = min(step, d - start)
+            chunk = buffer[:, :width]
+            np.subtract(
+                values[:, start : start + width], shift_values[start : start + width], out=chunk, dtype=np.float64
+            )
+            gram_values += chunk @ chunk.T
+    else:
+        buffer = torch.empty(n, min(step, d), dtype=torch.float64, device=rows.device)
+        for start in starts:
+            width = min(step, d - start)
+            chunk = buffer[:, :width].copy_(rows[:, start : start + width])
+            chunk -= shift[start : start + width]
+            gram.addmm_(chunk, chunk.T)
     norms = gram.diagonal().clone()
     distances = norms[:, None] + norms[None, :] - 2 * gram
     distances = ((distances + distances.T) / 2).clamp_(min=0)
