@@ -138,7 +138,7 @@ def _pairwise_squared_distances(rows: Tensor) -> Tensor:
     starts, step = _column_chunks(n, d)
     if rows.device.type == "cpu" and rows.dtype in (torch.float32, torch.float64):
         # numpy's BLAS: on some CPUs (measured on an AMD EPYC) twice as fast as torch's for this.
-        values, shift_values, gram_values = rows.detach().numpy(), shift.numpy(), gram.numpy()
+        values, shift_values, gram_values = rows.detach().numpy(), shift.detach().numpy(), gram.numpy()
         buffer = np.empty((n, min(step, d)), dtype=np.float64)
         for start in starts:
             width = min(step, d - start)
