@@ -108,9 +108,24 @@ def _split_finite(updates: Tensor) -> tuple[Tensor, list[int], list[int]]:
 _CHUNK_ELEMENTS = 1 << 19
 
 
+# Elements per column chunk of the coordinate-wise rules (median, trimmed mean, Bulyan's last
+# step): each chunk's copies (partition, distances, masks) stay small whatever d is.
+_COORDINATE_CHUNK_ELEMENTS = 1 << 22
+
+
 def _column_chunks(n: int, d: int) -> tuple[range, int]:
     step = max(1, _CHUNK_ELEMENTS // max(n, 1))
     return range(0, d, step), step
+
+
+def _per_column_chunk(rows: Tensor, rule) -> Tensor:
+    """A coordinate-wise ``rule`` (a function of an [n, c] block returning [c]) over the columns
+    of ``rows``, a chunk at a time."""
+    n, d = rows.shape
+    step = max(1, _COORDINATE_CHUNK_ELEMENTS // max(n, 1))
+    if step >= d:
+        return rule(rows)
+    return torch.cat([rule(rows[:, start : start + step]) for start in range(0, d, step)])
 
 
 def _pairwise_squared_distances(rows: Tensor) -> Tensor:
@@ -128,12 +143,24 @@ def _pairwise_squared_distances(rows: Tensor) -> Tensor:
     gram = torch.zeros(n, n, dtype=torch.float64, device=rows.device)
     shift = rows.mean(dim=0)  # any shift will do, the same for every row
     starts, step = _column_chunks(n, d)
-    buffer = torch.empty(n, min(step, d), dtype=torch.float64, device=rows.device)
-    for start in starts:
-        width = min(step, d - start)
-        chunk = buffer[:, :width].copy_(rows[:, start : start + width])
-        chunk -= shift[start : start + width]
-        gram.addmm_(chunk, chunk.T)
+    if rows.device.type == "cpu" and rows.dtype in (torch.float32, torch.float64):
+        # numpy's BLAS: on some CPUs (measured on an AMD EPYC) twice as fast as torch's for this.
+        values, shift_values, gram_values = rows.detach().numpy(), shift.detach().numpy(), gram.numpy()
+        buffer = np.empty((n, min(step, d)), dtype=np.float64)
+        for start in starts:
+            width = min(step, d - start)
+            chunk = buffer[:, :width]
+            np.subtract(
+                values[:, start : start + width], shift_values[start : start + width], out=chunk, dtype=np.float64
+            )
+            gram_values += chunk @ chunk.T
+    else:
+        buffer = torch.empty(n, min(step, d), dtype=torch.float64, device=rows.device)
+        for start in starts:
+            width = min(step, d - start)
+            chunk = buffer[:, :width].copy_(rows[:, start : start + width])
+            chunk -= shift[start : start + width]
+            gram.addmm_(chunk, chunk.T)
     norms = gram.diagonal().clone()
     distances = norms[:, None] + norms[None, :] - 2 * gram
     distances = ((distances + distances.T) / 2).clamp_(min=0)
@@ -238,7 +265,10 @@ def _mean_closest_to_median(rows: Tensor, count: int) -> Tensor:
     closer = distance < threshold
     at_threshold = distance == threshold
     missing = count - closer.sum(dim=0)
-    chosen = closer | (at_threshold & (at_threshold.cumsum(dim=0) <= missing))
+    if bool((at_threshold.sum(dim=0) == missing).all()):  # no column has more ties than places
+        chosen = closer | at_threshold
+    else:
+        chosen = closer | (at_threshold & (at_threshold.cumsum(dim=0) <= missing))
     return _mean(torch.where(chosen, rows, rows.new_zeros(())), count)
 
 
@@ -294,6 +324,12 @@ class FedAvg(Aggregator):
     """Mean of the rows; ``weights`` (one per input row, e.g. client data sizes) makes it weighted."""
 
     def __call__(self, updates: Tensor, weights: Tensor | Sequence[float] | None = None) -> Aggregation:
+        if weights is None and updates.dim() == 2 and updates.is_floating_point() and updates.shape[0] > 0:
+            # One pass: a NaN or Inf in any row makes its column's mean non-finite, so a finite
+            # mean means every row was finite and there is nothing to set aside.
+            mean = updates.mean(dim=0)
+            if bool(torch.isfinite(mean).all()):
+                return Aggregation(mean, list(range(updates.shape[0])), [])
         finite_updates, finite_rows, rejected_rows = _split_finite(updates)
         if weights is not None:
             weights = torch.as_tensor(weights, dtype=finite_updates.dtype, device=finite_updates.device)
@@ -392,14 +428,18 @@ class Bulyan(Aggregator):
             selected.append(winner)
             in_play[winner] = False
 
-        return _mean_closest_to_median(updates[selected], closest_count), selected
+        index = torch.tensor(selected, device=updates.device)
+        update = _per_column_chunk(
+            updates, lambda block: _mean_closest_to_median(block.index_select(0, index), closest_count)
+        )
+        return update, selected
 
 
 class Median(Aggregator):
     """Coordinate-wise median; for even ``n`` the mean of the two middle values."""
 
     def _aggregate(self, updates: Tensor) -> tuple[Tensor, list[int]]:
-        return _coordinate_median(updates), list(range(updates.shape[0]))
+        return _per_column_chunk(updates, _coordinate_median), list(range(updates.shape[0]))
 
 
 class TrimmedMean(Aggregator):
@@ -416,12 +456,16 @@ class TrimmedMean(Aggregator):
         trimmed = math.floor(self.beta * n + 1e-9)
         if trimmed == 0:
             return _mean(updates), list(range(n))
-        if updates.device.type == "cpu" and updates.dtype in (torch.float32, torch.float64):
-            # np.partition with both cut ranks leaves exactly the untrimmed values between them.
-            middle = torch.from_numpy(np.partition(updates.detach().numpy(), [trimmed, n - trimmed - 1], axis=0))
-        else:
-            middle = updates.sort(dim=0).values
-        return _mean(middle[trimmed : n - trimmed]), list(range(n))
+
+        def trimmed_mean(rows: Tensor) -> Tensor:
+            if rows.device.type == "cpu" and rows.dtype in (torch.float32, torch.float64):
+                # np.partition with both cut ranks leaves exactly the untrimmed values between them.
+                middle = torch.from_numpy(np.partition(rows.detach().numpy(), [trimmed, n - trimmed - 1], axis=0))
+            else:
+                middle = rows.sort(dim=0).values
+            return _mean(middle[trimmed : n - trimmed])
+
+        return _per_column_chunk(updates, trimmed_mean), list(range(n))
 
 
 class SparseFed(Aggregator):
@@ -565,12 +609,16 @@ def two_means_low_cluster(scores: Tensor) -> list[int]:
         return list(range(n))
     order = torch.sort(values, stable=True).indices
     ordered = values[order]
-    best_split, best_cost = 1, math.inf
-    for split in range(1, n):
-        low, high = ordered[:split], ordered[split:]
-        cost = float(((low - low.mean()) ** 2).sum() + ((high - high.mean()) ** 2).sum())
-        if cost < best_cost:
-            best_split, best_cost = split, cost
+    # Every split at once: row s-1 of the [n-1, n] tables is the split into ordered[:s] and
+    # ordered[s:]; each value's squared deviation from the mean of its own side, summed per row.
+    splits = torch.arange(1, n, dtype=torch.float64, device=values.device)
+    prefix = ordered.cumsum(dim=0)[:-1]
+    low_mean = prefix / splits
+    high_mean = (ordered.sum() - prefix) / (n - splits)
+    in_low = torch.arange(n, device=values.device)[None, :] < splits[:, None]
+    side_mean = torch.where(in_low, low_mean[:, None], high_mean[:, None])
+    costs = (ordered[None, :] - side_mean).square().sum(dim=1)
+    best_split = int(torch.sort(costs, stable=True).indices[0]) + 1  # ties: the fewest low rows
     return sorted(order[:best_split].tolist())
 
 

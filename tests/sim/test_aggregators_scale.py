@@ -198,3 +198,41 @@ def test_sparsefed_without_clip_keeps_its_error_memory_finite():
     second = rule(rows)  # the unreleased HUGE plus another HUGE: beyond float32, saturates
     assert torch.isfinite(second.update).all() and torch.isfinite(rule.error).all()
     assert float(second.update.abs().max()) == torch.finfo(torch.float32).max
+
+
+def test_coordinate_rules_in_column_chunks(monkeypatch):
+    rows = random_updates(13, 1003, 7, "cpu", duplicates=2)
+    rows[:, :100] = rows[:, :100].round()
+    rules = {"median": Median(), "trimmed": TrimmedMean(0.2), "bulyan": Bulyan(2)}
+    whole = {name: rule(rows) for name, rule in rules.items()}
+    monkeypatch.setattr(aggregators, "_COORDINATE_CHUNK_ELEMENTS", 13 * 50)  # 50 columns per chunk
+    for name, rule in rules.items():
+        chunked = rule(rows)
+        assert chunked.kept == whole[name].kept
+        # the same values; a mean over 50 columns may add them in another order than over 1003
+        assert torch.allclose(chunked.update, whole[name].update, rtol=1e-6, atol=1e-7), name
+
+
+def two_means_by_loop(scores):
+    values = scores.double()
+    n = values.shape[0]
+    if n < 2 or bool((values == values[0]).all()):
+        return list(range(n))
+    order = torch.sort(values, stable=True).indices
+    ordered = values[order]
+    best_split, best_cost = 1, math.inf
+    for split in range(1, n):
+        low, high = ordered[:split], ordered[split:]
+        cost = float(((low - low.mean()) ** 2).sum() + ((high - high.mean()) ** 2).sum())
+        if cost < best_cost:
+            best_split, best_cost = split, cost
+    return sorted(order[:best_split].tolist())
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_two_means_split_matches_the_split_by_split_loop(seed):
+    generator = torch.Generator().manual_seed(seed)
+    n = int(torch.randint(2, 300, (1,), generator=generator))
+    scores = torch.rand(n, generator=generator, dtype=torch.float64)
+    scores[: n // 5] += 3 * float(torch.rand(1, generator=generator))  # a group of high scores
+    assert aggregators.two_means_low_cluster(scores) == two_means_by_loop(scores)
