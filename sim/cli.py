@@ -256,9 +256,18 @@ def _compare_jobs(args: argparse.Namespace, device: str) -> int:
 
 
 def _command_compare(args: argparse.Namespace) -> int:
-    from sim.compare import PLOT_FILE, TABLE_FILE, TrialsFailed, compare
+    from sim.compare import INPUT_FILE, PLOT_FILE, TABLE_FILE, TrialsFailed, compare
     from sim.config import compare_seeds, compare_variants, load_config, parse_seeds
 
+    if args.resume and args.preset is None and args.config is None and args.out:
+        # Continue the comparison in --out from its own record of settings, variants and seeds.
+        saved = Path(args.out) / INPUT_FILE
+        if not saved.is_file():
+            raise ConfigError(
+                f"--resume without --preset or --config reads {saved}, which does not exist; fix: give the "
+                "--preset/--config the comparison was started with"
+            )
+        args.config = str(saved)
     cfg = load_config(args.preset, args.config, _overrides(args))
     variants = compare_variants(args.preset, args.config)
     if args.seeds is not None and args.seed is not None:

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Union
 
+import yaml
+
 from sim.config import Config, apply_overrides, to_dict
 from sim.data import check_data_files
 from sim.engines.distributed import broadcast_object, init_from_env, is_main_process, launched_with_several_ranks
@@ -46,6 +48,7 @@ from sim.runner import run
 from sim.stats import mean_interval
 
 TABLE_FILE = "table.md"
+INPUT_FILE = "compare-input.yaml"  # the settings, variants and seeds, as a --config file
 PLOT_FILE = "comparison.png"
 JSON_FILE = "comparison.json"
 
@@ -216,6 +219,23 @@ class _Run:
     folder: str  # relative to the comparison folder
 
 
+def _override_pair(item: Override) -> tuple[str, Any]:
+    if isinstance(item, str):
+        path, _, text = item.partition("=")
+        return path.strip(), yaml.safe_load(text)
+    return item
+
+
+def input_yaml(cfg: Config, variants: dict[str, list[Override]], seeds: list[int] | None) -> str:
+    """A `--config` file that reproduces this comparison: the base settings, the `compare:`
+    section and, for several seeds, `seeds:`."""
+    document: dict[str, Any] = to_dict(cfg)
+    document["compare"] = {label: dict(_override_pair(item) for item in overrides) for label, overrides in variants.items()}
+    if seeds is not None:
+        document["seeds"] = list(seeds)
+    return yaml.safe_dump(document, sort_keys=False)
+
+
 def _plan(configs: dict[str, Config], seeds: list[int] | None) -> list[_Run]:
     """Every run, seed by seed (a stopped comparison has whole seeds done)."""
     if seeds is None:
@@ -268,6 +288,8 @@ def compare(
         check_data_files(variant_cfg.data.dataset, variant_cfg.data.data_dir)
     if writer:
         out_dir.mkdir(parents=True, exist_ok=True)
+        # What this comparison is, so `compare --out DIR --resume` can continue it from DIR alone.
+        write_atomic(out_dir / INPUT_FILE, input_yaml(cfg, variants, seeds))
 
     summaries: dict[tuple[str, int | None], dict] = {}
     todo: list[tuple[_Run, bool]] = []  # (run, continue from its checkpoint?)

@@ -168,3 +168,27 @@ def test_a_single_run_on_a_cpu_defaults_to_one_thread_and_records_it(tmp_path):
     assert main(["run", *flags(), "--out", str(out_dir), "--no-progress"]) == 0
     assert torch.get_num_threads() == 1
     assert json.loads((out_dir / "summary.json").read_text())["threads"] == 1
+
+
+def test_a_stopped_comparison_resumes_from_its_folder_alone(tmp_path, study):
+    out_dir = tmp_path / "cmp"
+    assert main(["compare", "--config", str(study), *flags(), "--seeds", "0,1", "--jobs", "1", "--out", str(out_dir),
+                 "--no-progress"]) == 0
+    finished = maths_of(out_dir / "seed0" / "LDP")
+    # Stopped before the last run finished: its folder is gone, the rest stays.
+    for path in sorted((out_dir / "seed1" / "LDP").iterdir()):
+        path.unlink()
+    (out_dir / "seed1" / "LDP").rmdir()
+    (out_dir / "table.md").unlink()
+    # No --preset, --config or --set: the settings, variants and seeds come from the folder.
+    assert main(["compare", "--out", str(out_dir), "--resume", "--jobs", "1", "--no-progress"]) == 0
+    assert maths_of(out_dir / "seed0" / "LDP") == finished
+    assert (out_dir / "seed1" / "LDP" / "metrics.csv").is_file()
+    assert json.loads((out_dir / "comparison.json").read_text())["seeds"] == [0, 1]
+    assert "LDP" in (out_dir / "table.md").read_text()
+
+
+def test_resume_from_a_folder_without_a_comparison_record_says_what_to_give(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["compare", "--out", str(tmp_path / "empty"), "--resume"]) == 2
+    assert "fix: give the --preset/--config" in capsys.readouterr().err
