@@ -134,6 +134,28 @@ def plot_attack_effect(rows: list[dict[str, Any]], path: str | Path, title: str 
     return path
 
 
+
+def _accuracy_axes(backdoor_axes, main_axes, metric: str) -> None:
+    """Labels, 0-100% limits and grids of the two accuracy panels of a comparison."""
+    backdoor_axes.set_ylabel(f"{metric} (%)")
+    main_axes.set_ylabel("main accuracy (%)")
+    main_axes.set_xlabel("round")
+    main_axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for axes in (backdoor_axes, main_axes):
+        axes.set_ylim(0, 100)
+        axes.grid(True, alpha=0.3)
+
+
+def _legend_and_title(axes, handles, labels, curves: int, right: float, title: str) -> None:
+    """The legend over the curves, or beside the axes (at x = `right`) when it is long; the title."""
+    if curves > 6:
+        axes.legend(handles, labels, loc="upper left", bbox_to_anchor=(right, 1.0), fontsize="small")
+    else:
+        axes.legend(handles, labels, loc="upper right", fontsize="small")
+    if title:
+        axes.set_title(textwrap.fill(title, 90), fontsize="medium")
+
+
 def plot_comparison(runs: dict[str, list[dict[str, Any]]], path: str | Path, title: str = "",
                     metric: str = "backdoor accuracy") -> Path:
     """Backdoor accuracy (top) and main accuracy (bottom), one curve per run label.
@@ -171,13 +193,7 @@ def plot_comparison(runs: dict[str, list[dict[str, Any]]], path: str | Path, tit
                 if marked:
                     axes.plot(*zip(*marked), linestyle="none", marker="v", markersize=4, color=color)
 
-    backdoor_axes.set_ylabel(f"{metric} (%)")
-    main_axes.set_ylabel("main accuracy (%)")
-    main_axes.set_xlabel("round")
-    main_axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    for axes in (backdoor_axes, main_axes):
-        axes.set_ylim(0, 100)
-        axes.grid(True, alpha=0.3)
+    _accuracy_axes(backdoor_axes, main_axes, metric)
     handles, labels = backdoor_axes.get_legend_handles_labels()
     if twins:
         bar_handles, bar_labels = twins[0].get_legend_handles_labels()
@@ -185,13 +201,8 @@ def plot_comparison(runs: dict[str, list[dict[str, Any]]], path: str | Path, tit
     elif runs:
         labels = labels + ["(triangles: rounds with malicious clients)"]
         handles = handles + [backdoor_axes.plot([], [], linestyle="none", marker="v", color="grey")[0]]
-    if len(runs) > 6:  # a long legend goes beside the axes instead of over the curves
-        right = 1.12 if twins else 1.01  # clear of the bar axis' labels
-        backdoor_axes.legend(handles, labels, loc="upper left", bbox_to_anchor=(right, 1.0), fontsize="small")
-    else:
-        backdoor_axes.legend(handles, labels, loc="upper right", fontsize="small")
-    if title:
-        backdoor_axes.set_title(textwrap.fill(title, 90), fontsize="medium")
+    # clear of the bar axis' labels when the malicious counts are drawn as bars
+    _legend_and_title(backdoor_axes, handles, labels, len(runs), 1.12 if twins else 1.01, title)
     _save(figure, path)
     return path
 
@@ -221,21 +232,10 @@ def plot_comparison_bands(runs: dict[str, dict[int, list[dict[str, Any]]]], path
                               linewidth=0)
             axes.plot(rounds, [sum(v) / len(v) for v in values], color=color, linestyle=style,
                       label=f"{label} (mean of {len(by_seed)} seeds)")
-    backdoor_axes.set_ylabel(f"{metric} (%)")
-    main_axes.set_ylabel("main accuracy (%)")
-    main_axes.set_xlabel("round")
-    main_axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    for axes in (backdoor_axes, main_axes):
-        axes.set_ylim(0, 100)
-        axes.grid(True, alpha=0.3)
+    _accuracy_axes(backdoor_axes, main_axes, metric)
     handles, labels = backdoor_axes.get_legend_handles_labels()
     labels = labels + ["(bands: lowest to highest seed)"]
     handles = handles + [backdoor_axes.fill_between([], [], [], color="grey", alpha=0.18)]
-    if len(runs) > 6:
-        backdoor_axes.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
-    else:
-        backdoor_axes.legend(handles, labels, loc="upper right", fontsize="small")
-    if title:
-        backdoor_axes.set_title(textwrap.fill(title, 90), fontsize="medium")
+    _legend_and_title(backdoor_axes, handles, labels, len(runs), 1.01, title)
     _save(figure, path)
     return path

@@ -24,9 +24,9 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from sim.data import Dataset
 from sim.engines.client_training import ClientTraining
-from sim.engines.sequential import check_client_ids
+from sim.engines.sequential import ClientStateOfEngine, check_client_ids
 from sim.errors import ConfigError
-from sim.models import batchnorm_layers, build_model, trainable_parameters
+from sim.models import build_model, trainable_parameters
 
 # Share of the free memory the stacked clients may take when `client_chunk` is not set.
 MEMORY_SHARE = 0.5
@@ -96,7 +96,7 @@ class _VmapGradients:
         return list(grads)
 
 
-class BatchedEngine:
+class BatchedEngine(ClientStateOfEngine):
     """Trains the selected clients stacked along dim 0 on one device; see the module docstring.
 
     Arguments as for `SequentialEngine`, plus `client_chunk`, the most clients stacked at once
@@ -175,18 +175,3 @@ class BatchedEngine:
                               [self.client_indices[client] for client in clients[start:stop]], round,
                               updates[start:stop])
         return updates
-
-    def state_dict(self):
-        """The client defense's per-client state (None without any), for the checkpoint."""
-        return self.training.state_dict()
-
-    def load_state_dict(self, state) -> None:
-        self.training.load_state_dict(state)
-
-    def batchnorm_counters(self, clients: list[int], roles: Sequence[str] | None = None) -> Tensor:
-        """`[len(clients), L]` float64: the forward passes each client's round adds to each of
-        the model's L BatchNorm layers' counters (`ClientTraining.forward_passes`)."""
-        check_client_ids(clients, len(self.client_indices))
-        roles = self.training.roles(clients, self.malicious) if roles is None else list(roles)
-        return self.training.batchnorm_counters(roles, [self.client_indices[c] for c in clients],
-                                                batchnorm_layers(self.model))

@@ -60,7 +60,27 @@ class _ModelGradients:
         return [g.unsqueeze(0) for g in grads]
 
 
-class SequentialEngine:
+class ClientStateOfEngine:
+    """What both engines expose of their `ClientTraining` (`self.training`, with `client_indices`,
+    `malicious` and `model`): the per-client state for the checkpoint and the BatchNorm counters."""
+
+    def state_dict(self):
+        """The client defense's per-client state (None without any), for the checkpoint."""
+        return self.training.state_dict()
+
+    def load_state_dict(self, state) -> None:
+        self.training.load_state_dict(state)
+
+    def batchnorm_counters(self, clients: list[int], roles: Sequence[str] | None = None) -> Tensor:
+        """`[len(clients), L]` float64: the forward passes each client's round adds to each of
+        the model's L BatchNorm layers' counters (`ClientTraining.forward_passes`)."""
+        check_client_ids(clients, len(self.client_indices))
+        roles = self.training.roles(clients, self.malicious) if roles is None else list(roles)
+        return self.training.batchnorm_counters(roles, [self.client_indices[c] for c in clients],
+                                                batchnorm_layers(self.model))
+
+
+class SequentialEngine(ClientStateOfEngine):
     """Trains the selected clients one after another on one device with one model instance.
 
     `client_indices[k]` are client k's sample indices into the training set; `malicious` is
@@ -95,18 +115,3 @@ class SequentialEngine:
             self.training.run(self.gradients, self.gradients.rows, global_params, [client], [role],
                               [self.client_indices[client]], round, updates[row : row + 1])
         return updates
-
-    def state_dict(self):
-        """The client defense's per-client state (None without any), for the checkpoint."""
-        return self.training.state_dict()
-
-    def load_state_dict(self, state) -> None:
-        self.training.load_state_dict(state)
-
-    def batchnorm_counters(self, clients: list[int], roles: Sequence[str] | None = None) -> Tensor:
-        """`[len(clients), L]` float64: the forward passes each client's round adds to each of
-        the model's L BatchNorm layers' counters (`ClientTraining.forward_passes`)."""
-        check_client_ids(clients, len(self.client_indices))
-        roles = self.training.roles(clients, self.malicious) if roles is None else list(roles)
-        return self.training.batchnorm_counters(roles, [self.client_indices[c] for c in clients],
-                                                batchnorm_layers(self.model))
