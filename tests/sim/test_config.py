@@ -290,9 +290,10 @@ def test_table_presets_follow_the_report():
     table1 = load_config("table1-fmnist")
     assert (table1.rounds, table1.server.aggregator, table1.selection.schedule) == (80, "multikrum", "random")
     variants = compare_variants("table1-fmnist")
-    assert list(variants) == ["None", "LDP", "FL-WBC", "LeadFL"]
-    leadfl = apply_overrides(table1, variants["LeadFL"])
-    assert (leadfl.client_defense.type, leadfl.client_defense.alpha, leadfl.client_defense.q) == ("leadfl", 0.4, 0.2)
+    assert list(variants) == ["None", "LDP", "FL-WBC", "LeadFL hessian", "LeadFL original"]
+    for label, variant in (("LeadFL hessian", "hessian"), ("LeadFL original", "original")):
+        leadfl = apply_overrides(table1, variants[label]).client_defense
+        assert (leadfl.type, leadfl.variant, leadfl.alpha, leadfl.q) == ("leadfl", variant, 0.4, 0.2)
     table2 = load_config("table2-cifar10")
     assert apply_overrides(table2, compare_variants("table2-cifar10")["LeadFL"]).client_defense.alpha == 0.25
     assert load_config("alpha-sweep").server.f == 1
