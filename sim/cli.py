@@ -117,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plot_parser = commands.add_parser("plot", help="redraw the plots of a run or comparison folder")
     plot_parser.add_argument("folder", metavar="DIR")
+    plot_parser.add_argument(
+        "--frontier", metavar="KEY", help="of a comparison over seeds: main-accuracy cost against mean backdoor "
+        "accuracy, one line per family of variants along the setting KEY, e.g. client_defense.alpha "
+        "(writes frontier.md and frontier.png)"
+    )
+    plot_parser.add_argument("--baseline", metavar="LABEL", help="with --frontier: the variant the cost is measured "
+                             "against (default: the comparison's first variant)")
     commands.add_parser("list-presets", help="the presets in configs/ with their descriptions")
     _add_sweep_parser(commands)
     return parser
@@ -308,6 +315,14 @@ def _command_plot(args: argparse.Namespace) -> int:
     from sim.io import METRICS_FILE
 
     folder = Path(args.folder)
+    if args.baseline is not None and args.frontier is None:
+        raise ConfigError("--baseline chooses the reference of a frontier; fix: add --frontier KEY, or drop --baseline")
+    if args.frontier is not None:
+        from sim.frontier import write_frontier
+
+        for path in write_frontier(folder, compare.read_comparison(folder), args.frontier, args.baseline):
+            print(f"{'table' if path.suffix == '.md' else 'plot'}: {path}")
+        return 0
     if (folder / JSON_FILE).is_file():
         paths = []
         for label, entry in compare.read_comparison(folder)["variants"].items():

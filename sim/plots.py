@@ -239,3 +239,37 @@ def plot_comparison_bands(runs: dict[str, dict[int, list[dict[str, Any]]]], path
     _legend_and_title(backdoor_axes, handles, labels, len(runs), 1.01, title)
     _save(figure, path)
     return path
+
+
+def plot_frontier(families: dict[str, list[tuple[Any, float, float | None, float, float | None]]],
+                  baseline: tuple[str, float, float | None], path: str | Path, key: str,
+                  metric: str = "backdoor accuracy", title: str = "") -> Path:
+    """Cost against effect: per family a line through its points `(value, cost, cost half-width,
+    backdoor, backdoor half-width)` in the given order, each point labelled with its value and
+    drawn with its 95% intervals as error bars; the baseline `(label, backdoor, half-width)` at
+    cost 0."""
+    path = Path(path)
+    figure = Figure(figsize=(8, 6))
+    axes = figure.subplots()
+    label, backdoor, half = baseline
+    axes.errorbar([0.0], [backdoor], yerr=None if half is None else [half], color="black", marker="s",
+                  capsize=3, linestyle="none", label=f"{label} (baseline)")
+    for index, (family, points) in enumerate(families.items()):
+        color = f"C{index % 10}"
+        xs, ys = [p[1] for p in points], [p[3] for p in points]
+        xerr = [0.0 if p[2] is None else p[2] for p in points]
+        yerr = [0.0 if p[4] is None else p[4] for p in points]
+        axes.errorbar(xs, ys, xerr=xerr, yerr=yerr, color=color, marker="o", capsize=3, label=family)
+        for value, x, _, y, _ in points:
+            axes.annotate(f"{value}", (x, y), textcoords="offset points", xytext=(5, 5), fontsize="x-small",
+                          color=color)
+    axes.set_xlabel("main-accuracy cost (points below the baseline, paired over seeds)")
+    axes.set_ylabel(f"{metric}, average over rounds (%)")
+    axes.set_ylim(bottom=0)
+    axes.grid(True, alpha=0.3)
+    axes.legend(loc="upper right", fontsize="small", title=f"point labels: {key}; bars: 95% intervals",
+                title_fontsize="x-small")
+    if title:
+        axes.set_title(textwrap.fill(title, 90), fontsize="medium")
+    _save(figure, path)
+    return path
