@@ -329,7 +329,8 @@ def main(argv=None):
     print(format_table)
     print()
     print(estimate_table)
-    print(f"\nbatched gradient call, {batched['clients']} clients: {batched['contiguous_ms_per_step']:.1f} ms contiguous, "
+    print(f"\nbatched gradient call, {batched['clients']} clients: "
+          f"{batched['contiguous_ms_per_step']:.1f} ms contiguous, "
           f"{batched['channels_last_ms_per_step']:.1f} ms channels_last ({batched['speedup']:.2f}x)")
     print(f"\nwrote {out} and {out.with_suffix('.md')}")
 

@@ -142,7 +142,8 @@ def test_channels_last_run_matches_contiguous_run(tmp_path, defense):
     """
     results = {}
     for memory_format in ("contiguous", "channels_last"):
-        cfg = load_config(overrides=[*RUN, *RUN_DEFENSES[defense], "rounds=3", f"training.memory_format={memory_format}"])
+        overrides = [*RUN, *RUN_DEFENSES[defense], "rounds=3", f"training.memory_format={memory_format}"]
+        cfg = load_config(overrides=overrides)
         out = tmp_path / memory_format
         run(cfg, out, progress=False)
         results[memory_format] = (read_checkpoint(out / "checkpoint.pt")["global_params"], read_metrics(out))
