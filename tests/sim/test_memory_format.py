@@ -30,6 +30,8 @@ BENIGN_CLIENT, MALICIOUS_CLIENT = 0, 1
 # The client defenses of the comparison; every engine run also trains a backdoor (MGDA) client.
 DEFENSES = {
     "none": {"type": "none"},
+    "ldp": {"type": "ldp"},
+    "flwbc": {"type": "flwbc"},
     "leadfl_hessian": {"type": "leadfl", "variant": "hessian"},
     "leadfl_original": {"type": "leadfl", "variant": "original"},
     "leadfl_paper": {"type": "leadfl", "variant": "paper"},
