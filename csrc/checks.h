@@ -23,6 +23,37 @@ inline std::string shape_str(const at::Tensor& t) {
   return s + "]";
 }
 
+inline std::string strides_str(const at::Tensor& t) {
+  std::string s = "(";
+  for (int64_t i = 0; i < t.dim(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(t.stride(i));
+  }
+  return s + ")";
+}
+
+// The kernels walk every tensor of one parameter index as one run of numel() elements from its
+// first byte, pairing element i of params[k] with element i of first[k] and second[k]. That is
+// the tensor's own elements exactly when it is non-overlapping and dense (contiguous,
+// channels_last, any permutation of a contiguous tensor), and the same logical element of every
+// tensor when their strides agree on every dimension of more than one element (a dimension of
+// size 1 never moves the address, so its stride is free). A contiguous tensor passes at once.
+inline bool is_dense(const at::Tensor& t) { return t.is_contiguous() || t.is_non_overlapping_and_dense(); }
+
+inline bool same_layout(const at::Tensor& a, const at::Tensor& b) {
+  if (a.is_contiguous() && b.is_contiguous()) return true;
+  for (int64_t d = 0; d < a.dim(); ++d) {
+    if (a.size(d) > 1 && a.stride(d) != b.stride(d)) return false;
+  }
+  return true;
+}
+
+// With a per-row alpha the kernels find an element's row of dim 0 as its position / row length,
+// which holds when each row is one block of memory, the rows in order: dim 0 outermost.
+inline bool rows_are_blocks(const at::Tensor& t) {
+  return t.size(0) <= 1 || t.numel() == 0 || t.stride(0) == t.numel() / t.size(0);
+}
+
 inline void check_hyperparameters(const char* op, double lr, double alpha, double q) {
   TORCH_CHECK(std::isfinite(lr) && lr > 0, op, ": lr=", lr,
               " is not allowed; lr must be a finite number > 0 (the local learning rate eta)");
@@ -165,9 +196,10 @@ inline void check_arguments(const char* op, at::TensorList params, at::TensorLis
                 device.type(), "; allowed: float32, float64",
                 allow_reduced ? ", float16, bfloat16" : " (float16/bfloat16 only on CUDA)",
                 "; convert with .float()");
-    TORCH_CHECK(p.is_contiguous(), op, ": params[", k, "] (shape ", shape_str(p),
-                ") is not contiguous; the op updates memory in place and needs contiguous tensors; "
-                "call .contiguous() on the tensor (and keep using that copy)");
+    TORCH_CHECK(is_dense(p), op, ": params[", k, "] (shape ", shape_str(p), ", strides ", strides_str(p),
+                ") is not dense: its elements overlap or leave gaps in memory; the op updates memory in place "
+                "element by element and needs contiguous tensors (or channels_last, or any other permutation of "
+                "a contiguous one); call .contiguous() on the tensor (and keep using that copy)");
     TORCH_CHECK(!p.is_inference() || inference_mode, op, ": params[", k,
                 "] is an inference tensor (made under torch.inference_mode()) and torch forbids updating one "
                 "in place outside inference mode; call the op inside torch.inference_mode(), or pass a clone "
@@ -183,7 +215,13 @@ inline void check_arguments(const char* op, at::TensorList params, at::TensorLis
                   " but params[", k, "] has dtype ", dt, "; convert it with .to(params[", k, "].dtype)");
       TORCH_CHECK(o.device() == device, op, ": ", names[j], "[", k, "] is on ", o.device(), " but params[",
                   k, "] is on ", device, "; move it with .to(params[", k, "].device)");
-      TORCH_CHECK(o.is_contiguous(), op, ": ", names[j], "[", k, "] is not contiguous; call .contiguous() on it");
+      TORCH_CHECK(is_dense(o), op, ": ", names[j], "[", k, "] (shape ", shape_str(o), ", strides ", strides_str(o),
+                  ") is not dense: its elements overlap or leave gaps in memory; call .contiguous() on it");
+      TORCH_CHECK(same_layout(o, p), op, ": ", names[j], "[", k, "] has strides ", strides_str(o), " but params[",
+                  k, "] has strides ", strides_str(p), " (shape ", shape_str(p),
+                  "); the op pairs elements by their place in memory, so tensor k of every list needs the memory "
+                  "layout of params[", k, "]: pass torch.empty_like(params[", k, "]).copy_(", names[j], "[", k,
+                  "]), or make every tensor .contiguous()");
       TORCH_CHECK(!written[j] || !o.is_inference() || inference_mode, op, ": ", names[j], "[", k,
                   "] is an inference tensor (made under torch.inference_mode()) and torch forbids updating one "
                   "in place outside inference mode; call the op inside torch.inference_mode(), or pass a clone "
@@ -207,6 +245,9 @@ inline void check_arguments(const char* op, at::TensorList params, at::TensorLis
                   a.size(0), " values but params[", k, "] has shape ", shape_str(params[k]),
                   "; a per-row alpha needs dim 0 of every tensor to have exactly ", a.size(0),
                   " rows (stack clients along dim 0), or pass a float");
+      TORCH_CHECK(rows_are_blocks(params[k]), op, ": params[", k, "] (shape ", shape_str(params[k]), ", strides ",
+                  strides_str(params[k]), ") does not keep its rows of dim 0 as consecutive blocks of memory, which "
+                  "a per-row alpha needs; make dim 0 the outermost dimension (e.g. .contiguous()), or pass a float");
     }
     spans.push_back(memory_span(a, "alpha", -1, false, spans.size()));
     if (a.device().is_cpu()) {
@@ -225,7 +266,8 @@ inline void check_arguments(const char* op, at::TensorList params, at::TensorLis
   check_no_overlap(op, std::move(spans));
 }
 
-// Elements per row of dim 0 (the span that shares one alpha), or 0 for a scalar alpha.
+// Elements per row of dim 0 (the span that shares one alpha; one block of memory, see
+// rows_are_blocks), or 0 for a scalar alpha.
 inline int64_t row_length(const at::Tensor& t, bool per_row) {
   if (!per_row) return 0;
   const int64_t rows = t.size(0);

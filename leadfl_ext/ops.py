@@ -100,6 +100,26 @@ def paper_step_(
     _call("paper_step_", "deltas", params, grads, deltas, lr, alpha, q)
 
 
+def _is_dense(t: torch.Tensor) -> bool:
+    """Non-overlapping and dense: the elements fill one run of memory (contiguous, channels_last,
+    any permutation of a contiguous tensor), as csrc/checks.h's `is_dense`."""
+    if t.is_contiguous():
+        return True
+    expected = 1
+    for stride, size in sorted((t.stride(d), t.size(d)) for d in range(t.dim()) if t.size(d) != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal strides on every dimension of more than one element (csrc/checks.h's `same_layout`)."""
+    if a.is_contiguous() and b.is_contiguous():
+        return True
+    return all(a.stride(d) == b.stride(d) for d in range(a.dim()) if a.size(d) > 1)
+
+
 def _check_metadata(op: str, params, first, first_name: str, second, second_name: str, alpha_rows) -> None:
     """The metadata checks of the C++ kernels, for the fake kernels (tracing sees no data)."""
     for name, items in ((first_name, first), (second_name, second)):
@@ -110,6 +130,9 @@ def _check_metadata(op: str, params, first, first_name: str, second, second_name
         if p.device != params[0].device:
             raise RuntimeError(f"{op}: params[{k}] is on {p.device} but params[0] is on {params[0].device}; "
                                "move every tensor to one device")
+        if not _is_dense(p):
+            raise RuntimeError(f"{op}: params[{k}] (shape {list(p.shape)}, strides {p.stride()}) is not dense: its "
+                               "elements overlap or leave gaps in memory; call .contiguous() on the tensor")
         for name, items in ((first_name, first), (second_name, second)):
             o = items[k]
             if o.shape != p.shape:
@@ -119,6 +142,13 @@ def _check_metadata(op: str, params, first, first_name: str, second, second_name
                 raise RuntimeError(f"{op}: {name}[{k}] has dtype {o.dtype} but params[{k}] has dtype {p.dtype}")
             if o.device != p.device:
                 raise RuntimeError(f"{op}: {name}[{k}] is on {o.device} but params[{k}] is on {p.device}")
+            if not _is_dense(o):
+                raise RuntimeError(f"{op}: {name}[{k}] (shape {list(o.shape)}, strides {o.stride()}) is not dense: "
+                                   "its elements overlap or leave gaps in memory; call .contiguous() on it")
+            if not _same_layout(o, p):
+                raise RuntimeError(f"{op}: {name}[{k}] has strides {o.stride()} but params[{k}] has strides "
+                                   f"{p.stride()}; tensor k of every list needs the memory layout of params[{k}]: "
+                                   f"pass torch.empty_like(params[{k}]).copy_({name}[{k}])")
         if alpha_rows is not None and alpha_rows.device != p.device:
             # Without this, an alpha on "meta" sends CPU params to this (meta) kernel: a silent no-op.
             raise RuntimeError(f"{op}: alpha tensor is on {alpha_rows.device} but params[{k}] is on {p.device}; "
@@ -126,6 +156,10 @@ def _check_metadata(op: str, params, first, first_name: str, second, second_name
         if alpha_rows is not None and (p.dim() == 0 or p.shape[0] != alpha_rows.shape[0]):
             raise RuntimeError(f"{op}: alpha tensor has {alpha_rows.shape[0]} values but params[{k}] has shape "
                                f"{list(p.shape)}; a per-row alpha needs that many rows in dim 0 of every tensor")
+        if alpha_rows is not None and p.shape[0] > 1 and p.numel() > 0 and p.stride(0) != p.numel() // p.shape[0]:
+            raise RuntimeError(f"{op}: params[{k}] (shape {list(p.shape)}, strides {p.stride()}) does not keep its "
+                               "rows of dim 0 as consecutive blocks of memory, which a per-row alpha needs; make "
+                               "dim 0 the outermost dimension (e.g. .contiguous()), or pass a float")
 
 
 # Fake kernels: the ops only mutate their inputs, so tracing needs no output, only the checks.

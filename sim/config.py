@@ -33,10 +33,11 @@ from sim.data import DATASET_NAMES, PARTITION_SCHEMES, check_synthetic_size
 from sim.defenses.client import CLIENT_DEFENSES, LEADFL_VARIANTS, MOMENTUM_RESETS, check_client_defense
 from sim.defenses.privacy import PRIVACY_TYPES, build_privacy
 from sim.engines.client_training import check_training_settings
-from sim.engines.registry import AUTO, ENGINES
+from sim.engines.batched import check_memory_format
+from sim.engines.registry import AUTO, ENGINES, resolve_engine
 from sim.engines.schedules import LR_SCHEDULES
 from sim.errors import ConfigError
-from sim.models import MODELS
+from sim.models import MEMORY_FORMATS, MODELS
 from sim.selection import SCHEDULES as SELECTION_SCHEDULES
 from sim.selection import SELECTION_RNGS, Selector
 from sim.server.aggregators import AGGREGATORS, COUNTER_AGGREGATORS, UNAVAILABLE_AGGREGATORS, build_aggregator
@@ -149,6 +150,10 @@ class TrainingConfig:
     lr_step_rounds: int = _setting(10, "int", low=1)
     lr_gamma: float = _setting(0.5, "float", low=0, high=1, low_open=True)
     lr_min: float = _setting(0.0, "float", low=0)
+    # Memory layout of the model's conv weights and the image batches in local training
+    # (sim.models.MEMORY_FORMATS): contiguous, or channels_last (NHWC, faster convolutions on CPU;
+    # equal results up to float rounding; sequential engine only).
+    memory_format: str = _setting("contiguous", "str", choices=tuple(MEMORY_FORMATS))
 
 
 @dataclass
@@ -786,6 +791,8 @@ def validate(cfg: Config) -> Config:
             f"{DATASET_INPUT[dataset]}; fix: --set model={fitting[0]}"
         )
     check_training_settings(cfg.training, cfg.attack, DATASET_CLASSES[dataset])
+    if resolve_engine(cfg)[0] == "batched":
+        check_memory_format(cfg.training)
     check_client_defense(cfg.client_defense, model, DATASET_INPUT.get(dataset, "1x28x28"), DATASET_CLASSES[dataset],
                          momentum=cfg.training.momentum)
     build_aggregator(cfg.server, clients.clients_per_round, clients.num_clients, clients.num_malicious)

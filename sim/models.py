@@ -142,6 +142,36 @@ def build_model(
         return MODELS[name](in_shape, num_classes)
 
 
+# `training.memory_format`: how a model trained by the sequential engine lays out its 4-D tensors
+# (conv weights, image batches) in memory. The values, and so the flat parameter vector, are the
+# same either way; the convolutions sum in another order, so results differ by float rounding.
+MEMORY_FORMATS: dict[str, torch.memory_format] = {
+    "contiguous": torch.contiguous_format,
+    "channels_last": torch.channels_last,
+}
+
+
+def memory_format_of(training) -> torch.memory_format:
+    """The torch memory format `training.memory_format` names (contiguous when the section
+    predates the setting), or a ConfigError naming the choices."""
+    name = getattr(training, "memory_format", "contiguous")
+    if name not in MEMORY_FORMATS:
+        raise ConfigError(
+            f"training.memory_format = {name!r} is not allowed; allowed: {', '.join(MEMORY_FORMATS)}. "
+            "Set training.memory_format=contiguous."
+        )
+    return MEMORY_FORMATS[name]
+
+
+def in_layout(tensor: Tensor, like: Tensor) -> Tensor:
+    """`tensor` with the memory layout of `like` (same shape): itself when the two already lay
+    out their elements alike (equal strides on every dimension of more than one element), else a
+    copy in `like`'s layout. What the leadfl_ext ops need of the tensors they pair with a parameter."""
+    if all(tensor.stride(d) == like.stride(d) for d in range(like.dim()) if like.size(d) > 1):
+        return tensor
+    return torch.empty_like(like).copy_(tensor)
+
+
 def trainable_parameters(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
     """The (name, tensor) pairs that make up the flat parameter vector, in its order."""
     return [(name, param) for name, param in module.named_parameters() if param.requires_grad]

@@ -1,6 +1,9 @@
 // CPU kernels of leadfl::fused_step_ and leadfl::paper_step_: one pass over memory, parallel over
 // fixed-size chunks of all tensors with at::parallel_for; the vectorised loops over each chunk
 // (ATen's Vectorized<T>, chosen per CPU) are in leadfl_cpu_spans.h.
+// Each tensor is walked in memory order, element i of params[k] with element i of the other
+// lists' tensor k: checks.h admits only dense tensors of one layout per index, for which that is
+// the same logical element whatever the layout (contiguous, channels_last, ...).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>

@@ -37,6 +37,21 @@ PARAMETER_COPIES = 14
 ACTIVATION_COPIES = 4
 
 
+def check_memory_format(training) -> None:
+    """The batched engine trains contiguous tensors only: its rows are `[n, ...]` stacks (5-D for
+    a conv weight), which have no channels_last layout, and vmap folds the clients into grouped
+    convolutions, where stacks laid out client by client in NHWC ran no faster on a CPU
+    (bench/results/train_step_cpu.md)."""
+    memory_format = getattr(training, "memory_format", "contiguous")
+    if memory_format != "contiguous":
+        raise ConfigError(
+            f"training.memory_format = {memory_format!r} is not allowed with the batched engine, which stacks "
+            "clients into tensors that have no channels_last layout; allowed there: contiguous. Set "
+            "training.memory_format=contiguous, or engine=sequential (one client at a time, where channels_last "
+            "applies)."
+        )
+
+
 def _available_memory(device: torch.device) -> int:
     """Bytes free for new tensors on `device`."""
     if device.type == "cuda":
@@ -106,6 +121,7 @@ class BatchedEngine(ClientStateOfEngine):
     def __init__(self, model_name: str, dataset: Dataset, client_indices: Sequence[Tensor], malicious, training,
                  attack, client_defense, seed: int, device, rounds: int | None = None,
                  client_chunk: int | None = None):
+        check_memory_format(training)
         if client_chunk is not None and (isinstance(client_chunk, bool) or not isinstance(client_chunk, int) or client_chunk < 1):
             raise ConfigError(
                 f"client_chunk={client_chunk!r} must be a whole number >= 1 (clients stacked at once) or null "

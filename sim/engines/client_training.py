@@ -44,6 +44,7 @@ from sim.data import Dataset
 from sim.defenses.client import SGD, build_update_rule
 from sim.engines.schedules import local_lr, num_local_steps, plan_batches
 from sim.errors import ConfigError
+from sim.models import memory_format_of
 
 BENIGN = "benign"
 
@@ -115,6 +116,7 @@ def check_training_settings(training, attack, num_classes: int) -> None:
             f"attack.blend_weight = {attack.blend_weight!r} must be in [0, 1] (the backdoor loss's weight).",
         )
     _require(attack.boost > 0, f"attack.boost = {attack.boost!r} must be > 0 (1 = no boosting).")
+    memory_format_of(training)
 
 
 class ClientTraining:

@@ -3,6 +3,11 @@
 Each client is `ClientTraining` on one row: the rows are `[1, ...]` views of the model's own
 parameters, so loading the global vector is one in-place copy, a minibatch is an index gather
 from the dataset tensors already on the device, and gradients come from plain autograd.
+
+With `training.memory_format: channels_last` the model's 4-D tensors (conv weights) and the image
+batches are NHWC in memory, which the CPU convolutions run faster; the rows stay views of those
+parameters, each gradient is returned in its parameter's layout (the leadfl_ext ops pair
+elements by their place in memory), and the flat vectors keep their logical order.
 """
 
 from __future__ import annotations
@@ -16,7 +21,14 @@ from torch import Tensor
 
 from sim.data import Dataset
 from sim.engines.client_training import ClientTraining
-from sim.models import batchnorm_layers, build_model, load_flat_parameters_, trainable_parameters
+from sim.models import (
+    batchnorm_layers,
+    build_model,
+    in_layout,
+    load_flat_parameters_,
+    memory_format_of,
+    trainable_parameters,
+)
 
 
 def check_client_ids(clients: Sequence[int], num_clients: int) -> None:
@@ -29,11 +41,23 @@ class _ModelGradients:
     """`Gradients` for one row by autograd on a model; rows other than the model's own (the
     LeadFL lookahead point) are evaluated on a twin, so the model itself is never swapped."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, memory_format: torch.memory_format = torch.contiguous_format):
         self.model = model
         self.params = [param for _, param in trainable_parameters(model)]
         self.rows = [param.detach().unsqueeze(0) for param in self.params]
         self._twin = None
+        self.memory_format = memory_format
+        self._reformat = memory_format != torch.contiguous_format
+
+    def _images(self, x: Tensor) -> Tensor:
+        """One row's `[B, C, H, W]` images in the model's memory format."""
+        return x.contiguous(memory_format=self.memory_format) if self._reformat and x.dim() == 4 else x
+
+    def _rows_of(self, grads) -> list[Tensor]:
+        """`[1, ...]` gradient rows, each in its parameter's memory layout."""
+        if self._reformat:
+            grads = [in_layout(g, p) for g, p in zip(grads, self.params)]
+        return [g.unsqueeze(0) for g in grads]
 
     def _module(self, params: list[Tensor]) -> tuple[torch.nn.Module, list[Tensor]]:
         if params is self.rows:
@@ -47,17 +71,17 @@ class _ModelGradients:
 
     def task(self, params, x, y):
         model, leaves = self._module(params)
-        loss = F.cross_entropy(model(x[0]), y[0])
+        loss = F.cross_entropy(model(self._images(x[0])), y[0])
         grads = torch.autograd.grad(loss, leaves)
-        return [g.unsqueeze(0) for g in grads], loss.detach().reshape(1)
+        return self._rows_of(grads), loss.detach().reshape(1)
 
     def blended(self, params, x, y, poisoned_x, poisoned_y, weight):
         model, leaves = self._module(params)
         # Two forward passes, so BatchNorm normalises clean and triggered images separately.
-        loss_backdoor = F.cross_entropy(model(poisoned_x[0]), poisoned_y[0])
-        loss_clean = F.cross_entropy(model(x[0]), y[0])
+        loss_backdoor = F.cross_entropy(model(self._images(poisoned_x[0])), poisoned_y[0])
+        loss_clean = F.cross_entropy(model(self._images(x[0])), y[0])
         grads = torch.autograd.grad(weight * loss_backdoor + (1.0 - weight) * loss_clean, leaves)
-        return [g.unsqueeze(0) for g in grads]
+        return self._rows_of(grads)
 
 
 class ClientStateOfEngine:
@@ -93,8 +117,11 @@ class SequentialEngine(ClientStateOfEngine):
         self.device = torch.device(device)
         self.client_indices = [indices.to(self.device) for indices in client_indices]
         self.malicious = frozenset(int(client) for client in malicious)
+        memory_format = memory_format_of(training)
         self.model = build_model(model_name, dataset.image_shape, dataset.num_classes).to(self.device)
-        self.gradients = _ModelGradients(self.model)
+        if memory_format != torch.contiguous_format:
+            self.model = self.model.to(memory_format=memory_format)
+        self.gradients = _ModelGradients(self.model, memory_format)
         named = trainable_parameters(self.model)
         names = [name for name, _ in named]
         self.num_parameters = sum(row.numel() for row in self.gradients.rows)

@@ -70,12 +70,18 @@ def emu(tmp_path_factory):
     return lib
 
 
+def _format_of(t):
+    return torch.channels_last if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) \
+        else torch.contiguous_format
+
+
 def emulate(lib, variant, params, grads, thirds, lr, alpha, q, identity=1.0):
     """What leadfl_cuda.cpp hands to launch_update, run by the host emulation; returns the launch count."""
     per_row = isinstance(alpha, torch.Tensor)
     refs = (TensorRef * len(params))()
     for k, (p, g, t) in enumerate(zip(params, grads, thirds, strict=True)):
-        assert p.is_contiguous() and g.is_contiguous() and t.is_contiguous()
+        # What csrc/checks.h admits: one dense layout (contiguous, channels_last, ...) per index.
+        assert p.stride() == g.stride() == t.stride() and p.is_contiguous(memory_format=_format_of(p))
         row_len = p.numel() // p.shape[0] if per_row and p.shape[0] > 0 else 0
         refs[k] = TensorRef(p.data_ptr(), g.data_ptr(), t.data_ptr(), p.numel(), row_len, KERNEL_DTYPE[p.dtype])
     alpha_f32 = alpha.to(torch.float32).contiguous() if per_row else None
@@ -234,6 +240,30 @@ def test_misaligned_views_take_the_scalar_path(emu, op_name, dtype, offsets):
 def test_views_at_a_16_byte_boundary_take_the_vector_path(emu, op_name):
     specs = [((4099,), torch.float32, 4), ((1031,), torch.float64, 2), ((1031,), torch.float16, 8)]
     assert run_case(emu, op_name, specs, seed=4) == 3
+
+
+# -- memory layouts -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("op_name", list(OPS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_channels_last_tensors_give_the_contiguous_result(emu, op_name, dtype):
+    """The launcher gets each tensor's first address and numel, so channels_last tensors (what
+    the checks admit when all three share the layout) are updated in memory order: the same
+    values as the contiguous call, element for element, with a per-row alpha too."""
+    variant = OPS[op_name][0]
+    shapes = [(6, 16, 5, 5), (6, 3, 7, 9)]
+    alpha = torch.tensor(ROW_ALPHA)
+    for a in (ALPHA, alpha):
+        gen = torch.Generator().manual_seed(8)
+        triples = [[x.view.clone() for x in make_inputs(shape, dtype, variant, (0, 0, 0), gen)] for shape in shapes]
+        layouts = [[x.contiguous(memory_format=torch.channels_last) for x in triple] for triple in triples]
+        assert all(not x.is_contiguous() for triple in layouts for x in triple)
+        for tensors in (triples, layouts):
+            emulate(emu, variant, [x[0] for x in tensors], [x[1] for x in tensors], [x[2] for x in tensors],
+                    LR, a, Q)
+        for triple, layout in zip(triples, layouts):
+            for want, got in zip(triple, layout):
+                assert torch.equal(want, got)
 
 
 # -- per-row alpha --------------------------------------------------------------------------------

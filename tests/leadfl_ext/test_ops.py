@@ -93,6 +93,122 @@ def test_scalar_alpha_equals_constant_per_row_alpha(op_name, device):
         torch.testing.assert_close(x, y, rtol=0, atol=0)
 
 
+# -- memory layouts: any dense layout, the same for every tensor of one parameter index ------
+
+CL = torch.channels_last
+
+
+def _layouts(tensors, layout):
+    """The same values in another memory layout: `channels_last` (NHWC) 4-D tensors, `rows` (the
+    sequential engine's `[1, ...]` rows of channels_last parameters), or `permuted` (the 4-D
+    tensors stored with their dims in reverse order)."""
+    out = []
+    for x in tensors:
+        if x.dim() != 4:
+            out.append(x.unsqueeze(0).clone() if layout == "rows" else x.clone())
+        elif layout == "channels_last":
+            out.append(x.contiguous(memory_format=CL))
+        elif layout == "rows":
+            out.append(x.contiguous(memory_format=CL).unsqueeze(0))
+        else:
+            out.append(x.permute(3, 2, 1, 0).contiguous().permute(3, 2, 1, 0))
+    return out
+
+
+# Every tensor (and every row, for a per-row alpha) a whole number of 8-element vectors: the AVX2
+# build's scalar tail of paper_step_ lets the compiler fuse a multiply-add that the vector body
+# rounds in two steps, so an element moved into or out of a tail by another layout could differ
+# in its last bit. FashionMNIST's and CIFAR-10's conv weights have such sizes.
+LAYOUT_SHAPES = [(16, 1, 5, 5), (16,), (32, 16, 5, 5), (32,), (10, 1568), (4, 7, 2, 9), (8, 3, 1, 1)]
+
+
+@pytest.mark.parametrize("op_name", list(OPS))
+@pytest.mark.parametrize("layout", ["channels_last", "rows", "permuted"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_any_dense_layout_gives_the_contiguous_result_exactly(op_name, layout, dtype, device):
+    """The element-wise update walks memory order, so a channels_last (or otherwise permuted)
+    call equals the contiguous call on the same values bit for bit, in the caller's layout
+    (shapes as LAYOUT_SHAPES says)."""
+    fast = OPS[op_name][0]
+    params, grads, thirds = fresh_inputs(LAYOUT_SHAPES, dtype, device, 31)
+    p2, g2, t2 = (_layouts(xs, layout) for xs in (params, grads, thirds))
+    assert any(not x.is_contiguous() for x in p2), "the layout under test must differ from contiguous"
+    strides = [x.stride() for x in p2 + t2]
+    before = [x.clone() for x in params]
+    fast(params, grads, thirds, lr=0.05, alpha=0.4, q=0.2)
+    fast(p2, g2, t2, lr=0.05, alpha=0.4, q=0.2)
+    assert [x.stride() for x in p2 + t2] == strides
+    for k, (want, got, old) in enumerate(zip(params + thirds, p2 + t2, before + [None] * len(thirds))):
+        got = got[0] if layout == "rows" else got
+        assert torch.equal(want, got), f"tensor {k} differs from the contiguous result"
+        if old is not None:
+            assert bool((want != old).any()), f"params[{k}] did not move"
+
+
+@pytest.mark.parametrize("op_name", list(OPS))
+def test_channels_last_with_a_per_row_alpha(op_name, device):
+    """channels_last keeps dim 0 outermost (one block of memory per row), so a per-row alpha
+    reads the right value for every element: equal to the contiguous call."""
+    fast = OPS[op_name][0]
+    shapes = [(4, 8, 5, 5), (4, 16, 2, 3), (4, 8)]
+    alpha = torch.tensor([0.4, 0.0, 1.5, 0.25], dtype=torch.float64, device=device)
+    params, grads, thirds = fresh_inputs(shapes, torch.float32, device, 32)
+    p2, g2, t2 = (_layouts(xs, "channels_last") for xs in (params, grads, thirds))
+    fast(params, grads, thirds, lr=0.05, alpha=alpha, q=0.2)
+    fast(p2, g2, t2, lr=0.05, alpha=alpha, q=0.2)
+    for want, got in zip(params + thirds, p2 + t2):
+        assert torch.equal(want, got)
+
+
+@pytest.mark.parametrize("op_name", list(OPS))
+def test_channels_last_keeps_the_in_place_contract(op_name):
+    """Version counters move and a leaf requiring grad is refused in grad mode, as for contiguous tensors."""
+    fast = OPS[op_name][0]
+    p, g, t = (_layouts(xs, "channels_last") for xs in fresh_inputs([(2, 3, 4, 5)], torch.float32, "cpu", 33))
+    before = [x._version for x in p + t]
+    fast(p, g, t, lr=0.1, alpha=0.4, q=0.2)
+    assert p[0]._version == before[0] + 1
+    assert t[0]._version == before[1] + (op_name == "paper_step_")
+    leaf = p[0].clone().requires_grad_()
+    with pytest.raises(RuntimeError, match=_escape("params[0] is a leaf tensor that requires grad")):
+        fast([leaf], g, t, lr=0.1, alpha=0.4, q=0.2)
+
+
+@pytest.mark.parametrize("op_name", list(OPS))
+def test_fake_kernel_checks_layouts_like_the_kernels(op_name):
+    """Under fake tensors (what torch.compile traces) a channels_last call passes and mismatched
+    strides or a tensor with gaps are refused with the kernels' messages."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    op = getattr(torch.ops.leadfl, op_name)
+    kwargs = dict(lr=0.1, alpha=0.4, alpha_rows=None, q=0.2)
+    with FakeTensorMode():
+        p = torch.empty(2, 3, 4, 5).contiguous(memory_format=CL)
+        g = torch.empty(2, 3, 4, 5).contiguous(memory_format=CL)
+        t = torch.empty(2, 3, 4, 5).contiguous(memory_format=CL)
+        op([p], [g], [t], **kwargs)
+        with pytest.raises(RuntimeError, match=_escape("grads[0] has strides (60, 20, 5, 1) but params[0] has "
+                                                       "strides (60, 1, 15, 3)")):
+            op([p], [torch.empty(2, 3, 4, 5)], [t], **kwargs)
+        with pytest.raises(RuntimeError, match=_escape("params[0] (shape [2, 3, 4, 5], strides (120, 40, 10, 2)) "
+                                                       "is not dense")):
+            op([torch.empty(2, 3, 4, 10)[..., ::2]], [g], [t], **kwargs)
+
+
+def test_channels_last_compiles_into_one_graph():
+    """torch.compile of a channels_last step traces (fake kernels, functionalisation) and gives eager's result."""
+    def step(p, g, t):
+        torch.ops.leadfl.fused_step_([p], [g], [t], lr=0.1, alpha=0.4, alpha_rows=None, q=0.2)
+        return p * 2
+
+    torch._dynamo.reset()
+    p, g, t = (_layouts(xs, "channels_last")[0] for xs in fresh_inputs([(2, 3, 4, 5)], torch.float32, "cpu", 34))
+    p2 = p.clone()
+    out = torch.compile(step, backend="aot_eager", fullgraph=True)(p, g, t)
+    out2 = step(p2, g, t)
+    assert torch.equal(out, out2) and torch.equal(p, p2) and p.stride() == p2.stride()
+
+
 def test_hessian_clamp_and_update_by_hand():
     # g = 0.5, g~ = 2.0: 1 - (2.0 - 0.5) = -0.5 -> clamped to -0.2.
     # W = 1 - 0.1*0.5 - 0.1*0.4*(-0.2) = 1 - 0.05 + 0.008 = 0.958
@@ -226,7 +342,22 @@ BAD_CASES = {
                                             [x[:3].contiguous() for x in t]),
                            dict(alpha=torch.tensor([0.1, -0.2, 0.3])), "alpha[1]=-0.2"),
     "alpha_2d": (None, dict(alpha=torch.ones(3, 4)), "must be 1-D"),
-    "non_contiguous": (lambda p, g, t: ([p[0].t(), p[1]], [g[0].t(), g[1]], [t[0].t(), t[1]]), {}, "not contiguous"),
+    # Gaps between the elements, or elements that overlap: no single run of memory to walk.
+    "strided_with_gaps": (lambda p, g, t: ([torch.randn(3, 8)[:, ::2], p[1]], g, t), {},
+                          "params[0] (shape [3, 4], strides (8, 2)) is not dense"),
+    "grads_with_gaps": (lambda p, g, t: (p, [torch.randn(3, 8)[:, ::2], g[1]], t), {},
+                        "grads[0] (shape [3, 4], strides (8, 2)) is not dense"),
+    "expanded_params": (lambda p, g, t: ([torch.randn(1, 4).expand(3, 4), p[1]], g, t), {},
+                        "params[0] (shape [3, 4], strides (0, 1)) is not dense"),
+    # Dense, but laid out unlike params[0]: element i in memory would be another logical element.
+    "mismatched_strides": (lambda p, g, t: ([_column_major(p[0]), p[1]], g, t), {},
+                           "grads[0] has strides (4, 1) but params[0] has strides (1, 3)"),
+    "mismatched_strides_third": (lambda p, g, t: ([_column_major(p[0]), p[1]], [_column_major(g[0]), g[1]], t), {},
+                                 "has strides (4, 1) but params[0] has strides (1, 3)"),
+    # A per-row alpha needs each row of dim 0 to be one block of memory.
+    "alpha_rows_not_blocks": (lambda p, g, t: ([_column_major(x[:3]) for x in p], [_column_major(x[:3]) for x in g],
+                                               [_column_major(x[:3]) for x in t]),
+                              dict(alpha=torch.ones(3)), "does not keep its rows of dim 0 as consecutive blocks"),
     "half_on_cpu": (lambda p, g, t: ([x.half() for x in p], [x.half() for x in g], [x.half() for x in t]), {},
                     "float16/bfloat16 only on CUDA"),
     "meta_device_mix": (lambda p, g, t: (p, [g[0], torch.empty(5, device="meta")], t), {}, "is on meta"),
@@ -255,6 +386,11 @@ BAD_CASES = {
     "grads_overlap_params": (lambda p, g, t: _shifted_views(p, g, t), {}, "params[0] and grads[0] share memory"),
     "inference_params": (lambda p, g, t: (_inference(p), g, t), {}, "params[0] is an inference tensor"),
 }
+
+
+def _column_major(x):
+    """The values of `x` (2-D) laid out column by column: dense, strides (1, rows)."""
+    return x.t().contiguous().t() if x.dim() == 2 else x
 
 
 def _three_rows(p, g, t):
