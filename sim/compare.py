@@ -219,7 +219,8 @@ class _Run:
     folder: str  # relative to the comparison folder
 
 
-def _override_pair(item: Override) -> tuple[str, Any]:
+def override_pair(item: Override) -> tuple[str, Any]:
+    """(path, value) of one override: a `path=value` string (value parsed as YAML) or a pair."""
     if isinstance(item, str):
         path, _, text = item.partition("=")
         return path.strip(), yaml.safe_load(text)
@@ -230,7 +231,7 @@ def input_yaml(cfg: Config, variants: dict[str, list[Override]], seeds: list[int
     """A `--config` file that reproduces this comparison: the base settings, the `compare:`
     section and, for several seeds, `seeds:`."""
     document: dict[str, Any] = to_dict(cfg)
-    document["compare"] = {label: dict(_override_pair(item) for item in overrides) for label, overrides in variants.items()}
+    document["compare"] = {label: dict(override_pair(item) for item in overrides) for label, overrides in variants.items()}
     if seeds is not None:
         document["seeds"] = list(seeds)
     return yaml.safe_dump(document, sort_keys=False)

@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from sim.compare import override_pair
 from sim.errors import ConfigError
 from sim.io import write_atomic
 from sim.metrics import attack_metric_name
@@ -43,11 +42,7 @@ class FrontierPoint:
 
 
 def _overrides(entry: dict[str, Any]) -> dict[str, Any]:
-    pairs = {}
-    for item in entry.get("overrides", []):
-        path, _, text = str(item).partition("=")
-        pairs[path.strip()] = yaml.safe_load(text)
-    return pairs
+    return dict(override_pair(item) for item in entry.get("overrides", []))
 
 
 def _per_seed(entry: dict[str, Any], name: str) -> dict[str, float]:
