@@ -14,23 +14,18 @@
 
 namespace leadfl {
 
-inline std::string shape_str(const at::Tensor& t) {
-  std::string s = "[";
-  for (int64_t i = 0; i < t.dim(); ++i) {
+inline std::string join_ints(c10::IntArrayRef values, const char* open, const char* close) {
+  std::string s = open;
+  for (size_t i = 0; i < values.size(); ++i) {
     if (i) s += ", ";
-    s += std::to_string(t.size(i));
+    s += std::to_string(values[i]);
   }
-  return s + "]";
+  return s + close;
 }
 
-inline std::string strides_str(const at::Tensor& t) {
-  std::string s = "(";
-  for (int64_t i = 0; i < t.dim(); ++i) {
-    if (i) s += ", ";
-    s += std::to_string(t.stride(i));
-  }
-  return s + ")";
-}
+inline std::string shape_str(const at::Tensor& t) { return join_ints(t.sizes(), "[", "]"); }
+
+inline std::string strides_str(const at::Tensor& t) { return join_ints(t.strides(), "(", ")"); }
 
 // The kernels walk every tensor of one parameter index as one run of numel() elements from its
 // first byte, pairing element i of params[k] with element i of first[k] and second[k]. That is
