@@ -45,7 +45,7 @@ from sim.plots import plot_comparison, plot_comparison_bands
 from sim.reporting import read_metrics
 from sim.resume import finished_summary, refuse_overwrite
 from sim.runner import run
-from sim.stats import mean_interval
+from sim.stats import count_of_seeds, mean_interval
 
 TABLE_FILE = "table.md"
 INPUT_FILE = "compare-input.yaml"  # the settings, variants and seeds, as a --config file
@@ -169,7 +169,7 @@ def caption_for(cfg: Config, seeds: list[int] | None = None) -> str:
         f"{attack} on {cfg.data.dataset} ({cfg.data.partition}), model {cfg.model}, server aggregator "
         f"{cfg.server.aggregator}, {cfg.selection.schedule} selection of {cfg.clients.clients_per_round} "
         f"of {cfg.clients.num_clients} clients ({cfg.clients.num_malicious} malicious), {cfg.rounds} rounds, "
-        + (f"seed {cfg.seed}." if seeds is None else f"{len(seeds)} seeds ({seeds_text(seeds)}).")
+        + (f"seed {cfg.seed}." if seeds is None else f"{count_of_seeds(len(seeds))} ({seeds_text(seeds)}).")
     )
 
 
@@ -445,7 +445,7 @@ def seeds_table_markdown(comparison: dict[str, Any]) -> str:
     lines = [
         comparison.get("caption", ""),
         "",
-        f"Mean ± half-width of the Student-t 95% interval over the {len(seeds)} seeds (n: seeds with a value); "
+        f"Mean ± half-width of the Student-t 95% interval over the {count_of_seeds(len(seeds))} (n: seeds with a value); "
         f"Δ: the difference to {labels[0]}, seed by seed (same selections), its mean ± 95% half-width.",
         "",
     ]

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from sim.io import write_atomic
+from sim.stats import count_of_seeds
 
 MALICIOUS_COLOR = "tab:red"
 MAIN_COLOR = "tab:blue"
@@ -231,7 +232,7 @@ def plot_comparison_bands(runs: dict[str, dict[int, list[dict[str, Any]]]], path
             axes.fill_between(rounds, [min(v) for v in values], [max(v) for v in values], color=color, alpha=0.18,
                               linewidth=0)
             axes.plot(rounds, [sum(v) / len(v) for v in values], color=color, linestyle=style,
-                      label=f"{label} (mean of {len(by_seed)} seeds)")
+                      label=f"{label} (mean of {count_of_seeds(len(by_seed))})")
     _accuracy_axes(backdoor_axes, main_axes, metric)
     handles, labels = backdoor_axes.get_legend_handles_labels()
     labels = labels + ["(bands: lowest to highest seed)"]

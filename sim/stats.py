@@ -116,3 +116,8 @@ def mean_interval(values: Iterable[float], confidence: float = 0.95) -> Estimate
     variance = sum((v - mean) ** 2 for v in values) / (n - 1)
     half = t_quantile((1.0 + confidence) / 2.0, n - 1) * math.sqrt(variance / n)
     return Estimate(mean, half, n)
+
+
+def count_of_seeds(count: int) -> str:
+    """`1 seed`, `5 seeds`."""
+    return f"{count} seed" + ("" if count == 1 else "s")

@@ -192,3 +192,12 @@ def test_resume_from_a_folder_without_a_comparison_record_says_what_to_give(tmp_
     (tmp_path / "empty").mkdir()
     assert main(["compare", "--out", str(tmp_path / "empty"), "--resume"]) == 2
     assert "fix: give the --preset/--config" in capsys.readouterr().err
+
+
+def test_caption_counts_one_seed_in_the_singular():
+    from sim.compare import caption_for
+    from sim.config import load_config
+
+    cfg = load_config(preset="demo")
+    assert caption_for(cfg, [3]).endswith("1 seed (3).")
+    assert caption_for(cfg, [0, 1, 2]).endswith("3 seeds (0-2).")
