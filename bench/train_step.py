@@ -22,6 +22,13 @@ those per-step times it estimates (an estimate, not a run) the local training ti
 preset (configs/table1-fmnist.yaml) in either layout, and it times the batched engine's vmapped
 gradient call over 10 stacked clients with contiguous stacks against channels_last ones.
 
+A last section puts the step against the hardware: the floating-point operations of one gradient
+(forward and backward at batch 16, counted by `torch.utils.flop_counter.FlopCounterMode`:
+convolutions and matrix products; BatchNorm, ReLU and max-pool are not counted), the rate a
+512x512 float32 matrix product reaches on one thread (timed in the same interleaved blocks as the
+step modes: the practical peak of a core), and from them the Table I preset's local training at
+that peak on every core, and the per-core rate the preset needs to train in under two hours.
+
     python bench/train_step.py [--steps 60] [--repeats 7] [--threads 1] [--no-compile]
 """
 from __future__ import annotations
@@ -65,6 +72,9 @@ MEMORY_FORMATS = ("contiguous", "channels_last")
 TABLE1_VARIANTS = {"None": "benign, no defense", "LDP": "benign, ldp", "FL-WBC": "benign, flwbc",
                    "LeadFL hessian": "benign, leadfl hessian", "LeadFL original": "benign, leadfl original"}
 TABLE1_ROUNDS, TABLE1_CLIENTS, TABLE1_MALICIOUS_SHARE, TABLE1_STEPS = 80, 10, 0.25, 10 * 38
+TABLE1_TARGET_HOURS = 2.0
+MATMUL_SIZE = 512
+MATMUL = "matmul 512x512 (hardware reference)"
 
 
 def interleaved(loops, repeats, steps):
@@ -126,13 +136,53 @@ def step_modes(dataset, samples, args):
                     record.append(loss.item())
 
         loops[name] = block
+    a, b = torch.randn(MATMUL_SIZE, MATMUL_SIZE), torch.randn(MATMUL_SIZE, MATMUL_SIZE)
+
+    def matmuls():  # one product per "step"
+        for _ in range(args.steps):
+            torch.mm(a, b)
+
+    loops[MATMUL] = matmuls
     times = interleaved(loops, args.repeats, args.steps)
+    matmul_s = statistics.median(times.pop(MATMUL))
     eager = statistics.median(times["eager (contiguous)"])
     reference = torch.tensor(losses["eager (contiguous)"])
-    return [{"mode": name, "ms_per_step": statistics.median(values) * 1e3,
+    gradient_flops = flops_per_gradient()
+    rows = [{"mode": name, "ms_per_step": statistics.median(values) * 1e3,
              "speedup_vs_eager": eager / statistics.median(values),
+             "gflops": gradient_flops / statistics.median(values) / 1e9,
              "max_loss_difference": float((torch.tensor(losses[name]) - reference).abs().max())}
             for name, values in times.items()]
+    return rows, {"flops_per_gradient": gradient_flops, "matmul_gflops": 2 * MATMUL_SIZE**3 / matmul_s / 1e9}
+
+
+def flops_per_gradient(batch: int = 16) -> int:
+    """Floating-point operations of one forward and backward pass of fmnist_cnn at `batch`."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build_model("fmnist_cnn", (1, 28, 28), 10)
+    x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), y).backward()
+    return int(counter.get_total_flops())
+
+
+def table1_hardware_limit(limits, modes, cores):
+    """The Table I preset's local training against the hardware: its gradients and operations,
+    hours at the matrix-product rate on `cores` cores, and the rate per core it needs to train in
+    TABLE1_TARGET_HOURS (with perfect scaling over the cores)."""
+    benign_steps = TABLE1_CLIENTS * (1 - TABLE1_MALICIOUS_SHARE) * TABLE1_STEPS
+    malicious_steps = TABLE1_CLIENTS * TABLE1_MALICIOUS_SHARE * TABLE1_STEPS
+    gradients = TABLE1_ROUNDS * sum(benign_steps * GRADIENTS_PER_STEP.get(role, 1)
+                                    + malicious_steps * GRADIENTS_PER_STEP["malicious, backdoor mgda"]
+                                    for role in TABLE1_VARIANTS.values())
+    flops = gradients * limits["flops_per_gradient"]
+    peak = limits["matmul_gflops"] * 1e9
+    needed = flops / (cores * TABLE1_TARGET_HOURS * 3600) / 1e9
+    return {"gradients": gradients, "flops": flops, "cores": cores,
+            "hours_at_matmul_rate": flops / (cores * peak) / 3600,
+            "needed_gflops_per_core": needed, "needed_share_of_matmul": needed / limits["matmul_gflops"],
+            "hours_per_mode": {r["mode"]: flops / (cores * r["gflops"] * 1e9) / 3600 for r in modes}}
 
 
 def memory_formats(dataset, samples, start, base, args):
@@ -273,15 +323,25 @@ def main(argv=None):
     estimate_lines.append(f"| all five | {estimate['contiguous']['hours_total']:.2f} | "
                           f"{estimate['channels_last']['hours_total']:.2f} |")
     estimate_table = "\n".join(estimate_lines)
-    modes = step_modes(dataset, samples, args)
-    mode_lines = ["| mode | ms/step | x eager (speed-up) | max loss difference to eager, first block |",
-                  "|---|---|---|---|"]
-    mode_lines += [f"| {r['mode']} | {r['ms_per_step']:.2f} | {r['speedup_vs_eager']:.2f} | "
-                   f"{r['max_loss_difference']:.2e} |" for r in modes]
+    modes, limits = step_modes(dataset, samples, args)
+    cores = len(os.sched_getaffinity(0))
+    hardware = table1_hardware_limit(limits, modes, cores)
+    matmul_rate = limits["matmul_gflops"]
+    mode_lines = ["| mode | ms/step | x eager (speed-up) | GFLOP/s | share of the matmul rate | "
+                  "max loss difference to eager, first block |", "|---|---|---|---|---|---|"]
+    mode_lines += [f"| {r['mode']} | {r['ms_per_step']:.2f} | {r['speedup_vs_eager']:.2f} | {r['gflops']:.1f} | "
+                   f"{r['gflops'] / matmul_rate:.0%} | {r['max_loss_difference']:.2e} |" for r in modes]
+    mode_lines.append(f"| {MATMUL} | | | {matmul_rate:.1f} | 100% | |")
     mode_table = "\n".join(mode_lines)
+    hardware_lines = ["| local training of the Table I preset at | hours, all cores busy |", "|---|---|"]
+    hardware_lines.append(f"| the matmul rate (the practical peak) | {hardware['hours_at_matmul_rate']:.2f} |")
+    hardware_lines += [f"| the rate of the step mode {name} | {hours:.2f} |"
+                       for name, hours in hardware["hours_per_mode"].items()]
+    hardware_table = "\n".join(hardware_lines)
     load_at_end = " ".join(f"{x:.1f}" for x in os.getloadavg())
     result = {"device": "cpu", "cpu": device_name("cpu"), "threads": args.threads, "steps_per_block": args.steps,
               "repeats": args.repeats, "model": "fmnist_cnn", "batch_size": 16, "rows": rows, "modes": modes,
+              "hardware": {**limits, "table1": hardware},
               "memory_formats": format_rows, "table1_estimate": estimate, "batched_memory_formats": batched,
               "load_average_at_start": load_at_start, "load_average_at_end": load_at_end}
     out = Path(args.out or Path(__file__).parent / "results" / "train_step_cpu.json")
@@ -295,7 +355,19 @@ def main(argv=None):
         f"shared the machine: absolute times vary, ratios come from interleaved blocks).\n\n"
         f"{table}\n\nMedians of {args.repeats} alternating blocks of {args.steps} steps.\n\n"
         f"## The bare step in other execution modes\n\n{mode_table}\n\n"
-        f"Speed-up: eager's median ms/step over the mode's, both from the same interleaved blocks.\n\n"
+        f"Speed-up: eager's median ms/step over the mode's, both from the same interleaved blocks. GFLOP/s: "
+        f"{limits['flops_per_gradient'] / 1e6:.0f} MFLOP per step (one gradient at batch 16: convolutions and "
+        f"matrix products, counted by FlopCounterMode) over the mode's median time; the matmul row times "
+        f"{MATMUL_SIZE}x{MATMUL_SIZE} float32 products in the same interleaved blocks.\n\n"
+        f"### The Table I preset against the hardware\n\n"
+        f"Its local training evaluates {hardware['gradients'] / 1e6:.2f} M gradients (80 rounds, five variants, "
+        f"the roles below; LeadFL hessian and the attackers two per step), "
+        f"{hardware['flops'] / 1e15:.2f} PFLOP. Spread perfectly over this machine's {cores} cores:\n\n"
+        f"{hardware_table}\n\n"
+        f"Training it in under {TABLE1_TARGET_HOURS:g} hours, before any evaluation, aggregation or Python "
+        f"overhead, takes {hardware['needed_gflops_per_core']:.1f} GFLOP/s on each of the {cores} cores: "
+        f"{hardware['needed_share_of_matmul']:.0%} of the rate a large matrix product reaches, from "
+        f"convolutions with 1 and 16 input channels at batch 16, pooling and BatchNorm.\n\n"
         f"## The simulator's local training: training.memory_format contiguous vs channels_last\n\n"
         f"`SequentialEngine.train_clients` on one client, {args.steps} local steps per block, medians of "
         f"{args.repeats} interleaved blocks per loop.\n\n{format_table}\n\n"
