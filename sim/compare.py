@@ -60,6 +60,13 @@ SEED_METRICS = (
     ("mean_backdoor_accuracy", "backdoor accuracy, average (%)"),
     ("final_backdoor_accuracy", "backdoor accuracy, final (%)"),
 )
+# With metrics.attack_effect, the figures of each run's summary "attack_effect" block that the
+# many-seed table estimates too: (key, column title, decimals).
+ATTACK_EFFECT_METRICS = (
+    ("mean_decay_ratio", "‖δ_t‖ / ‖δ_t-1‖, mean over benign rounds", 3),
+    ("mean_uniform_share", "uniform share of ‖δ‖², mean", 3),
+    ("final_norm", "‖δ‖ final", 2),
+)
 
 
 class TrialsFailed(RuntimeError):
@@ -405,6 +412,11 @@ def _many_seed_record(cfg, configs, variants, summaries, seeds) -> dict[str, Any
     def values(label: str, metric: str) -> dict[int, float | None]:
         return {seed: summaries[label, seed].get(metric) for seed in seeds}
 
+    def effect_values(label: str, metric: str) -> dict[int, float | None]:
+        return {seed: (summaries[label, seed].get("attack_effect") or {}).get(metric) for seed in seeds}
+
+    with_effect = any(summary.get("attack_effect") for summary in summaries.values())
+
     entries = {}
     for label in labels:
         entry: dict[str, Any] = {
@@ -418,6 +430,13 @@ def _many_seed_record(cfg, configs, variants, summaries, seeds) -> dict[str, Any
             entry["difference_to"] = first
             entry["differences"] = {metric: _estimate_record(_paired(values(label, metric), values(first, metric)))
                                     for metric, _ in SEED_METRICS}
+        if with_effect:
+            entry["attack_effect"] = {metric: _estimate_record(effect_values(label, metric))
+                                      for metric, _, _ in ATTACK_EFFECT_METRICS}
+            if label != first:
+                entry["attack_effect_differences"] = {
+                    metric: _estimate_record(_paired(effect_values(label, metric), effect_values(first, metric)))
+                    for metric, _, _ in ATTACK_EFFECT_METRICS}
         clean = baselines.get(label)
         losses = None
         if clean:
@@ -428,11 +447,37 @@ def _many_seed_record(cfg, configs, variants, summaries, seeds) -> dict[str, Any
     return {"caption": caption_for(cfg, seeds), "base_config": to_dict(cfg), "seeds": list(seeds), "variants": entries}
 
 
-def _estimate_text(record: dict[str, Any] | None, signed: bool = False) -> str:
+def _estimate_text(record: dict[str, Any] | None, signed: bool = False, digits: int = 1) -> str:
     if record is None:
         return "n/a"
-    mean = f"{record['mean']:+.1f}" if signed else f"{record['mean']:.1f}"
-    return mean if record["half_width"] is None else f"{mean} ± {record['half_width']:.1f}"
+    mean = f"{record['mean']:+.{digits}f}" if signed else f"{record['mean']:.{digits}f}"
+    return mean if record["half_width"] is None else f"{mean} ± {record['half_width']:.{digits}f}"
+
+
+def _attack_effect_table(entries: dict[str, Any], seeds: int) -> list[str]:
+    """The attack effect's figures over the `seeds` seeds (runs with metrics.attack_effect), as
+    table rows; a figure that fewer seeds have (a run without benign rounds has no decay ratio)
+    names its n."""
+
+    def text(record, signed=False, digits=1):
+        out = _estimate_text(record, signed, digits)
+        return out if record is None or record["n"] == seeds else f"{out} (n {record['n']})"
+
+    labels = list(entries)
+    header = ["variant"]
+    for _, title, _ in ATTACK_EFFECT_METRICS:
+        header += [title, "Δ"]
+    lines = ["", f"Attack effect (`metrics.attack_effect`, docs/algorithms.md §6), over the same seeds; Δ: the "
+             f"difference to {labels[0]}, seed by seed.", "",
+             "| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
+    for label, entry in entries.items():
+        cells = [label]
+        for metric, _, digits in ATTACK_EFFECT_METRICS:
+            difference = entry.get("attack_effect_differences", {}).get(metric)
+            cells += [text(entry["attack_effect"][metric], digits=digits),
+                      "" if label == labels[0] else text(difference, True, digits)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def seeds_table_markdown(comparison: dict[str, Any]) -> str:
@@ -467,6 +512,8 @@ def seeds_table_markdown(comparison: dict[str, Any]) -> str:
             clean = entry.get("clean_baseline")
             cells.append(f"{_estimate_text(entry.get('main_accuracy_loss'))} (vs {clean})" if clean else "n/a")
         lines.append("| " + " | ".join(cells) + " |")
+    if any("attack_effect" in entry for entry in entries.values()):
+        lines += _attack_effect_table(entries, len(seeds))
     return "\n".join(lines) + "\n"
 
 

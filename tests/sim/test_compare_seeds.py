@@ -201,3 +201,35 @@ def test_caption_counts_one_seed_in_the_singular():
     cfg = load_config(preset="demo")
     assert caption_for(cfg, [3]).endswith("1 seed (3).")
     assert caption_for(cfg, [0, 1, 2]).endswith("3 seeds (0-2).")
+
+
+def test_many_seed_compare_estimates_the_attack_effect_when_it_is_measured(tmp_path, study):
+    out_dir = tmp_path / "cmp"
+    command = ["compare", "--config", str(study), *flags("metrics.attack_effect=true"), "--seeds", "0,1",
+               "--jobs", "1", "--out", str(out_dir), "--no-progress"]
+    assert main(command) == 0
+    effect = {(seed, folder): json.loads((out_dir / f"seed{seed}" / folder / "summary.json").read_text())["attack_effect"]
+              for seed in (0, 1) for folder in VARIANTS}
+    comparison = json.loads((out_dir / "comparison.json").read_text())
+    ldp = comparison["variants"]["LDP"]
+    for metric in ("mean_decay_ratio", "mean_uniform_share", "final_norm"):
+        values = [effect[seed, "LDP"][metric] for seed in (0, 1)]
+        if None in values:
+            continue
+        assert ldp["attack_effect"][metric]["mean"] == pytest.approx(mean_interval(values).mean)
+        differences = [effect[seed, "LDP"][metric] - effect[seed, "no-defense"][metric] for seed in (0, 1)]
+        assert ldp["attack_effect_differences"][metric]["mean"] == pytest.approx(mean_interval(differences).mean)
+    norm, shift = ldp["attack_effect"]["final_norm"], ldp["attack_effect_differences"]["final_norm"]
+    table = (out_dir / "table.md").read_text()
+    assert "Attack effect (`metrics.attack_effect`" in table and "‖δ‖ final" in table
+    row = next(line for line in table.splitlines() if line.startswith("| LDP |") and "±" in line and
+               line.count("|") == 8)
+    assert row.endswith(f"| {norm['mean']:.2f} ± {norm['half_width']:.2f} | "
+                        f"{shift['mean']:+.2f} ± {shift['half_width']:.2f} |")
+
+    # Without the attack effect the table has no such section.
+    plain = tmp_path / "plain"
+    assert main(["compare", "--config", str(study), *flags(), "--seeds", "0,1", "--jobs", "1", "--out", str(plain),
+                 "--no-progress"]) == 0
+    assert "Attack effect" not in (plain / "table.md").read_text()
+    assert "attack_effect" not in json.loads((plain / "comparison.json").read_text())["variants"]["LDP"]
