@@ -4,8 +4,8 @@ Reads a `leadfl-sim compare --preset table1-fmnist` folder (default: docs/result
 and reads, per row, the seconds of its rounds from `metrics.csv` (training and scoring; process
 start and data loading are not counted). Those rows ran as one-thread processes, several at
 once on the shared machine, so a row's seconds include the other work of its time, and spells
-of heavy load make some rounds several times slower: the row's hours as it ran are reported,
-and the estimates use its median round times the rounds. From them:
+of heavy load (or a pause of the process) make some rounds many times slower: the estimates use
+a row's median round times its rounds. From them:
 
     one process, rows one after another   = the sum over rows of median round x rounds
     --jobs N                              ~= that / the measured --jobs speed-up
@@ -17,7 +17,7 @@ and the estimates use its median round times the rounds. From them:
 
 and, from bench/results/train_step_cpu.json, the floor: the preset's local training alone at the
 rate of a large matrix product on every core. Rows that have not reached the last round are
-named as partial and extrapolated from their mean round.
+named as partial; their median round counts for all rounds.
 
     python bench/table1_wall.py [--run docs/results/table1-fmnist] [--target-hours 2]
 """
@@ -39,14 +39,12 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def row_seconds(run_dir: Path, rounds: int) -> dict:
-    """Rounds finished, their summed seconds (hours as the row ran, extrapolated to `rounds` when
-    partial), and the median round's seconds times `rounds`."""
+    """Rounds finished, their summed seconds, and the median round's seconds times `rounds`."""
     seconds = [row["wall_time_s"] for row in read_metrics(run_dir)]
     done = len(seconds)
     total = sum(seconds)
     median = statistics.median(seconds)
     return {"rounds_done": done, "seconds_done": total, "median_round_s": median,
-            "hours_as_run": (total if done >= rounds else total / done * rounds) / 3600,
             "hours_at_median_round": median * rounds / 3600}
 
 
@@ -88,13 +86,13 @@ def main(argv=None):
 
     lines = [f"# Wall time of the Table I preset ({result['cpu']})", "",
              f"From the rows in `{result['run']}`: each row's rounds (training and scoring) as it ran, a one-thread "
-             f"process sharing the 2-core machine with other runs.", "",
-             "| row | rounds | hours as it ran | median s/round | median round x rounds (h) |",
-             "|---|---:|---:|---:|---:|"]
+             f"process sharing the 2-core machine with one to three other runs, so a row alone on a core runs "
+             f"faster than its median here.", "",
+             "| row | rounds | median s/round | median round x rounds (h) |", "|---|---:|---:|---:|"]
     for label, row in rows.items():
-        partial = "" if row["rounds_done"] >= rounds else f" (partial: extrapolated from {row['rounds_done']})"
-        lines.append(f"| {label} | {row['rounds_done']} of {rounds}{partial} | {row['hours_as_run']:.2f} | "
-                     f"{row['median_round_s']:.0f} | {row['hours_at_median_round']:.2f} |")
+        partial = "" if row["rounds_done"] >= rounds else " (partial)"
+        lines.append(f"| {label} | {row['rounds_done']} of {rounds}{partial} | {row['median_round_s']:.0f} | "
+                     f"{row['hours_at_median_round']:.2f} |")
     lines += ["", f"| the preset (all rows) | hours | under {args.target_hours:g} h? |", "|---|---:|---|"]
     lines += [f"| {name} | {hours:.2f} | {'yes' if hours < args.target_hours else 'no'} |"
               for name, hours in estimates.items()]
