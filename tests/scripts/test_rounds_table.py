@@ -30,6 +30,17 @@ def test_rounds_side_by_side_with_partial_runs_left_empty(tmp_path, capsys):
     assert lines[2:] == ["| 1 | 2 | 84.2 | 90.0 | 84.0 | 40.0 |", "| 2 | 0 | 85.0 | 70.5 |  |  |"]
 
 
+def test_attack_effect_columns_come_from_runs_that_measured_it(tmp_path, capsys):
+    folder = tmp_path / "e"
+    folder.mkdir()
+    (folder / "metrics.csv").write_text("round,main_accuracy,backdoor_accuracy,malicious_selected,attack_effect,"
+                                        "attack_effect_ratio\n0,80.0,100.0,5,1.23456,\n1,81.0,90.0,0,1.2,0.97201\n")
+    assert rounds_table.main([f"LeadFL={folder}", "--columns", "backdoor,effect,ratio"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| round | malicious | LeadFL: backdoor (%) | LeadFL: ‖δ‖ | LeadFL: ‖δ_t‖/‖δ_t-1‖ |"
+    assert lines[2:] == ["| 0 | 5 | 100.0 | 1.235 |  |", "| 1 | 0 | 90.0 | 1.200 | 0.972 |"]
+
+
 def test_bad_arguments_name_the_fix(tmp_path, capsys):
     with pytest.raises(SystemExit):
         rounds_table.main([f"x={tmp_path}"])
