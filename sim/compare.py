@@ -409,11 +409,19 @@ def _many_seed_record(cfg, configs, variants, summaries, seeds) -> dict[str, Any
     labels = list(configs)
     first = labels[0]
 
-    def values(label: str, metric: str) -> dict[int, float | None]:
-        return {seed: summaries[label, seed].get(metric) for seed in seeds}
+    def values(label: str, metric: str, block: str | None = None) -> dict[int, float | None]:
+        """Each seed's `metric` of the label's summary, or of its `block` sub-dict (None: absent)."""
+        return {seed: ((summaries[label, seed].get(block) or {}) if block else summaries[label, seed]).get(metric)
+                for seed in seeds}
 
-    def effect_values(label: str, metric: str) -> dict[int, float | None]:
-        return {seed: (summaries[label, seed].get("attack_effect") or {}).get(metric) for seed in seeds}
+    def estimates(label: str, metrics, block: str | None = None) -> tuple[dict, dict | None]:
+        """Per metric, the label's estimate over seeds and (after the first label) its paired
+        difference to the first label's."""
+        own = {metric: _estimate_record(values(label, metric, block)) for metric in metrics}
+        if label == first:
+            return own, None
+        return own, {metric: _estimate_record(_paired(values(label, metric, block), values(first, metric, block)))
+                     for metric in metrics}
 
     with_effect = any(summary.get("attack_effect") for summary in summaries.values())
 
@@ -424,19 +432,16 @@ def _many_seed_record(cfg, configs, variants, summaries, seeds) -> dict[str, Any
             "folder": folder_name(label),
             "runs": {str(seed): {"folder": f"{seed_folder(seed)}/{folder_name(label)}",
                                  "summary": summaries[label, seed]} for seed in seeds},
-            "estimates": {metric: _estimate_record(values(label, metric)) for metric, _ in SEED_METRICS},
         }
-        if label != first:
+        entry["estimates"], differences = estimates(label, [metric for metric, _ in SEED_METRICS])
+        if differences is not None:
             entry["difference_to"] = first
-            entry["differences"] = {metric: _estimate_record(_paired(values(label, metric), values(first, metric)))
-                                    for metric, _ in SEED_METRICS}
+            entry["differences"] = differences
         if with_effect:
-            entry["attack_effect"] = {metric: _estimate_record(effect_values(label, metric))
-                                      for metric, _, _ in ATTACK_EFFECT_METRICS}
-            if label != first:
-                entry["attack_effect_differences"] = {
-                    metric: _estimate_record(_paired(effect_values(label, metric), effect_values(first, metric)))
-                    for metric, _, _ in ATTACK_EFFECT_METRICS}
+            entry["attack_effect"], differences = estimates(
+                label, [metric for metric, _, _ in ATTACK_EFFECT_METRICS], "attack_effect")
+            if differences is not None:
+                entry["attack_effect_differences"] = differences
         clean = baselines.get(label)
         losses = None
         if clean:
