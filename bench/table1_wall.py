@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -33,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.common import device_name  # noqa: E402
+from sim.io import write_atomic  # noqa: E402
 from sim.reporting import read_metrics  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -80,9 +80,7 @@ def main(argv=None):
               "hours": estimates, "target_hours": args.target_hours}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, out)
+    write_atomic(out, json.dumps(result, indent=2) + "\n")
 
     lines = [f"# Wall time of the Table I preset ({result['cpu']})", "",
              f"From the rows in `{result['run']}`: each row's rounds (training and scoring) as it ran, a one-thread "
@@ -101,7 +99,7 @@ def main(argv=None):
               f"(bench/results/train_step_cpu.md); the floor is that file's hardware section. The first three rows "
               f"are measured row times divided by measured ratios, not a run of the whole preset.", "",
               f"`python bench/table1_wall.py --run {result['run']}`", ""]
-    out.with_suffix(".md").write_text("\n".join(lines))
+    write_atomic(out.with_suffix(".md"), "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -72,6 +72,9 @@ MEMORY_FORMATS = ("contiguous", "channels_last")
 TABLE1_VARIANTS = {"None": "benign, no defense", "LDP": "benign, ldp", "FL-WBC": "benign, flwbc",
                    "LeadFL hessian": "benign, leadfl hessian", "LeadFL original": "benign, leadfl original"}
 TABLE1_ROUNDS, TABLE1_CLIENTS, TABLE1_MALICIOUS_SHARE, TABLE1_STEPS = 80, 10, 0.25, 10 * 38
+# Local steps per round and variant: the benign clients' (the variant's role) and the MGDA attackers'.
+TABLE1_BENIGN_STEPS = TABLE1_CLIENTS * (1 - TABLE1_MALICIOUS_SHARE) * TABLE1_STEPS
+TABLE1_MALICIOUS_STEPS = TABLE1_CLIENTS * TABLE1_MALICIOUS_SHARE * TABLE1_STEPS
 TABLE1_TARGET_HOURS = 2.0
 MATMUL_SIZE = 512
 MATMUL = "matmul 512x512 (hardware reference)"
@@ -171,10 +174,8 @@ def table1_hardware_limit(limits, modes, cores):
     """The Table I preset's local training against the hardware: its gradients and operations,
     hours at the matrix-product rate on `cores` cores, and the rate per core it needs to train in
     TABLE1_TARGET_HOURS (with perfect scaling over the cores)."""
-    benign_steps = TABLE1_CLIENTS * (1 - TABLE1_MALICIOUS_SHARE) * TABLE1_STEPS
-    malicious_steps = TABLE1_CLIENTS * TABLE1_MALICIOUS_SHARE * TABLE1_STEPS
-    gradients = TABLE1_ROUNDS * sum(benign_steps * GRADIENTS_PER_STEP.get(role, 1)
-                                    + malicious_steps * GRADIENTS_PER_STEP["malicious, backdoor mgda"]
+    gradients = TABLE1_ROUNDS * sum(TABLE1_BENIGN_STEPS * GRADIENTS_PER_STEP.get(role, 1)
+                                    + TABLE1_MALICIOUS_STEPS * GRADIENTS_PER_STEP["malicious, backdoor mgda"]
                                     for role in TABLE1_VARIANTS.values())
     flops = gradients * limits["flops_per_gradient"]
     peak = limits["matmul_gflops"] * 1e9
@@ -248,12 +249,10 @@ def table1_estimate(rows):
     per round and variant, 10 * 0.75 benign clients at the variant's role and 10 * 0.25 MGDA
     attackers, 380 steps each; 80 rounds; all five variants."""
     ms = {(r["role"], fmt): r[f"{fmt}_ms_per_step"] for r in rows for fmt in MEMORY_FORMATS}
-    benign_steps = TABLE1_CLIENTS * (1 - TABLE1_MALICIOUS_SHARE) * TABLE1_STEPS
-    malicious_steps = TABLE1_CLIENTS * TABLE1_MALICIOUS_SHARE * TABLE1_STEPS
     out = {}
     for fmt in MEMORY_FORMATS:
-        per_variant = {name: TABLE1_ROUNDS * (benign_steps * ms[(role, fmt)]
-                                              + malicious_steps * ms[("malicious, backdoor mgda", fmt)]) / 3.6e6
+        per_variant = {name: TABLE1_ROUNDS * (TABLE1_BENIGN_STEPS * ms[(role, fmt)]
+                                              + TABLE1_MALICIOUS_STEPS * ms[("malicious, backdoor mgda", fmt)]) / 3.6e6
                        for name, role in TABLE1_VARIANTS.items()}
         out[fmt] = {"hours_per_variant": per_variant, "hours_total": sum(per_variant.values())}
     out["speedup"] = out["contiguous"]["hours_total"] / out["channels_last"]["hours_total"]
