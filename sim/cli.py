@@ -310,13 +310,23 @@ def _command_compare(args: argparse.Namespace) -> int:
 
 
 def _command_plot(args: argparse.Namespace) -> int:
-    from sim import compare, reporting
-    from sim.compare import JSON_FILE
-    from sim.io import METRICS_FILE
+    from sim.io import FolderLock
 
     folder = Path(args.folder)
     if args.baseline is not None and args.frontier is None:
         raise ConfigError("--baseline chooses the reference of a frontier; fix: add --frontier KEY, or drop --baseline")
+    if not folder.is_dir():
+        raise ConfigError(f"{folder} holds neither comparison.json nor metrics.csv (it is not a folder); fix: point "
+                          "at a run or comparison folder")
+    with FolderLock(folder, "run or comparison"):  # no run or comparison is writing it meanwhile
+        return _plot_locked(args, folder)
+
+
+def _plot_locked(args: argparse.Namespace, folder: Path) -> int:
+    from sim import compare, reporting
+    from sim.compare import JSON_FILE
+    from sim.io import METRICS_FILE
+
     if args.frontier is not None:
         from sim.frontier import write_frontier
 

@@ -38,12 +38,12 @@ from sim.config import Config, apply_overrides, to_dict
 from sim.data import check_data_files
 from sim.engines.distributed import broadcast_object, init_from_env, is_main_process, launched_with_several_ranks
 from sim.errors import ConfigError
-from sim.io import CHECKPOINT_FILE, METRICS_FILE, SUMMARY_FILE, write_atomic
+from sim.io import CHECKPOINT_FILE, METRICS_FILE, SUMMARY_FILE, inside, lock_folder, read_json_file, write_atomic
 from sim.metrics import attack_metric_name
 from sim.jobs import LocalBackend, Trial, TrialResult, run_trials
 from sim.plots import plot_comparison, plot_comparison_bands
-from sim.reporting import read_metrics
-from sim.resume import finished_summary, refuse_overwrite
+from sim.reporting import read_finished, read_metrics
+from sim.resume import load_checkpoint, refuse_overwrite
 from sim.runner import run
 from sim.stats import count_of_seeds, mean_interval
 
@@ -203,10 +203,17 @@ def variant_configs(cfg: Config, variants: dict[str, Iterable[Override]]) -> dic
 
 def _resume_plan(run_dir: Path, cfg: Config) -> tuple[bool, dict | None]:
     """(continue from the checkpoint?, the summary of a finished run to read back) for `--resume`.
-    A finished variant whose checkpoint was deleted is read back, not trained again."""
+    A finished run is read back (its files checked, never rewritten); a stopped one is checked
+    against its checkpoint's settings and metrics here, before any run starts (the machine facts
+    are checked when it continues)."""
     if (run_dir / CHECKPOINT_FILE).is_file():
+        checkpoint = load_checkpoint(run_dir, cfg)
+        if checkpoint["next_round"] == cfg.rounds:
+            finished = read_finished(run_dir, cfg)
+            if finished is not None:
+                return False, finished
         return True, None
-    finished = finished_summary(run_dir, cfg)
+    finished = read_finished(run_dir, cfg)
     if finished is None and (run_dir / METRICS_FILE).exists():
         raise ConfigError(
             f"cannot resume {run_dir}: it holds a run but no {CHECKPOINT_FILE} to continue it from "
@@ -294,11 +301,17 @@ def compare(
     writer = is_main_process()  # only rank 0 writes (sim.engines.distributed)
     for variant_cfg in configs.values():  # before the comparison folder is made
         check_data_files(variant_cfg.data.dataset, variant_cfg.data.data_dir)
-    if writer:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        # What this comparison is, so `compare --out DIR --resume` can continue it from DIR alone.
-        write_atomic(out_dir / INPUT_FILE, input_yaml(cfg, variants, seeds))
+    lock = lock_folder(out_dir, "comparison") if writer else None  # one writer per comparison folder
+    try:
+        return _compare_locked(cfg, variants, configs, runs, out_dir, resume, progress, echo, allow_machine_change,
+                               seeds, jobs, writer)
+    finally:
+        if lock is not None:
+            lock.release()
 
+
+def _compare_locked(cfg, variants, configs, runs, out_dir, resume, progress, echo, allow_machine_change, seeds, jobs,
+                    writer) -> dict[str, Any]:
     summaries: dict[tuple[str, int | None], dict] = {}
     todo: list[tuple[_Run, bool]] = []  # (run, continue from its checkpoint?)
     for item in runs:
@@ -315,6 +328,10 @@ def compare(
             summaries[item.label, item.seed] = _labelled(finished, item.label)
         else:
             todo.append((item, continue_run))
+    if writer:
+        # What this comparison is, so `compare --out DIR --resume` can continue it from DIR alone;
+        # written once every check has passed, so a refused call leaves the folder as it was.
+        write_atomic(out_dir / INPUT_FILE, input_yaml(cfg, variants, seeds))
 
     if min(jobs, len(todo)) > 1:
         summaries.update(_run_processes(out_dir, todo, jobs, echo))
@@ -560,7 +577,16 @@ def _metric(comparison: dict[str, Any]) -> str:
 
 
 def read_comparison(out_dir: str | Path) -> dict[str, Any]:
+    """comparison.json of `out_dir`, checked: every run folder it names lies inside `out_dir`."""
     path = Path(out_dir) / JSON_FILE
     if not path.is_file():
         raise ConfigError(f"no {JSON_FILE} in {out_dir}; fix: point at the folder of a comparison")
-    return json.loads(path.read_text())
+    comparison = read_json_file(path, "a comparison record", "restore it from a copy, or run compare --resume again")
+    variants = comparison.get("variants") if isinstance(comparison, dict) else None
+    if not isinstance(variants, dict) or not all(isinstance(entry, dict) for entry in variants.values()):
+        raise ConfigError(f"{path} holds no variants; fix: restore it from a copy, or run compare --resume again")
+    for entry in variants.values():
+        runs = entry.get("runs")
+        for run_entry in (runs.values() if isinstance(runs, dict) else [entry]):
+            inside(out_dir, run_entry.get("folder") if isinstance(run_entry, dict) else None, str(path))
+    return comparison

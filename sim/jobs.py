@@ -39,9 +39,11 @@ from sim.errors import ConfigError
 TRIAL_CONFIG_FILE = "config-input.yaml"
 LOG_FILE = "log.txt"
 # What a finished trial leaves that the driver needs; the checkpoint stays where the run ran.
-RESULT_FILES = ("config.yaml", "metrics.csv", "summary.json", "accuracy.png", LOG_FILE)
+RESULT_FILES = ("config.yaml", "metrics.csv", "summary.json", "accuracy.png", "attack_effect.png", "manifest.json",
+                LOG_FILE)
 # Files of a started run, removed before a trial starts afresh (a run refuses a used folder).
-RUN_FILES = ("checkpoint.pt", "metrics.csv", "summary.json", "accuracy.png", "config.yaml")
+RUN_FILES = ("manifest.json", "checkpoint.pt", "metrics.csv", "summary.json", "accuracy.png", "attack_effect.png",
+             "config.yaml")
 # One thread per trial: the parallelism is across trials.
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 

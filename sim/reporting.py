@@ -16,10 +16,12 @@ from sim.attack_effect import summarize_attack_effect
 from sim.config import Config
 from sim.defenses.privacy import privacy_budget
 from sim.errors import ConfigError
-from sim.io import ATTACK_EFFECT_PLOT_FILE, METRICS_FILE, PLOT_FILE, SUMMARY_FILE, write_atomic
+from sim.io import ATTACK_EFFECT_PLOT_FILE, MANIFEST_FILE, METRICS_FILE, PLOT_FILE, SUMMARY_FILE, write_atomic
+from sim.manifest import check_sealed, damaged, read_json
 from sim.metrics import attack_metric_name
 from sim.plots import plot_attack_effect, plot_run
-from sim.resume import load_run_config
+from sim.provenance import CHECKED_FACTS, common_fact
+from sim.resume import check_same_run, load_run_config
 from sim.server.aggregators import byzantine_f
 
 
@@ -163,10 +165,11 @@ def _mean(values: list[float]) -> float | None:
 
 
 def summarize(rows: list[dict[str, Any]], cfg: Config, engine: str | None = None,
-              machine: dict[str, Any] | None = None) -> dict[str, Any]:
+              segments: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Headline numbers of a run (accuracies in percent) and its key settings; `engine` is
-    what trained the clients (`engine: auto` resolved, distributed or not); `machine` the facts
-    that change the numbers (`sim.resume.machine_facts`): `threads` and the rest as `machine`."""
+    what trained the clients (`engine: auto` resolved, distributed or not); `segments` the facts
+    of each process that ran its rounds (`sim.provenance`), as `provenance`, with `threads` and
+    `machine` the facts they share."""
     main = [row["main_accuracy"] for row in rows]
     backdoor = [row["backdoor_accuracy"] for row in rows if row["backdoor_accuracy"] is not None]
     malicious = [row["malicious_selected"] for row in rows]
@@ -181,17 +184,18 @@ def summarize(rows: list[dict[str, Any]], cfg: Config, engine: str | None = None
         "rounds_with_malicious": sum(1 for count in malicious if count > 0),
         "rounds_aggregate_rejected": sum(1 for row in rows if row.get("aggregate_rejected")),
         "wall_time_s": sum(row["wall_time_s"] for row in rows),
-        **_machine_summary(machine),
+        **_machine_summary(segments),
         "settings": {**key_settings(cfg), **({"engine (resolved)": engine} if engine else {})},
         **_privacy_summary(rows, cfg),
         **_attack_effect_summary(rows, cfg),
     }
 
 
-def _machine_summary(machine: dict[str, Any] | None) -> dict[str, Any]:
-    if not machine:
+def _machine_summary(segments: list[dict[str, Any]] | None) -> dict[str, Any]:
+    if not segments:
         return {}
-    return {"threads": machine["threads"], "machine": {k: v for k, v in machine.items() if k != "threads"}}
+    machine = {key: common_fact(segments, key) for key in CHECKED_FACTS if key != "threads"}
+    return {"threads": common_fact(segments, "threads"), "machine": machine, "provenance": segments}
 
 def _attack_effect_summary(rows: list[dict[str, Any]], cfg: Config) -> dict[str, Any]:
     """{"attack_effect": sim.attack_effect.summarize_attack_effect} when it is measured, else {}."""
@@ -209,10 +213,10 @@ def _privacy_summary(rows: list[dict[str, Any]], cfg: Config) -> dict[str, Any]:
 
 def write_outputs(
     out_dir: Path, rows: list[dict[str, Any]], cfg: Config, label: str | None = None, engine: str | None = None,
-    machine: dict[str, Any] | None = None,
+    segments: list[dict[str, Any]] | None = None,
 ) -> dict:
     """summary.json and accuracy.png from the rows; returns the summary."""
-    summary = summarize(rows, cfg, engine, machine)
+    summary = summarize(rows, cfg, engine, segments)
     if label is not None:
         summary = {"label": label, **summary}
     write_atomic(out_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
@@ -274,3 +278,47 @@ def format_summary(summary: dict[str, Any]) -> str:
     width = max(len(name) for name, _ in pairs)
     lines = [f"{name.ljust(width)}  {value}" for name, value in pairs]
     return "\n".join(lines)
+
+
+# Summary figures that a finished run's metrics.csv must reproduce exactly (runs without a manifest).
+_RECOMPUTED = ("rounds", "final_main_accuracy", "best_main_accuracy", "final_backdoor_accuracy",
+               "mean_backdoor_accuracy", "final_test_loss")
+
+
+def _check_unsealed(out_dir: Path) -> dict[str, Any]:
+    """The summary of a finished run from before manifests, after checking that its files agree:
+    the rows of metrics.csv, the rounds of config.yaml and summary.json, and the summary's figures
+    recomputed from metrics.csv."""
+    summary = read_json(out_dir / SUMMARY_FILE, out_dir)
+    if not isinstance(summary, dict):
+        raise damaged(out_dir, f"{SUMMARY_FILE} holds no summary")
+    try:
+        cfg = load_run_config(out_dir)
+        rows = read_metrics(out_dir)
+    except (ConfigError, OSError, ValueError, TypeError, KeyError, csv.Error) as error:
+        raise damaged(out_dir, f"its config or metrics cannot be read ({str(error)[:200]})") from None
+    if not (len(rows) == cfg.rounds == summary.get("rounds")):
+        raise damaged(out_dir, f"{METRICS_FILE} holds {len(rows)} rounds, config.yaml says {cfg.rounds}, "
+                               f"{SUMMARY_FILE} says {summary.get('rounds')!r}")
+    recomputed = summarize(rows, cfg)
+    for key in _RECOMPUTED:
+        if key in summary and summary[key] != recomputed[key]:
+            raise damaged(out_dir, f"{SUMMARY_FILE}'s {key} ({summary[key]!r}) is not what {METRICS_FILE} gives "
+                                   f"({recomputed[key]!r})")
+    return summary
+
+
+def read_finished(out_dir: str | Path, cfg: Config | None = None) -> dict[str, Any] | None:
+    """The verified summary of the run finished in `out_dir`, or None where it holds no finished
+    run (no summary.json, or one of other than `cfg.rounds` rounds). A finished run of other
+    settings than `cfg`, or whose files disagree (with its manifest, `sim.manifest`, or, from
+    before manifests, with each other), is refused with a ConfigError; nothing is rewritten."""
+    out_dir = Path(out_dir)
+    if not (out_dir / SUMMARY_FILE).is_file():
+        return None
+    if cfg is not None:
+        check_same_run(out_dir, cfg)
+    summary = check_sealed(out_dir) if (out_dir / MANIFEST_FILE).is_file() else _check_unsealed(out_dir)
+    if cfg is not None and summary.get("rounds") != cfg.rounds:
+        return None
+    return summary

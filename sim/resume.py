@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import platform
 from pathlib import Path
 from typing import Any
 
@@ -38,28 +36,6 @@ def config_differences(saved: dict, requested: dict, defaults: dict, prefix: str
         elif old != new:
             differences.append(f"{path} (saved {old!r}, requested {new!r})")
     return differences
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_facts(device) -> dict[str, Any]:
-    """What, besides the config, changes a run's numbers: the torch version, torch's CPU thread
-    count, the CPU model, the GPU model of `device` (None on CPU) and the device itself (under
-    torchrun, this rank's)."""
-    import torch
-
-    device = torch.device(device)
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    return {"torch": str(torch.__version__), "threads": torch.get_num_threads(), "cpu": _cpu_model(), "gpu": gpu,
-            "device": str(device)}
 
 
 def check_machine(path: Path, saved: dict | None, current: dict[str, Any]) -> None:
@@ -136,14 +112,17 @@ def _check_metrics_agree(out_dir: Path, rows: list[dict]) -> None:
     )
 
 
-def finished_summary(out_dir: str | Path, cfg: Config) -> dict | None:
-    """The summary of the run of `cfg` finished in `out_dir` (it may have no checkpoint left), or
-    None when `out_dir` holds no finished run. A finished run of other settings is refused."""
-    out_dir = Path(out_dir)
-    summary_path, config_path = out_dir / SUMMARY_FILE, out_dir / CONFIG_FILE
-    if not (summary_path.is_file() and config_path.is_file()):
-        return None
-    saved = yaml.safe_load(config_path.read_text()) or {}
+def check_same_run(out_dir: Path, cfg: Config) -> None:
+    """Refuse to read back the run in `out_dir` as one of `cfg` where it used other settings."""
+    config_path = out_dir / CONFIG_FILE
+    try:
+        saved = yaml.safe_load(config_path.read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise ConfigError(f"cannot read back {out_dir}: its {CONFIG_FILE} cannot be read ({type(error).__name__}); "
+                          "fix: restore it from a copy, or remove the folder so that the run is made again") from None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"cannot read back {out_dir}: its {CONFIG_FILE} holds no settings; fix: restore it from a "
+                          "copy, or remove the folder so that the run is made again")
     differences = config_differences(saved, to_dict(cfg), to_dict(Config()))
     if differences:
         raise ConfigError(
@@ -152,8 +131,6 @@ def finished_summary(out_dir: str | Path, cfg: Config) -> dict | None:
             + "; fix: choose another --out, or request the settings in "
             + str(config_path)
         )
-    summary = json.loads(summary_path.read_text())
-    return summary if summary.get("rounds") == cfg.rounds else None
 
 
 def refuse_overwrite(out_dir: Path) -> None:

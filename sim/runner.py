@@ -31,11 +31,15 @@ from sim.data import check_data_files, load_dataset, partition
 from sim.engines import distributed
 from sim.engines.registry import build_engine, describe_engine, resolve_engine
 from sim.errors import ConfigError
-from sim.io import ATTACK_EFFECT_PLOT_FILE, CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, PLOT_FILE, SUMMARY_FILE, write_atomic
+from sim.io import (ATTACK_EFFECT_PLOT_FILE, CHECKPOINT_FILE, CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, PLOT_FILE,
+                    SUMMARY_FILE, lock_folder, write_atomic)
 from sim.metrics import evaluate
 from sim.models import build_model, flatten_parameters, load_flat_parameters_, trainable_parameters
-from sim.reporting import RoundRecord, ids_text, metrics_csv_text, progress_postfix, summarize, write_outputs
-from sim.resume import load_checkpoint, machine_facts, refuse_overwrite
+from sim.reporting import (RoundRecord, ids_text, metrics_csv_text, progress_postfix, read_finished, summarize,
+                           write_outputs)
+from sim.manifest import write_manifest
+from sim.provenance import checked, observe, segment, unrecorded_segment
+from sim.resume import load_checkpoint, refuse_overwrite
 from sim.selection import Selector
 from sim.server.aggregators import build_aggregator
 from sim.state import restore_parts, save_checkpoint
@@ -139,8 +143,10 @@ def run(
     """Run (or, with `resume`, continue) the experiment `cfg` in `out_dir`; returns the summary.
 
     Same config and seed give the same `metrics.csv` on CPU, apart from the wall-time column, on the
-    same machine facts (`sim.resume.machine_facts`: torch version, threads, CPU/GPU model); a resume
-    on other ones is refused unless `allow_machine_change`.
+    same machine facts (`sim.provenance.CHECKED_FACTS`: torch version, threads, CPU/GPU model); a
+    resume on other ones is refused unless `allow_machine_change`. The folder is locked while this
+    runs (`sim.io.FolderLock`); a finished run (its manifest intact, `sim.manifest`) is read back,
+    never rewritten.
     """
     validate(cfg)
     check_data_files(cfg.data.dataset, cfg.data.data_dir)  # before the run folder is made
@@ -148,17 +154,33 @@ def run(
     device = distributed.init_from_env(_check_device(cfg.device))
     writer = distributed.is_main_process()  # only rank 0 writes files and prints
     out_dir = Path(out_dir)
+    if writer and resume and not out_dir.is_dir():
+        load_checkpoint(out_dir, cfg)  # refuses with the reason, before anything is made
+    # One writer per folder, held until this function returns (or the process ends).
+    lock = lock_folder(out_dir, "run") if writer else None
+    try:
+        return _run_locked(cfg, out_dir, resume, progress, label, allow_machine_change, device, writer)
+    finally:
+        if lock is not None:
+            lock.release()
 
-    machine = machine_facts(device)
+
+def _run_locked(cfg: Config, out_dir: Path, resume: bool, progress: bool, label: str | None,
+                allow_machine_change: bool, device: torch.device, writer: bool) -> dict[str, Any]:
+    facts = observe(device)
+    machine = checked(facts)
     checkpoint = None
     if resume:
         checkpoint = distributed.broadcast_object(
             load_checkpoint(out_dir, cfg, machine, allow_machine_change) if writer else None
         )
-    elif writer and out_dir.exists():
+        finished = distributed.broadcast_object(
+            read_finished(out_dir, cfg) if writer and checkpoint["next_round"] == cfg.rounds else None
+        )
+        if finished is not None:  # read back as it is: a finished run's files are never rewritten
+            return finished
+    elif writer:
         refuse_overwrite(out_dir)
-    if writer:
-        out_dir.mkdir(parents=True, exist_ok=True)
 
     _seed_everything(cfg.seed, 0)
     parts = _Parts(cfg if str(device) == cfg.device else dataclasses.replace(cfg, device=str(device)), device)
@@ -169,8 +191,10 @@ def run(
         print(f"engine: {choice}", file=sys.stderr, flush=True)
 
     start_round, rows, global_params = 0, [], parts.initial_params.clone()
+    segments: list[dict[str, Any]] = []
     if checkpoint is not None:
         start_round, rows = checkpoint["next_round"], list(checkpoint["rows"])
+        segments = list(checkpoint.get("segments") or ([unrecorded_segment(0, start_round)] if start_round else []))
         global_params = checkpoint["global_params"].to(device=device, dtype=parts.initial_params.dtype)
         if global_params.shape != parts.initial_params.shape:
             raise ConfigError(
@@ -179,6 +203,8 @@ def run(
             )
         restore_parts(checkpoint, parts.stateful())
     if writer:
+        # The manifest goes first: from here on the folder holds no finished run until the end.
+        (out_dir / MANIFEST_FILE).unlink(missing_ok=True)
         write_atomic(out_dir / CONFIG_FILE, yaml.safe_dump(to_dict(cfg), sort_keys=False))
         if start_round < cfg.rounds:
             # A run extended past its old end has no final results until it reaches the new one.
@@ -192,19 +218,26 @@ def run(
             global_params, record = _round(cfg, parts, global_params, round_index)
             rows.append(record.as_row())
             if writer:
+                # This process's segment of rounds, with the facts it observed when it started.
+                this_segment = segment(start_round, round_index + 1, facts)
                 # Checkpoint first: metrics.csv never holds a round the checkpoint lacks (sim.resume).
                 save_checkpoint(out_dir, config=to_dict(cfg), next_round=round_index + 1, global_params=global_params,
-                                parts=parts.stateful(), rows=rows, machine=machine)
+                                parts=parts.stateful(), rows=rows, machine=machine,
+                                segments=segments + [this_segment])
                 write_atomic(out_dir / METRICS_FILE, metrics_csv_text(rows))
             bar.set_postfix(progress_postfix(rows[-1]), refresh=False)
             bar.update(1)
     finally:
         bar.close()
+    if start_round < cfg.rounds:
+        segments = segments + [segment(start_round, cfg.rounds, facts)]
 
     if not writer:
         return summarize(rows, cfg, engine_description)
     write_atomic(out_dir / METRICS_FILE, metrics_csv_text(rows))
-    return write_outputs(out_dir, rows, cfg, label, engine=engine_description, machine=machine)
+    summary = write_outputs(out_dir, rows, cfg, label, engine=engine_description, segments=segments)
+    write_manifest(out_dir, len(rows))  # last: the run is finished once its files are sealed
+    return summary
 
 
 def _round(cfg: Config, parts: _Parts, global_params: torch.Tensor, round_index: int) -> tuple[torch.Tensor, RoundRecord]:

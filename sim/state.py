@@ -50,9 +50,11 @@ def encode_checkpoint(payload: dict) -> bytes:
 
 
 def save_checkpoint(out_dir: Path, *, config: dict, next_round: int, global_params: torch.Tensor, parts: dict[str, Any],
-                    rows: list[dict[str, Any]], machine: dict[str, Any] | None = None) -> None:
+                    rows: list[dict[str, Any]], machine: dict[str, Any] | None = None,
+                    segments: list[dict[str, Any]] | None = None) -> None:
     """`parts` maps checkpoint keys (`aggregator_state`, `engine_state`, `upload_state`) to parts;
-    `machine` holds the facts a resume checks (`sim.resume.machine_facts`)."""
+    `machine` holds the facts a resume checks (`sim.provenance.checked`), `segments` the facts of
+    every process that ran rounds so far (`sim.provenance`)."""
     payload = {
         "format": CHECKPOINT_FORMAT,
         "config": config,
@@ -61,6 +63,7 @@ def save_checkpoint(out_dir: Path, *, config: dict, next_round: int, global_para
         **{key: state_of(part) for key, part in parts.items()},
         "rows": rows,
         "machine": machine,
+        "segments": segments,
     }
     write_atomic(Path(out_dir) / CHECKPOINT_FILE, encode_checkpoint(payload))
 

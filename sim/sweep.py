@@ -48,7 +48,8 @@ import yaml
 
 from sim.config import CONFIGS_DIR, Config, apply_overrides, load_config, setting_paths, to_dict
 from sim.errors import ConfigError
-from sim.io import write_atomic
+from sim.io import CHECKPOINT_FILE, FolderLock, inside, lock_folder, read_json_file, write_atomic
+from sim.reporting import read_finished
 from sim.jobs import TRIAL_CONFIG_FILE, Trial, TrialResult, run_trials
 from sim.stats import mean_interval
 
@@ -314,16 +315,15 @@ def expand(grid: Grid) -> list[PlannedTrial]:
 # the state of a sweep folder
 
 
-def trial_state(folder: Path, config: Config) -> str:
-    """'done' (summary.json for all rounds), 'stopped' (a checkpoint to resume) or 'new'."""
-    summary = folder / "summary.json"
-    if summary.is_file():
-        try:
-            if json.loads(summary.read_text()).get("rounds") == config.rounds:
-                return "done"
-        except ValueError:
-            pass
-    return "stopped" if (folder / "checkpoint.pt").is_file() else "new"
+def trial_state(folder: Path, config: Config) -> tuple[str, str | None]:
+    """('done' (a finished run whose files agree, sim.reporting.read_finished), 'stopped' (a
+    checkpoint to resume) or 'new'; a note where a finished-looking trial is damaged and runs again)."""
+    try:
+        if read_finished(folder, config) is not None:
+            return "done", None
+    except ConfigError as error:
+        return "new", f"{folder.name}: {error}; it runs again from the start"
+    return ("stopped" if (folder / CHECKPOINT_FILE).is_file() else "new"), None
 
 
 def _check_same_settings(folder: Path, config: Config) -> None:
@@ -398,7 +398,7 @@ def dry_run(grid: Grid, trials: list[PlannedTrial], out_dir: Path | None, parall
             echo: Callable[[str], None] = print) -> None:
     """List the trials, their state in `out_dir` and the cost; a time estimate where trials of this
     grid already finished in `out_dir` (their measured seconds per image)."""
-    states = {t.name: trial_state(out_dir / TRIALS_DIR / t.name, t.config) if out_dir else "new" for t in trials}
+    states = {t.name: trial_state(out_dir / TRIALS_DIR / t.name, t.config)[0] if out_dir else "new" for t in trials}
     width = max(len(t.name) for t in trials)
     echo(f"{'trial'.ljust(width)}  state    cost (images through the model)")
     for trial in trials:
@@ -424,19 +424,38 @@ def sweep(grid: Grid, out_dir: str | Path, backend, resume: bool = False,
     Returns counts: done (before), ran, failed."""
     out_dir = Path(out_dir).resolve()
     trials = expand(grid)
+    lock = lock_folder(out_dir, "sweep")  # one writer per sweep folder, for the whole sweep
+    try:
+        return _sweep_locked(grid, trials, out_dir, backend, resume, echo)
+    finally:
+        lock.release()
+
+
+def _sweep_locked(grid: Grid, trials: list[PlannedTrial], out_dir: Path, backend, resume: bool,
+                  echo: Callable[[str], None]) -> dict[str, int]:
     if (out_dir / SWEEP_FILE).exists() and not resume:
         raise ConfigError(f"{out_dir} already holds a sweep ({SWEEP_FILE} exists); "
                           "fix: pass --resume to continue it, or choose another --out")
-    states = {}
+    saved_grid = out_dir / GRID_FILE
+    if resume and saved_grid.is_file() and saved_grid.read_bytes() != grid.text.encode():
+        raise ConfigError(
+            f"{out_dir} was started with another grid (its {GRID_FILE} differs from {grid.source}); resuming with "
+            "this one would replace its record and drop finished trials; nothing was changed; fix: --grid "
+            f"{saved_grid} to continue it, or choose another --out for the new grid"
+        )
+    states, notes = {}, []
     for trial in trials:
         folder = out_dir / TRIALS_DIR / trial.name
         _check_same_settings(folder, trial.config)
-        states[trial.name] = trial_state(folder, trial.config)
+        states[trial.name], note = trial_state(folder, trial.config)
+        if note:
+            notes.append(note)
         if states[trial.name] == "stopped" and not resume:
             raise ConfigError(f"{folder} holds a stopped run; fix: pass --resume")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / GRID_FILE).write_text(grid.text)
-    (out_dir / SWEEP_FILE).write_text(json.dumps(_sweep_record(grid, trials), indent=2) + "\n")
+    for note in notes:
+        echo(note)
+    write_atomic(out_dir / GRID_FILE, grid.text)
+    write_atomic(out_dir / SWEEP_FILE, json.dumps(_sweep_record(grid, trials), indent=2) + "\n")
 
     todo = [
         Trial(t.name, to_dict(t.config), out_dir / TRIALS_DIR / t.name, resume=states[t.name] == "stopped")
@@ -449,7 +468,7 @@ def sweep(grid: Grid, out_dir: str | Path, backend, resume: bool = False,
     def on_done(trial: Trial, result: TrialResult) -> None:
         elapsed = result.elapsed_s
         record = {"returncode": result.returncode, "elapsed_s": round(elapsed, 2), "resumed": trial.resume}
-        (trial.out_dir / TRIAL_FILE).write_text(json.dumps(record) + "\n")
+        write_atomic(trial.out_dir / TRIAL_FILE, json.dumps(record) + "\n")
         counter["ran"] += 1
         position = f"[{done_before + counter['ran']}/{len(trials)}]"
         if result.ok:
@@ -479,17 +498,32 @@ def _read_sweep(out_dir: Path) -> dict[str, Any]:
     path = out_dir / SWEEP_FILE
     if not path.is_file():
         raise ConfigError(f"{out_dir} is not a sweep folder (no {SWEEP_FILE}); fix: --report the --out of a sweep")
-    return json.loads(path.read_text())
+    record = read_json_file(path, "a sweep record", "restore it from a copy, or run the sweep again in another --out")
+    trials = record.get("trials") if isinstance(record, dict) else None
+    if not isinstance(trials, list) or not isinstance(record.get("axes"), dict) or not all(
+            isinstance(trial, dict) and isinstance(trial.get("levels"), dict) and isinstance(trial.get("name"), str)
+            for trial in trials):
+        raise ConfigError(f"{path} is not a sweep record (no axes or trials list); fix: restore it from a copy, or run "
+                          "the sweep again in another --out")
+    for trial in trials:
+        inside(out_dir, trial.get("folder"), str(path))
+    return record
 
 
-def finished_rows(out_dir: Path, record: dict[str, Any]) -> list[dict[str, Any]]:
-    """A row per finished trial: its name, levels and summary figures."""
+def finished_rows(out_dir: Path, record: dict[str, Any], echo: Callable[[str], None] | None = None
+                  ) -> list[dict[str, Any]]:
+    """A row per finished trial whose files agree (sim.reporting.read_finished): its name, levels
+    and summary figures; a damaged trial is left out, with a line to `echo`."""
     rows = []
     for trial in record["trials"]:
-        path = out_dir / trial["folder"] / "summary.json"
-        if not path.is_file():
+        try:
+            summary = read_finished(inside(out_dir, trial["folder"], SWEEP_FILE))
+        except ConfigError as error:
+            if echo is not None:
+                echo(f"{trial['name']}: left out of the report: {error}")
             continue
-        summary = json.loads(path.read_text())
+        if summary is None:
+            continue
         rows.append({"trial": trial["name"], **trial["levels"], **{c: summary.get(c) for c in SUMMARY_COLUMNS}})
     return rows
 
@@ -605,8 +639,14 @@ def plot_metric(rows: list[dict[str, Any]], axes: dict[str, list[str]], replicat
 def write_report(out_dir: str | Path, metrics: list[str] | None = None, axis: str | None = None,
                  echo: Callable[[str], None] = print) -> list[Path]:
     """results.csv, table.md and the plots, rebuilt from the finished trials in `out_dir`."""
-
     out_dir = Path(out_dir)
+    if not (out_dir / SWEEP_FILE).is_file():
+        _read_sweep(out_dir)  # refuses with the reason
+    with FolderLock(out_dir, "sweep"):
+        return _write_report(out_dir, metrics, axis, echo)
+
+
+def _write_report(out_dir: Path, metrics: list[str] | None, axis: str | None, echo: Callable[[str], None]) -> list[Path]:
     record = _read_sweep(out_dir)
     axes = record["axes"]
     report = dict(record.get("report") or DEFAULT_REPORT)
@@ -615,7 +655,7 @@ def write_report(out_dir: str | Path, metrics: list[str] | None = None, axis: st
     if axis:
         report["axis"] = axis
     report = check_report(report, list(axes), "the report options")
-    rows = finished_rows(out_dir, record)
+    rows = finished_rows(out_dir, record, echo)
     replicate = record.get("replicate_axis")
     written = [out_dir / RESULTS_FILE, out_dir / TABLE_FILE]
     write_atomic(written[0], results_csv(rows, list(axes)))

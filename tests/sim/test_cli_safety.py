@@ -99,7 +99,7 @@ def test_resume_on_another_thread_count_needs_the_override(tmp_path, capsys):
     assert main(argv) == 2
     assert "threads (saved 1, now 2)" in capsys.readouterr().err
     assert main([*argv, "--allow-machine-change"]) == 0
-    assert json.loads((out_dir / "summary.json").read_text())["threads"] == 2
+    assert json.loads((out_dir / "summary.json").read_text())["threads"] == "mixed (see provenance)"
 
 
 def test_plot_of_a_comparison_redraws_each_variant_too(tmp_path, capsys):

@@ -137,11 +137,57 @@ def test_a_checkpoint_that_disagrees_with_metrics_csv_is_refused(run_copy):
 
 
 def test_a_metrics_csv_one_round_behind_the_checkpoint_is_completed(run_copy, stopped_run):
-    # A run stopped between writing its checkpoint and its metrics.
+    # A run stopped between writing its last checkpoint and its metrics: no final files yet.
+    for name in ("manifest.json", "summary.json", "accuracy.png"):
+        (run_copy / name).unlink()
     metrics = run_copy / "metrics.csv"
     metrics.write_text("".join(metrics.read_text().splitlines(keepends=True)[:-1]))
     run(tiny_config("rounds=2"), run_copy, resume=True, progress=False)
     assert read_metrics(run_copy) == read_metrics(stopped_run)
+
+
+def test_resuming_a_finished_run_reads_it_back_without_writing(run_copy):
+    before = folder_digest(run_copy)
+    summary = run(tiny_config("rounds=2"), run_copy, resume=True, progress=False)
+    assert folder_digest(run_copy) == before
+    assert summary == json.loads((run_copy / "summary.json").read_text())
+
+
+@pytest.mark.parametrize("damage", ["truncate metrics.csv", "edit summary.json", "drop manifest entry"])
+def test_a_finished_run_whose_files_disagree_is_refused_unchanged(run_copy, damage):
+    if damage == "truncate metrics.csv":
+        metrics = run_copy / "metrics.csv"
+        metrics.write_text("".join(metrics.read_text().splitlines(keepends=True)[:-1]))
+    elif damage == "edit summary.json":
+        summary = json.loads((run_copy / "summary.json").read_text())
+        summary["final_main_accuracy"] = 99.0
+        (run_copy / "summary.json").write_text(json.dumps(summary))
+    else:
+        manifest = json.loads((run_copy / "manifest.json").read_text())
+        del manifest["files"]["metrics.csv"]
+        (run_copy / "manifest.json").write_text(json.dumps(manifest))
+    before = folder_digest(run_copy)
+    with pytest.raises(ConfigError, match="does not hold an intact finished run"):
+        run(tiny_config("rounds=2"), run_copy, resume=True, progress=False)
+    assert folder_digest(run_copy) == before
+
+
+@pytest.mark.parametrize("damage", ["truncate metrics.csv", "edit summary.json"])
+def test_a_finished_run_from_before_manifests_is_checked_against_its_own_files(run_copy, damage):
+    (run_copy / "manifest.json").unlink()
+    (run_copy / "checkpoint.pt").unlink()
+    from sim.reporting import read_finished
+
+    assert read_finished(run_copy, tiny_config("rounds=2"))["rounds"] == 2
+    if damage == "truncate metrics.csv":
+        metrics = run_copy / "metrics.csv"
+        metrics.write_text("".join(metrics.read_text().splitlines(keepends=True)[:-1]))
+    else:
+        summary = json.loads((run_copy / "summary.json").read_text())
+        summary["mean_backdoor_accuracy"] = 1.5
+        (run_copy / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(ConfigError, match="does not hold an intact finished run"):
+        read_finished(run_copy, tiny_config("rounds=2"))
 
 
 @pytest.mark.parametrize("setting", ["attack.boost=1e30", "model_poisoning.type=lie|model_poisoning.lie_z=1e30"])
@@ -169,8 +215,38 @@ def test_machine_facts_are_recorded_and_checked_on_resume(run_copy, tmp_path):
     assert len(read_metrics(run_copy)) == 2
     summary = run(tiny_config("rounds=3"), run_copy, resume=True, progress=False, allow_machine_change=True)
     torch.set_num_threads(1)
-    assert summary["threads"] == 2
+    # Each segment of rounds records the facts of the process that ran it; the summary's
+    # top-level thread count is what they share, never the last process's alone.
+    assert summary["threads"] == "mixed (see provenance)"
+    assert [(item["rounds"], item["threads"]) for item in summary["provenance"]] == [([0, 2], 1), ([2, 3], 2)]
     assert set(summary["machine"]) == {"torch", "cpu", "gpu", "device"}
     assert summary["machine"]["device"] == "cpu" and summary["machine"]["gpu"] is None
     assert summary["machine"]["torch"] == str(torch.__version__)
-    assert json.loads((run_copy / "summary.json").read_text())["threads"] == 2
+    assert json.loads((run_copy / "summary.json").read_text())["threads"] == "mixed (see provenance)"
+
+
+def test_provenance_is_recorded_when_observed(run_copy):
+    import numpy
+    import platform
+
+    summary = json.loads((run_copy / "summary.json").read_text())
+    (segment,) = summary["provenance"]
+    assert segment["rounds"] == [0, 2] and segment["threads"] == 1 == summary["threads"]
+    assert segment["python"] == platform.python_version() and segment["numpy"] == numpy.__version__
+    assert segment["torch"] == str(torch.__version__)
+    assert len(segment["commit"]) == 40 and isinstance(segment["dirty"], bool)
+    for key in ("cpu", "cpu_family", "cpu_model", "cpu_stepping", "cpu_flags", "started"):
+        assert segment[key], key
+    assert "avx" in segment["cpu_flags"] or "neon" in segment["cpu_flags"] or "fp" in segment["cpu_flags"]
+
+
+def test_rounds_from_a_checkpoint_without_segments_read_not_recorded(run_copy):
+    from sim.state import save_checkpoint
+
+    checkpoint = read_checkpoint(run_copy / "checkpoint.pt")
+    checkpoint.pop("segments")
+    (run_copy / "checkpoint.pt").write_bytes(encode_checkpoint(checkpoint))
+    summary = run(tiny_config("rounds=3"), run_copy, resume=True, progress=False)
+    assert summary["provenance"][0] == {"rounds": [0, 2], "facts": "not recorded"}
+    assert summary["provenance"][1]["rounds"] == [2, 3]
+    assert summary["threads"] == "not recorded"
