@@ -143,6 +143,8 @@ def _add_sweep_parser(commands) -> None:
     sweep.add_argument("--report", metavar="DIR", help="rebuild the CSV, table and plots of a sweep folder")
     sweep.add_argument("--metric", action="append", metavar="NAME", help="metric to plot (repeatable)")
     sweep.add_argument("--axis", metavar="NAME", help="the axis the plots put on x")
+    sweep.add_argument("--max-trials", type=int, default=10_000, metavar="N",
+                       help="refuse a grid of more trials than this before building any (default 10000)")
 
 
 def _command_sweep(args: argparse.Namespace) -> int:
@@ -158,13 +160,16 @@ def _command_sweep(args: argparse.Namespace) -> int:
     if args.metric or args.axis:
         raise ConfigError("--metric and --axis choose the plots of --report DIR; fix: set them in the grid's "
                           "report: section, or run --report DIR after the sweep")
+    if args.max_trials < 1:
+        raise ConfigError(f"--max-trials {args.max_trials} must be at least 1; fix: --max-trials 10000")
+    trials = expand(grid, args.max_trials)
     if args.dry_run:
-        dry_run(grid, expand(grid), Path(args.out) if args.out else None, parallel=max(1, args.jobs))
+        dry_run(grid, trials, Path(args.out) if args.out else None, parallel=max(1, args.jobs))
         return 0
     if not args.out:
         raise ConfigError("sweep needs --out DIR for its trials; fix: e.g. --out runs/sweep")
     backend = make_backend(args.jobs, args.ray, args.gpus_per_trial)
-    counts = sweep(grid, args.out, backend, resume=args.resume)
+    counts = sweep(grid, args.out, backend, resume=args.resume, trials=trials)
     return 1 if counts["failed"] else 0
 
 
@@ -381,6 +386,12 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    except OSError as error:
+        # Disk full, a read-only or vanished folder, a name too long: one line naming the path.
+        from sim.io import os_error_text
+
+        print(f"error: {os_error_text(error)}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     except KeyboardInterrupt:
         out = getattr(args, "out", None)

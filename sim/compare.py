@@ -37,8 +37,9 @@ import yaml
 from sim.config import Config, apply_overrides, to_dict
 from sim.data import check_data_files
 from sim.engines.distributed import broadcast_object, init_from_env, is_main_process, launched_with_several_ranks
+from sim import yaml_input
 from sim.errors import ConfigError
-from sim.io import CHECKPOINT_FILE, METRICS_FILE, SUMMARY_FILE, inside, lock_folder, read_json_file, write_atomic
+from sim.io import CHECKPOINT_FILE, METRICS_FILE, SUMMARY_FILE, check_names, inside, lock_folder, read_json_file, write_atomic
 from sim.metrics import attack_metric_name
 from sim.jobs import LocalBackend, Trial, TrialResult, run_trials
 from sim.plots import plot_comparison, plot_comparison_bands
@@ -237,7 +238,7 @@ def override_pair(item: Override) -> tuple[str, Any]:
     """(path, value) of one override: a `path=value` string (value parsed as YAML) or a pair."""
     if isinstance(item, str):
         path, _, text = item.partition("=")
-        return path.strip(), yaml.safe_load(text)
+        return path.strip(), yaml_input.load(text, f"the override {item!r}")
     return item
 
 
@@ -297,6 +298,8 @@ def compare(
         )
     runs = _plan(configs, seeds)
     out_dir = Path(out_dir)
+    for item in runs:
+        check_names(out_dir / item.folder)
     init_from_env(cfg.device)  # under torchrun: join the process group before the ranks decide anything
     writer = is_main_process()  # only rank 0 writes (sim.engines.distributed)
     for variant_cfg in configs.values():  # before the comparison folder is made

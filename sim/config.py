@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import yaml
 
 from sim.attacks.data_poisoning import ATTACK_TYPES, BLEND_RULES, TRIGGER_VALUES
 from sim.attacks.model_poisoning import MODEL_POISONING, POISONEDFL_COORDINATES
@@ -36,6 +35,7 @@ from sim.engines.client_training import check_training_settings
 from sim.engines.batched import check_memory_format
 from sim.engines.registry import AUTO, ENGINES, resolve_engine
 from sim.engines.schedules import LR_SCHEDULES
+from sim import yaml_input
 from sim.errors import ConfigError
 from sim.models import MEMORY_FORMATS, MODELS
 from sim.selection import SCHEDULES as SELECTION_SCHEDULES
@@ -62,14 +62,21 @@ AGGREGATOR_NAMES = tuple(AGGREGATORS)
 MODEL_POISONING_TYPES = tuple(MODEL_POISONING)
 PRIVACY_NAMES = tuple(PRIVACY_TYPES)
 DEVICE_PATTERN = re.compile(r"^(cpu|cuda|cuda:\d+)$")
-# Models, updates and their hyperparameters are float32 tensors: a larger setting becomes Inf there.
+# Models, updates and their hyperparameters are float32 tensors: a larger setting becomes Inf there,
+# and a nonzero one below float32's smallest normal number flushes to 0 or loses its precision.
 FLOAT32_MAX = 3.4028234663852886e38
+FLOAT32_TINY = 1.1754943508222875e-38
+# Whole-number settings are held in int64 tensors and C longs where they reach torch.
+INT64_MAX = 2**63 - 1
+# Seeds one command may run (compare --seeds, a preset's seeds:): far more than any study needs.
+MAX_SEEDS = 10_000
 # torch's generators take seeds up to 2**64 - 1.
 SEED_MAX = 2**64 - 1
 
 # Input shape each model is built for; `mlp` flattens whatever it gets.
 MODEL_INPUT = {"fmnist_cnn": "1x28x28", "cifar_cnn": "3x32x32"}
 DATASET_INPUT = {"fashion_mnist": "1x28x28", "mnist": "1x28x28", "cifar10": "3x32x32", "synthetic": "1x28x28"}
+DATASET_TRAIN_SIZES = {"fashion_mnist": 60000, "mnist": 60000, "cifar10": 50000}  # synthetic: its own size
 DATASET_CLASSES = {"fashion_mnist": 10, "mnist": 10, "cifar10": 10, "synthetic": 10}
 
 
@@ -426,14 +433,7 @@ def preset_path(name: str, configs_dir: Path = CONFIGS_DIR) -> Path:
 
 
 def _read_yaml(path: Path, source: str) -> dict:
-    try:
-        text = path.read_text()
-    except OSError as error:
-        raise ConfigError(f"cannot read {source} at {path}: {error.strerror}; fix: check the path") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{source} at {path} is not valid YAML: {' '.join(str(error).split())}") from None
+    raw = yaml_input.read(path, source)
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -487,12 +487,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(
             f"--set {text!r} must look like key=value; fix: e.g. --set client_defense.type=leadfl"
         )
-    try:
-        value = yaml.safe_load(value_text) if value_text.strip() else None
-    except yaml.YAMLError:
-        raise ConfigError(
-            f"--set {key}: cannot read {value_text!r} as a value; fix: quote it, e.g. --set {key}='{value_text}'"
-        ) from None
+    value = yaml_input.load(value_text, f"--set {key}={value_text}") if value_text.strip() else None
     return key, value
 
 
@@ -580,6 +575,7 @@ def compare_variants(preset: str | None = None, path: str | Path | None = None) 
     if section is None:
         return {}
     variants = {}
+    seen: dict[str, Any] = {}  # label as text -> the label as written
     for label, settings in section.items():
         if settings is None:
             settings = {}
@@ -588,6 +584,12 @@ def compare_variants(preset: str | None = None, path: str | Path | None = None) 
                 f"compare.{label} in {source_name} must map settings to values, got {settings!r}; "
                 "fix: e.g. {client_defense.type: leadfl}"
             )
+        if str(label) in seen:
+            raise ConfigError(
+                f"compare labels {seen[str(label)]!r} and {label!r} in {source_name} are the same label once written as "
+                "text, so their runs would share one folder; fix: rename one of them"
+            )
+        seen[str(label)] = label
         variants[str(label)] = _flatten(settings)
     return variants
 
@@ -618,7 +620,11 @@ def parse_seeds(value: Any, source: str = "--seeds") -> list[int]:
                     "a range low-high with low <= high); fix: e.g. 0-4 or 0,2,5"
                 )
             low = int(match.group(1))
-            span = list(range(low, int(match.group(2) or low) + 1))
+            high = int(match.group(2) or low)
+            if high - low + 1 + len(seeds) > MAX_SEEDS:
+                raise ConfigError(f"{source}: {item!r} in {value!r} asks for {high - low + 1} seeds, more than the "
+                                  f"{MAX_SEEDS} one command may run; fix: e.g. 0-4")
+            span = list(range(low, high + 1))
         for seed in span:
             if seed in seeds:
                 raise ConfigError(f"{source}: seed {seed} appears twice in {value!r}; fix: list each seed once")
@@ -693,12 +699,20 @@ def _check_field(path: str, value: Any, meta: dict, default: Any) -> None:
         raise ConfigError(f"{path}=null is not allowed; it needs a {kind.replace('_', ' ')} value; {fix_default}")
     if kind == "int" and not _is_int(value):
         raise ConfigError(f"{path}={value!r} must be a whole number; {fix_default}")
+    if kind == "int" and abs(value) > INT64_MAX and meta["high"] is None:
+        raise ConfigError(f"{path}={value!r} is beyond the largest whole number the simulator holds (2**63 - 1); "
+                          f"{fix_default}")
     if kind == "float" and not _is_number(value):
         raise ConfigError(f"{path}={value!r} must be a finite number; {fix_default}")
     if kind == "float" and abs(value) > FLOAT32_MAX:
         raise ConfigError(
             f"{path}={value!r} is beyond float32's largest value ({FLOAT32_MAX:.4g}), the precision the simulator "
             f"computes in; {fix_default}"
+        )
+    if kind == "float" and 0 < abs(value) < FLOAT32_TINY:
+        raise ConfigError(
+            f"{path}={value!r} is below float32's smallest normal number ({FLOAT32_TINY:.4g}), so it vanishes (or "
+            f"loses its precision) in the float32 arithmetic that uses it; {fix_default}"
         )
     if kind == "str" and not isinstance(value, str):
         raise ConfigError(f"{path}={value!r} must be text; {fix_default}")
@@ -778,6 +792,13 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             f"clients.clients_per_round={clients.clients_per_round} exceeds clients.num_clients="
             f"{clients.num_clients}; fix: --set clients.clients_per_round={clients.num_clients}"
+        )
+    train_images = DATASET_TRAIN_SIZES.get(cfg.data.dataset, cfg.data.synthetic_train_size)
+    if clients.num_clients > train_images:
+        # Checked before anything with one entry per client is built (10**12 clients would fill memory).
+        raise ConfigError(
+            f"clients.num_clients={clients.num_clients} exceeds the {train_images} training images of "
+            f"data.dataset={cfg.data.dataset}: every client needs at least one; fix: --set clients.num_clients=100"
         )
     # The components own the checks of their settings; building them here reports a bad
     # setting before any data is loaded.

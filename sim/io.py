@@ -199,3 +199,28 @@ def read_json_file(path: Path, what: str, fix: str) -> object:
     except (OSError, UnicodeDecodeError, ValueError) as error:
         reason = error.strerror if isinstance(error, OSError) else f"not valid JSON ({type(error).__name__})"
         raise ConfigError(f"{path} cannot be read as {what}: {reason}; fix: {fix}") from None
+
+
+def check_names(path: str | Path, longest_file: str = CHECKPOINT_FILE) -> None:
+    """Refuse an output path whose names the file system cannot hold, before anything is written:
+    each part at most NAME_MAX bytes (a temporary file's name adds a prefix and a suffix to
+    `longest_file`'s), the whole at most PATH_MAX."""
+    from sim.errors import ConfigError
+
+    path = Path(path)
+    existing = next((p for p in [path, *path.parents] if p.exists()), Path("."))
+    try:
+        name_max = os.pathconf(existing, "PC_NAME_MAX")
+        path_max = os.pathconf(existing, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096
+    for part in path.parts:
+        if len(os.fsencode(part)) > name_max:
+            raise ConfigError(f"the folder name {part[:60]}... ({len(os.fsencode(part))} bytes) is longer than the "
+                              f"{name_max} bytes the file system allows; nothing was written; fix: choose a shorter "
+                              "--out (or shorter labels or levels)")
+    temporary = f".{longest_file}.abcdefgh.tmp"
+    full = len(os.fsencode(str(path.resolve() / temporary)))
+    if full > path_max:
+        raise ConfigError(f"{path} is {full} bytes long with its files, more than the {path_max} the file system "
+                          "allows; nothing was written; fix: choose a shorter --out")

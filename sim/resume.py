@@ -7,9 +7,9 @@ import io
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from sim.config import Config, config_from_dict, to_dict
+from sim import yaml_input
 from sim.errors import ConfigError
 from sim.io import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
 from sim.state import read_checkpoint
@@ -116,10 +116,10 @@ def check_same_run(out_dir: Path, cfg: Config) -> None:
     """Refuse to read back the run in `out_dir` as one of `cfg` where it used other settings."""
     config_path = out_dir / CONFIG_FILE
     try:
-        saved = yaml.safe_load(config_path.read_text()) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise ConfigError(f"cannot read back {out_dir}: its {CONFIG_FILE} cannot be read ({type(error).__name__}); "
-                          "fix: restore it from a copy, or remove the folder so that the run is made again") from None
+        saved = yaml_input.read(config_path, CONFIG_FILE) or {}
+    except ConfigError as error:
+        raise ConfigError(f"cannot read back {out_dir}: {error}; fix: restore it from a copy, or remove the folder "
+                          "so that the run is made again") from None
     if not isinstance(saved, dict):
         raise ConfigError(f"cannot read back {out_dir}: its {CONFIG_FILE} holds no settings; fix: restore it from a "
                           "copy, or remove the folder so that the run is made again")
@@ -147,4 +147,4 @@ def load_run_config(out_dir: str | Path) -> Config:
     path = Path(out_dir) / CONFIG_FILE
     if not path.is_file():
         raise ConfigError(f"no {CONFIG_FILE} in {out_dir}; fix: point at the folder of a run")
-    return config_from_dict(yaml.safe_load(path.read_text()) or {}, f"'{path}'")
+    return config_from_dict(yaml_input.read(path, CONFIG_FILE) or {}, f"'{path}'")

@@ -32,7 +32,7 @@ from sim.engines import distributed
 from sim.engines.registry import build_engine, describe_engine, resolve_engine
 from sim.errors import ConfigError
 from sim.io import (ATTACK_EFFECT_PLOT_FILE, CHECKPOINT_FILE, CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, PLOT_FILE,
-                    SUMMARY_FILE, lock_folder, write_atomic)
+                    SUMMARY_FILE, check_names, lock_folder, write_atomic)
 from sim.metrics import evaluate
 from sim.models import build_model, flatten_parameters, load_flat_parameters_, trainable_parameters
 from sim.reporting import (RoundRecord, ids_text, metrics_csv_text, progress_postfix, read_finished, summarize,
@@ -154,6 +154,7 @@ def run(
     device = distributed.init_from_env(_check_device(cfg.device))
     writer = distributed.is_main_process()  # only rank 0 writes files and prints
     out_dir = Path(out_dir)
+    check_names(out_dir)
     if writer and resume and not out_dir.is_dir():
         load_checkpoint(out_dir, cfg)  # refuses with the reason, before anything is made
     # One writer per folder, held until this function returns (or the process ends).

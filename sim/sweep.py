@@ -44,11 +44,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
 
 from sim.config import CONFIGS_DIR, Config, apply_overrides, load_config, setting_paths, to_dict
+from sim import yaml_input
 from sim.errors import ConfigError
-from sim.io import CHECKPOINT_FILE, FolderLock, inside, lock_folder, read_json_file, write_atomic
+from sim.io import CHECKPOINT_FILE, FolderLock, check_names, inside, lock_folder, read_json_file, write_atomic
 from sim.reporting import read_finished
 from sim.jobs import TRIAL_CONFIG_FILE, Trial, TrialResult, run_trials
 from sim.stats import mean_interval
@@ -56,6 +56,7 @@ from sim.stats import mean_interval
 GRIDS_DIR = CONFIGS_DIR / "grids"
 GRID_KEYS = ("description", "preset", "config", "settings", "axes", "exclude", "report")
 REPLICATE_AXIS = "seed"
+DEFAULT_MAX_TRIALS = 10_000  # trials one grid may hold unless --max-trials raises it
 TRIALS_DIR = "trials"
 GRID_FILE = "grid.yaml"
 SWEEP_FILE = "sweep.json"
@@ -244,11 +245,12 @@ def load_grid(name_or_path: str) -> Grid:
     """Read and check a grid file: the base config, its axes, exclusions and report options."""
     path = grid_path(name_or_path)
     source = f"grid '{path}'"
-    text = path.read_text()
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{source} is not valid YAML: {' '.join(str(error).split())}") from None
+        data = path.read_bytes()
+    except OSError as error:
+        raise ConfigError(f"cannot read {source}: {error.strerror}; fix: check the path") from None
+    raw = yaml_input.load(data, source)
+    text = data.decode()
     if not isinstance(raw, dict):
         raise ConfigError(f"{source} must be a mapping with an axes: section; fix: see `leadfl-sim sweep --help`")
     for key in raw:
@@ -279,8 +281,27 @@ def load_grid(name_or_path: str) -> Grid:
     return Grid(str(path), text, base, settings, axes, excluded, report)
 
 
-def expand(grid: Grid) -> list[PlannedTrial]:
-    """Every combination of the axes not excluded, each validated; the seed axis varies slowest."""
+def count_trials(grid: Grid) -> int:
+    """The trials of `grid` (combinations not excluded), counted without building any: exactly up
+    to a million combinations, else the number of combinations (exclusions are few in practice)."""
+    sizes = [len(axis.labels) for axis in grid.axes]
+    total = math.prod(sizes)
+    if total > 1_000_000 or not grid.excluded:
+        return total
+    return sum(
+        1 for combination in itertools.product(*(axis.labels for axis in grid.axes))
+        if not any(all(dict(zip((a.name for a in grid.axes), combination))[key] in labels
+                       for key, labels in entry.items()) for entry in grid.excluded)
+    )
+
+
+def expand(grid: Grid, max_trials: int = DEFAULT_MAX_TRIALS) -> list[PlannedTrial]:
+    """Every combination of the axes not excluded, each validated; the seed axis varies slowest.
+    A grid of more than `max_trials` trials is refused before any is built."""
+    count = count_trials(grid)
+    if count > max_trials:
+        raise ConfigError(f"{grid.source} has {count} trials, more than --max-trials {max_trials}; fix: fewer levels "
+                          f"or more exclude: entries, or raise the limit with --max-trials {count}")
     axes = sorted(grid.axes, key=lambda axis: axis.name != REPLICATE_AXIS)
     trials = []
     for combination in itertools.product(*(range(len(axis.labels)) for axis in axes)):
@@ -301,8 +322,8 @@ def expand(grid: Grid) -> list[PlannedTrial]:
                 f"add - {exclusion} to exclude:)"
             ) from None
         trials.append(PlannedTrial(name, ordered, config))
-    names = [trial.name for trial in trials]
-    clash = next((n for n in names if names.count(n) > 1), None)
+    seen: set[str] = set()
+    clash = next((trial.name for trial in trials if trial.name in seen or seen.add(trial.name)), None)
     if clash:
         raise ConfigError(f"{grid.source}: two trials would share the folder name {clash} (levels that differ only "
                           "in characters other than letters, digits, '.', '+', '-'); fix: rename one level")
@@ -328,7 +349,7 @@ def trial_state(folder: Path, config: Config) -> tuple[str, str | None]:
 
 def _check_same_settings(folder: Path, config: Config) -> None:
     path = folder / TRIAL_CONFIG_FILE
-    if path.is_file() and yaml.safe_load(path.read_text()) != to_dict(config):
+    if path.is_file() and yaml_input.read(path, "a trial's settings") != to_dict(config):
         raise ConfigError(
             f"{folder} was started with other settings than the grid now gives it ({path}); fix: resume with "
             "the grid it was started with, or choose another --out"
@@ -379,7 +400,12 @@ def _seconds_per_cost(out_dir: Path, trials: list[PlannedTrial]) -> float | None
     for trial in trials:
         record = out_dir / TRIALS_DIR / trial.name / TRIAL_FILE
         if record.is_file():
-            data = json.loads(record.read_text())
+            try:
+                data = json.loads(record.read_text())
+            except (OSError, UnicodeDecodeError, ValueError):
+                continue  # a damaged record only leaves that trial out of the estimate
+            if not isinstance(data, dict):
+                continue
             if data.get("returncode") == 0 and data.get("elapsed_s") and not data.get("resumed"):
                 seconds += data["elapsed_s"]
                 cost += trial_cost(trial.config)
@@ -418,12 +444,14 @@ def dry_run(grid: Grid, trials: list[PlannedTrial], out_dir: Path | None, parall
 
 
 def sweep(grid: Grid, out_dir: str | Path, backend, resume: bool = False,
-          echo: Callable[[str], None] = print) -> dict[str, int]:
+          echo: Callable[[str], None] = print, trials: list[PlannedTrial] | None = None) -> dict[str, int]:
     """Run every trial of `grid` not yet finished in `out_dir`; then write the report.
 
     Returns counts: done (before), ran, failed."""
     out_dir = Path(out_dir).resolve()
-    trials = expand(grid)
+    trials = expand(grid) if trials is None else trials
+    for trial in trials:
+        check_names(out_dir / TRIALS_DIR / trial.name, longest_file=TRIAL_CONFIG_FILE)
     lock = lock_folder(out_dir, "sweep")  # one writer per sweep folder, for the whole sweep
     try:
         return _sweep_locked(grid, trials, out_dir, backend, resume, echo)
