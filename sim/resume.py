@@ -11,9 +11,10 @@ from typing import Any
 
 import yaml
 
-from sim.config import Config, config_from_dict, to_dict
+from sim.config import Config, config_from_dict, migrate_settings, to_dict
 from sim.errors import ConfigError
 from sim.io import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
+from sim.records import metrics_csv_text
 from sim.state import read_checkpoint
 
 # Settings a resumed run may change: more rounds extend a run without changing its past.
@@ -88,7 +89,7 @@ def load_checkpoint(out_dir: Path, cfg: Config, machine: dict[str, Any] | None =
             "fix: drop --resume to start a new run, or point --out at a stopped run's folder"
         )
     checkpoint = read_checkpoint(path)
-    differences = config_differences(checkpoint["config"], to_dict(cfg), to_dict(Config()))
+    differences = config_differences(migrate_settings(checkpoint["config"]), to_dict(cfg), to_dict(Config()))
     if differences:
         raise ConfigError(
             f"cannot resume {out_dir}: the requested config differs from the saved one in "
@@ -111,8 +112,6 @@ def _check_metrics_agree(out_dir: Path, rows: list[dict]) -> None:
     """A resumed run rewrites `metrics.csv` from the checkpoint's rows, so the file must hold no
     round the checkpoint lacks: it may be missing or hold a prefix of those rows (a run stopped
     between writing the checkpoint and the metrics), never other or more rounds."""
-    from sim.reporting import metrics_csv_text  # reporting imports this module
-
     path = out_dir / METRICS_FILE
     if not path.is_file():
         return
@@ -143,7 +142,7 @@ def finished_summary(out_dir: str | Path, cfg: Config) -> dict | None:
     summary_path, config_path = out_dir / SUMMARY_FILE, out_dir / CONFIG_FILE
     if not (summary_path.is_file() and config_path.is_file()):
         return None
-    saved = yaml.safe_load(config_path.read_text()) or {}
+    saved = migrate_settings(yaml.safe_load(config_path.read_text()) or {})
     differences = config_differences(saved, to_dict(cfg), to_dict(Config()))
     if differences:
         raise ConfigError(

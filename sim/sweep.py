@@ -46,7 +46,7 @@ from typing import Any, Callable
 
 import yaml
 
-from sim.config import CONFIGS_DIR, Config, apply_overrides, load_config, setting_paths, to_dict
+from sim.config import MOVED_SETTINGS, CONFIGS_DIR, Config, apply_overrides, load_config, setting_paths, to_dict
 from sim.errors import ConfigError
 from sim.io import write_atomic
 from sim.jobs import TRIAL_CONFIG_FILE, Trial, TrialResult, run_trials
@@ -170,6 +170,9 @@ def _check_paths(pairs: list[tuple[str, Any]], where: str) -> None:
     for key, value in pairs:
         if key in paths or (key in sections and isinstance(value, dict)):
             continue
+        if key in MOVED_SETTINGS:
+            raise ConfigError(f"{where}: '{key}' has moved to '{MOVED_SETTINGS[key][0]}'; "
+                              f"fix: rename it to '{MOVED_SETTINGS[key][0]}'")
         close = difflib.get_close_matches(key, paths, n=1, cutoff=0.6)
         raise ConfigError(
             f"{where}: '{key}' is not a setting; {'did you mean ' + repr(close[0]) + '? ' if close else ''}"

@@ -144,7 +144,7 @@ def test_a_metrics_csv_one_round_behind_the_checkpoint_is_completed(run_copy, st
     assert read_metrics(run_copy) == read_metrics(stopped_run)
 
 
-@pytest.mark.parametrize("setting", ["attack.boost=1e30", "model_poisoning.type=lie|model_poisoning.lie_z=1e30"])
+@pytest.mark.parametrize("setting", ["attack.boost=1e30", "model_poisoning.type=lie|model_poisoning.lie.z=1e30"])
 def test_an_aggregate_that_breaks_the_model_is_rejected_and_recorded(tmp_path, capsys, setting):
     cfg = tiny_config("rounds=3", "server.aggregator=fedavg", *setting.split("|"))
     summary = run(cfg, tmp_path / "run", progress=False)
