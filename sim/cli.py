@@ -344,7 +344,7 @@ def _command_plot(args: argparse.Namespace) -> int:
 
 
 def _command_list_presets(args: argparse.Namespace) -> int:
-    from sim.config import CONFIGS_DIR, list_presets
+    from sim.presets import CONFIGS_DIR, list_presets
 
     presets = list_presets()
     if not presets:

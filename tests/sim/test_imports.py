@@ -81,3 +81,23 @@ def test_the_cycle_finder_sees_a_circle_through_a_function_level_import():
     assert "sim.config" in import_graph()["sim.runner"]  # module-level imports are seen
     # resume's function-level use of the metrics file format is seen too
     assert "sim.records" in import_graph()["sim.resume"]
+
+
+def test_help_and_list_presets_do_not_load_torch():
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from sim.cli import main\n"
+        "try:\n"
+        "    main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "main(['list-presets'])\n"
+        "print('torch loaded' if 'torch' in sys.modules else 'torch not loaded')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=SIM.parent,
+                            env={"PYTHONPATH": str(SIM.parent), "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "table1-fmnist" in result.stdout and result.stdout.strip().endswith("torch not loaded")
