@@ -1,6 +1,6 @@
 """Server aggregation rules at 10 / 100 / 1000 clients per round, against baselines in the same run.
 
-For every rule of `sim.server.aggregators.AGGREGATORS` and every size `n x d` (updates of the FashionMNIST
+For every rule of `sim.server.registry.AGGREGATORS` and every size `n x d` (updates of the FashionMNIST
 CNN, 29,034 floats, and of ResNet-18, 11,689,512) it times one call on random float32 updates and
 the baselines that do the same job another way, all timed in turn (interleaved) so load on a
 shared machine hits them alike:
@@ -40,19 +40,8 @@ import torch  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bench.common import device_name  # noqa: E402
-from sim.server.aggregators import (  # noqa: E402
-    AGGREGATORS,
-    Bulyan,
-    FedAvg,
-    FltkBulyan,
-    FltkMultiKrum,
-    Krum,
-    Median,
-    MultiKrum,
-    RobustDPFL,
-    SparseFed,
-    TrimmedMean,
-)
+from sim.server.registry import AGGREGATORS  # noqa: E402
+from sim.server.base import ServerSetup  # noqa: E402
 
 DIMS = {"fmnist_cnn": 29_034, "resnet18": 11_689_512}
 KRUM_FAMILY = ("krum", "multikrum", "bulyan", "fltk_multikrum", "fltk_bulyan")
@@ -64,20 +53,12 @@ def byzantine_f(n: int) -> int:
 
 
 def make_rules(n: int) -> dict:
-    f = byzantine_f(n)
-    rules = {
-        "fedavg": FedAvg(),
-        "krum": Krum(f),
-        "multikrum": MultiKrum(f),
-        "bulyan": Bulyan(f),
-        "median": Median(),
-        "trimmed_mean": TrimmedMean(0.1),
-        "sparsefed": SparseFed(0.1, 1.0),
-        "fltk_multikrum": FltkMultiKrum(),
-        "fltk_bulyan": FltkBulyan(),
-        "robust_dpfl": RobustDPFL(),
-    }
-    assert set(rules) == set(AGGREGATORS), "a rule was added to sim.server.aggregators: add it here"
+    """Every registered rule at its default settings, with the largest f Bulyan allows."""
+    rules = {}
+    for name, rule in AGGREGATORS.items():
+        settings = None if rule.settings is None else rule.settings()
+        setup = ServerSetup(byzantine_f(n), n, n, byzantine_f(n), name)
+        rules[name] = rule.from_config(settings, setup)
     return rules
 
 
@@ -217,9 +198,8 @@ def run_size(n: int, d: int, device: str, repeats: int, warm_up: bool, seed: int
         if name == "sparsefed":
             rule.error = None
 
-        def call(rule=rule):
-            if isinstance(rule, SparseFed):
-                rule.error = None  # every call a first round
+        def call(rule=rule, first_round=rule.state_dict()):
+            rule.load_state_dict(first_round)  # every call a first round (SparseFed's accumulator)
             return rule(x)
 
         fns = {"rule": call, **baselines(name, x, device == "cpu")}
@@ -231,7 +211,7 @@ def run_size(n: int, d: int, device: str, repeats: int, warm_up: bool, seed: int
             "rule": name,
             "clients": n,
             "dim": d,
-            "f": byzantine_f(n) if name in ("krum", "multikrum", "bulyan") else None,
+            "f": byzantine_f(n) if hasattr(AGGREGATORS[name], "resolve_f") else None,
             "rule_s": measured["rule"]["best_s"],
             "rule_median_s": measured["rule"]["median_s"],
             "baselines": base,

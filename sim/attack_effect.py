@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from sim.engines.client_training import BENIGN
+from sim.server.base import aggregation_context
 from sim.state import restore, state_of
 
 
@@ -61,7 +62,7 @@ class ShadowRun:
 
     def __init__(self, engine, uploads, aggregator, initial_params: Tensor, sizes: Sequence[int],
                  score: Callable[[Tensor], float], reseed: Callable[[int], None],
-                 counters: Callable[..., Tensor] | None = None):
+                 counters: Callable[..., Tensor] | None = None, seed: int = 0):
         self.engine = engine
         self.uploads = uploads
         self.aggregator = aggregator
@@ -70,8 +71,11 @@ class ShadowRun:
         self.reseed = reseed
         self.params = initial_params.detach().clone()
         self.previous_norm: float | None = 0.0  # delta_{-1} = 0: both start from the same model
-        # `counters(clients, roles)`: the BatchNorm counters the fltk_* rules take (server.fltk_counters)
+        # `counters(clients, roles)`: the BatchNorm counters, for a rule that asks for them
         self.counters = counters
+        self.seed = int(seed)
+        # The shadow's own last global update, kept only for a rule that reads it.
+        self.last_update: Tensor | None = None
         # The client defense's per-client state kept across rounds (momentum_reset: never) is the
         # shadow's own: the engine holds the run's, swapped out around the shadow's training.
         self.client_state: dict | None = None
@@ -86,11 +90,14 @@ class ShadowRun:
         updates = self.engine.train_clients(params, clients, round, roles=roles)
         self.client_state = self._swap_client_state(run_state)
         updates = self.uploads.benign(updates, clients, round)
-        if self.counters is None:
-            aggregation = self.aggregator(updates)
-        else:
-            aggregation = self.aggregator(updates, counters=self.counters(clients, roles))
-        self.params = params + aggregation.update.to(device=params.device, dtype=params.dtype)
+        counters = None if self.counters is None else (lambda ids: self.counters(ids, roles))
+        context = aggregation_context(self.aggregator, round=round, clients=clients, seed=self.seed, counters=counters,
+                                      global_params=params, last_global_update=self.last_update)
+        aggregation = self.aggregator(updates, context)
+        update = aggregation.update.to(device=params.device, dtype=params.dtype)
+        self.params = params + update
+        if "last_global_update" in self.aggregator.needs:
+            self.last_update = update.detach().to("cpu", torch.float32).clone()
 
         norm, uniform, rest = split_uniform(global_params - self.params, self.sizes)
         ratio = norm / self.previous_norm if self.previous_norm else None
@@ -119,6 +126,7 @@ class ShadowRun:
             "previous_norm": self.previous_norm,
             "aggregator": state_of(self.aggregator),
             "client_state": self.client_state,
+            **({} if self.last_update is None else {"last_update": self.last_update}),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -126,6 +134,7 @@ class ShadowRun:
         self.previous_norm = state["previous_norm"]
         restore(self.aggregator, state.get("aggregator"))
         self.client_state = state.get("client_state")
+        self.last_update = state.get("last_update")
 
 
 def summarize_attack_effect(rows: list[dict[str, Any]]) -> dict[str, Any]:

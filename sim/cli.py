@@ -359,7 +359,7 @@ def _plot_locked(args: argparse.Namespace, folder: Path) -> int:
 
 
 def _command_list_presets(args: argparse.Namespace) -> int:
-    from sim.config import CONFIGS_DIR, list_presets
+    from sim.presets import CONFIGS_DIR, list_presets
 
     presets = list_presets()
     if not presets:

@@ -21,13 +21,14 @@ import dataclasses
 import difflib
 import math
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 
 from sim.attacks.data_poisoning import ATTACK_TYPES, BLEND_RULES, TRIGGER_VALUES
-from sim.attacks.model_poisoning import MODEL_POISONING, POISONEDFL_COORDINATES
+from sim.attacks.model_poisoning import MODEL_POISONING
 from sim.data import DATASET_NAMES, PARTITION_SCHEMES, check_synthetic_size
 from sim.defenses.client import CLIENT_DEFENSES, LEADFL_VARIANTS, MOMENTUM_RESETS, check_client_defense
 from sim.defenses.privacy import PRIVACY_TYPES, build_privacy
@@ -37,12 +38,13 @@ from sim.engines.registry import AUTO, ENGINES, resolve_engine
 from sim.engines.schedules import LR_SCHEDULES
 from sim import yaml_input
 from sim.errors import ConfigError
+from sim.presets import CONFIGS_DIR, _read_yaml, list_presets, preset_path  # noqa: F401
+from sim.settings import FLOAT32_MAX, check_value, is_int, is_setting, setting, show
 from sim.models import MEMORY_FORMATS, MODELS
 from sim.selection import SCHEDULES as SELECTION_SCHEDULES
 from sim.selection import SELECTION_RNGS, Selector
-from sim.server.aggregators import AGGREGATORS, COUNTER_AGGREGATORS, UNAVAILABLE_AGGREGATORS, build_aggregator
+from sim.server.registry import AGGREGATORS, UNAVAILABLE_AGGREGATORS, build_aggregator
 
-CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 # Keys a preset or config file may carry besides the settings themselves.
 PRESET_ONLY_KEYS = ("description", "compare", "seeds")
@@ -62,12 +64,6 @@ AGGREGATOR_NAMES = tuple(AGGREGATORS)
 MODEL_POISONING_TYPES = tuple(MODEL_POISONING)
 PRIVACY_NAMES = tuple(PRIVACY_TYPES)
 DEVICE_PATTERN = re.compile(r"^(cpu|cuda|cuda:\d+)$")
-# Models, updates and their hyperparameters are float32 tensors: a larger setting becomes Inf there,
-# and a nonzero one below float32's smallest normal number flushes to 0 or loses its precision.
-FLOAT32_MAX = 3.4028234663852886e38
-FLOAT32_TINY = 1.1754943508222875e-38
-# Whole-number settings are held in int64 tensors and C longs where they reach torch.
-INT64_MAX = 2**63 - 1
 # Seeds one command may run (compare --seeds, a preset's seeds:): far more than any study needs.
 MAX_SEEDS = 10_000
 # torch's generators take seeds up to 2**64 - 1.
@@ -80,177 +76,143 @@ DATASET_TRAIN_SIZES = {"fashion_mnist": 60000, "mnist": 60000, "cifar10": 50000}
 DATASET_CLASSES = {"fashion_mnist": 10, "mnist": 10, "cifar10": 10, "synthetic": 10}
 
 
-def _setting(
-    default: Any,
-    kind: str,
-    *,
-    choices: Sequence[str] | None = None,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-    high_open: bool = False,
-    nullable: bool = False,
-) -> Any:
-    """A dataclass field carrying what `validate` checks: kind, choices and range.
-
-    kind is one of "int", "float", "str", "bool", "int_list", "str_or_list" (text or a list of
-    texts); a range applies to numbers and, for "int_list", to every element.
-    """
-    metadata = {
-        "kind": kind,
-        "choices": tuple(choices) if choices else None,
-        "low": low,
-        "high": high,
-        "low_open": low_open,
-        "high_open": high_open,
-        "nullable": nullable,
-    }
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=metadata)
-    return field(default=default, metadata=metadata)
+def component_section(name: str, shared: list[tuple[str, Any, Any]], registry: dict[str, Any]) -> type:
+    """A config section: its shared settings, then one subsection per registered component that
+    declares settings, named like the component (`server.sparsefed.k`), in registry order."""
+    fields = list(shared)
+    for component, cls in registry.items():
+        settings_class = getattr(cls, "settings", None)
+        if settings_class is not None:
+            fields.append((component, settings_class, field(default_factory=settings_class)))
+    return dataclasses.make_dataclass(name, fields)
 
 
 @dataclass
 class DataConfig:
-    dataset: str = _setting("fashion_mnist", "str", choices=DATASETS)
-    data_dir: str | None = _setting(None, "str", nullable=True)
-    partition: str = _setting("iid", "str", choices=PARTITIONS)
-    dirichlet_beta: float = _setting(0.5, "float", low=0, low_open=True)
-    shards_per_client: int = _setting(2, "int", low=1)
-    synthetic_train_size: int = _setting(2000, "int", low=1)
-    synthetic_test_size: int = _setting(500, "int", low=1)
+    dataset: str = setting("fashion_mnist", "str", choices=DATASETS)
+    data_dir: str | None = setting(None, "str", nullable=True)
+    partition: str = setting("iid", "str", choices=PARTITIONS)
+    dirichlet_beta: float = setting(0.5, "float", low=0, low_open=True)
+    shards_per_client: int = setting(2, "int", low=1)
+    synthetic_train_size: int = setting(2000, "int", low=1)
+    synthetic_test_size: int = setting(500, "int", low=1)
 
 
 @dataclass
 class ClientsConfig:
-    num_clients: int = _setting(100, "int", low=1)
-    num_malicious: int = _setting(25, "int", low=0)
-    clients_per_round: int = _setting(10, "int", low=1)
+    num_clients: int = setting(100, "int", low=1)
+    num_malicious: int = setting(25, "int", low=0)
+    clients_per_round: int = setting(10, "int", low=1)
 
 
 @dataclass
 class SelectionConfig:
-    schedule: str = _setting("random", "str", choices=SCHEDULES)
-    period: int = _setting(10, "int", low=1)
-    burst_rounds: int = _setting(2, "int", low=0)
-    burst_malicious: int = _setting(6, "int", low=0)
-    fixed_malicious: int = _setting(2, "int", low=0)
-    malicious_counts: list[int] = _setting([], "int_list", low=0)
+    schedule: str = setting("random", "str", choices=SCHEDULES)
+    period: int = setting(10, "int", low=1)
+    burst_rounds: int = setting(2, "int", low=0)
+    burst_malicious: int = setting(6, "int", low=0)
+    fixed_malicious: int = setting(2, "int", low=0)
+    malicious_counts: list[int] = setting([], "int_list", low=0)
     # simulator: seeded streams; authors: the LeadFL code's legacy-numpy draws (sim.selection).
-    rng: str = _setting("simulator", "str", choices=SELECTION_RNGS)
+    rng: str = setting("simulator", "str", choices=SELECTION_RNGS)
     # Rounds whose selection is replaced by override_malicious malicious + benign clients
     # (the LeadFL code: rounds 0, 10, 12 with 5 + 5).
-    override_rounds: list[int] = _setting([], "int_list", low=0)
-    override_malicious: int = _setting(5, "int", low=0)
+    override_rounds: list[int] = setting([], "int_list", low=0)
+    override_malicious: int = setting(5, "int", low=0)
 
 
 @dataclass
 class TrainingConfig:
-    lr: float = _setting(0.01, "float", low=0, low_open=True)
-    momentum: float = _setting(0.1, "float", low=0, high=1, high_open=True)
-    batch_size: int = _setting(16, "int", low=1)
-    local_epochs: int = _setting(10, "int", low=1)
-    local_steps: int | None = _setting(None, "int", low=1, nullable=True)
+    lr: float = setting(0.01, "float", low=0, low_open=True)
+    momentum: float = setting(0.1, "float", low=0, high=1, high_open=True)
+    batch_size: int = setting(16, "int", low=1)
+    local_epochs: int = setting(10, "int", low=1)
+    local_steps: int | None = setting(None, "int", low=1, nullable=True)
     # Local learning rate over rounds (sim.engines.schedules.local_lr): constant, step (times lr_gamma every
     # lr_step_rounds rounds) or cosine (from lr down towards lr_min over the run's rounds).
-    lr_schedule: str = _setting("constant", "str", choices=LR_SCHEDULES)
-    lr_step_rounds: int = _setting(10, "int", low=1)
-    lr_gamma: float = _setting(0.5, "float", low=0, high=1, low_open=True)
-    lr_min: float = _setting(0.0, "float", low=0)
+    lr_schedule: str = setting("constant", "str", choices=LR_SCHEDULES)
+    lr_step_rounds: int = setting(10, "int", low=1)
+    lr_gamma: float = setting(0.5, "float", low=0, high=1, low_open=True)
+    lr_min: float = setting(0.0, "float", low=0)
     # Memory layout of the model's conv weights and the image batches in local training
     # (sim.models.MEMORY_FORMATS): contiguous, or channels_last (NHWC, faster convolutions on CPU;
     # equal results up to float rounding; sequential engine only).
-    memory_format: str = _setting("contiguous", "str", choices=tuple(MEMORY_FORMATS))
+    memory_format: str = setting("contiguous", "str", choices=tuple(MEMORY_FORMATS))
 
 
 @dataclass
 class AttackConfig:
-    type: str = _setting("backdoor", "str", choices=ATTACKS)
-    target_label: int = _setting(8, "int", low=0)
-    blend: str = _setting("mgda", "str", choices=BLENDS)
-    blend_weight: float = _setting(0.5, "float", low=0, high=1)
-    boost: float = _setting(1.0, "float", low=0, low_open=True)
+    type: str = setting("backdoor", "str", choices=ATTACKS)
+    target_label: int = setting(8, "int", low=0)
+    blend: str = setting("mgda", "str", choices=BLENDS)
+    blend_weight: float = setting(0.5, "float", low=0, high=1)
+    boost: float = setting(1.0, "float", low=0, low_open=True)
     # data_range: the trigger takes the data's max/min; authors: the LeadFL code's normalised values.
-    trigger_values: str = _setting("data_range", "str", choices=TRIGGER_VALUES)
+    trigger_values: str = setting("data_range", "str", choices=TRIGGER_VALUES)
 
 
 @dataclass
 class ClientDefenseConfig:
-    type: str = _setting("none", "str", choices=CLIENT_DEFENSE_NAMES)
-    noise_scale: float = _setting(0.2, "float", low=0)
-    variant: str = _setting("hessian", "str", choices=LEADFL_VARIANT_NAMES)
-    alpha: float = _setting(0.4, "float", low=0)
-    q: float = _setting(0.2, "float", low=0, low_open=True)
+    type: str = setting("none", "str", choices=CLIENT_DEFENSE_NAMES)
+    noise_scale: float = setting(0.2, "float", low=0)
+    variant: str = setting("hessian", "str", choices=LEADFL_VARIANT_NAMES)
+    alpha: float = setting(0.4, "float", low=0)
+    q: float = setting(0.2, "float", low=0, low_open=True)
     # Tensors a LeadFL variant regularises: all | weight | conv | a list of parameter names; null:
     # the variant's own (weight for original, all for the others). sim.defenses.client.scope_flags
-    scope: str | list[str] | None = _setting(None, "str_or_list", nullable=True)
+    scope: str | list[str] | None = setting(None, "str_or_list", nullable=True)
     # original: round (momentum fresh every round) | never (kept per client across rounds, as the authors' code)
-    momentum_reset: str = _setting("round", "str", choices=MOMENTUM_RESETS)
+    momentum_reset: str = setting("round", "str", choices=MOMENTUM_RESETS)
 
 
-@dataclass
-class ModelPoisoningConfig:
-    # Replaces the selected malicious clients' uploads (sim.attacks.model_poisoning); none = off.
-    type: str = _setting("none", "str", choices=MODEL_POISONING_TYPES)
-    lie_z: float | None = _setting(None, "float", low=0, nullable=True)  # null: Baruch et al.'s z_max
-    poisonedfl_scale: float = _setting(8.0, "float", low=0, low_open=True)  # c_0
-    poisonedfl_beta: float = _setting(0.7, "float", low=0, high=1, low_open=True, high_open=True)
-    poisonedfl_check_period: int = _setting(50, "int", low=1)
-    poisonedfl_min_scale: float = _setting(0.5, "float", low=0)
-    poisonedfl_confidence: float = _setting(0.99, "float", low=0.5, high=1, high_open=True)
-    poisonedfl_noise: float = _setting(0.0, "float", low=0)
-    poisonedfl_flip_prob: float = _setting(0.0, "float", low=0, high=0.5)
-    poisonedfl_coordinates: str = _setting("shared", "str", choices=POISONEDFL_COORDINATES)
+# Replaces the selected malicious clients' uploads (sim.attacks.model_poisoning); none = off.
+ModelPoisoningConfig = component_section("ModelPoisoningConfig", [
+    ("type", str, setting("none", "str", choices=MODEL_POISONING_TYPES)),
+], {name: cls for name, cls in MODEL_POISONING.items() if cls is not None})
 
 
 @dataclass
 class PrivacyConfig:
     # Client-level local DP on the protocol-following uploads (sim.defenses.privacy); none = off.
-    type: str = _setting("none", "str", choices=PRIVACY_NAMES)
-    clip: float = _setting(3.0, "float", low=0, low_open=True)
-    epsilon: float = _setting(5.0, "float", low=0, low_open=True)
-    delta: float = _setting(1e-8, "float", low=0, high=1, low_open=True, high_open=True)
-    rdp_order: float | None = _setting(None, "float", low=1, low_open=True, nullable=True)
+    type: str = setting("none", "str", choices=PRIVACY_NAMES)
+    clip: float = setting(3.0, "float", low=0, low_open=True)
+    epsilon: float = setting(5.0, "float", low=0, low_open=True)
+    delta: float = setting(1e-8, "float", low=0, high=1, low_open=True, high_open=True)
+    rdp_order: float | None = setting(None, "float", low=1, low_open=True, nullable=True)
 
 
-@dataclass
-class ServerConfig:
-    aggregator: str = _setting("multikrum", "str", choices=AGGREGATOR_NAMES)
-    f: int | None = _setting(None, "int", low=0, nullable=True)
-    m: int | None = _setting(None, "int", low=1, nullable=True)
-    trim_beta: float = _setting(0.1, "float", low=0, high=0.5, high_open=True)
-    sparsefed_k: float = _setting(0.1, "float", low=0, low_open=True)
-    sparsefed_clip: float = _setting(1.0, "float", low=0, low_open=True)
-    # fltk_* rules: add the BatchNorm forward-pass counters to the distances, as the LeadFL code's
-    # full state dicts did.
-    fltk_counters: bool = _setting(False, "bool")
+ServerConfig = component_section("ServerConfig", [
+    ("aggregator", str, setting("multikrum", "str", choices=AGGREGATOR_NAMES)),
+    # The Byzantine count the Krum family assumes; null: from the malicious share (sim.server.krum).
+    ("f", "int | None", setting(None, "int", low=0, nullable=True)),
+], AGGREGATORS)
 
 
 @dataclass
 class EvalConfig:
-    batch_size: int = _setting(1000, "int", low=1)
+    batch_size: int = setting(1000, "int", low=1)
     # Score on the first `test_size` test images only (null = the whole test set): evaluation of
     # every round dominates short CPU runs.
-    test_size: int | None = _setting(None, "int", low=1, nullable=True)
+    test_size: int | None = setting(None, "int", low=1, nullable=True)
 
 
 @dataclass
 class MetricsConfig:
     # A shadow run in which the malicious clients train as benign ones, and the distance of the
     # global model from it every round (sim.attack_effect; about twice the run's cost).
-    attack_effect: bool = _setting(False, "bool")
+    attack_effect: bool = setting(False, "bool")
 
 
 @dataclass
 class Config:
-    seed: int = _setting(0, "int", low=0, high=SEED_MAX)
-    device: str = _setting("cpu", "str")
-    rounds: int = _setting(80, "int", low=1)
-    engine: str = _setting("sequential", "str", choices=ENGINE_NAMES)
+    seed: int = setting(0, "int", low=0, high=SEED_MAX)
+    device: str = setting("cpu", "str")
+    rounds: int = setting(80, "int", low=1)
+    engine: str = setting("sequential", "str", choices=ENGINE_NAMES)
     # Clients stacked per batch by the batched engine (null: as many as free memory allows).
-    client_chunk: int | None = _setting(None, "int", low=1, nullable=True)
+    client_chunk: int | None = setting(None, "int", low=1, nullable=True)
     data: DataConfig = field(default_factory=DataConfig)
-    model: str = _setting("fmnist_cnn", "str", choices=MODEL_NAMES)
+    model: str = setting("fmnist_cnn", "str", choices=MODEL_NAMES)
     clients: ClientsConfig = field(default_factory=ClientsConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -264,6 +226,70 @@ class Config:
 
 
 # ----------------------------------------------------------------------------------------------
+# settings that moved
+
+# Old dotted path -> the path(s) that hold it now: a component's settings moved under its name
+# (`server.trim_beta` -> `server.trimmed_mean.beta`). A YAML file (preset, --config, a run
+# folder's config.yaml, a compare section) that uses an old name is read under the new one, with
+# a notice for files a user writes; `--set` with an old name is refused, naming the new one.
+MOVED_SETTINGS: dict[str, tuple[str, ...]] = {
+    "server.m": ("server.multikrum.m",),
+    "server.trim_beta": ("server.trimmed_mean.beta",),
+    "server.sparsefed_k": ("server.sparsefed.k",),
+    "server.sparsefed_clip": ("server.sparsefed.clip",),
+    "server.fltk_counters": ("server.fltk_multikrum.counters", "server.fltk_bulyan.counters"),
+    "model_poisoning.lie_z": ("model_poisoning.lie.z",),
+    **{
+        f"model_poisoning.poisonedfl_{name}": (f"model_poisoning.poisonedfl.{name}",)
+        for name in ("scale", "beta", "check_period", "min_scale", "confidence", "noise", "flip_prob", "coordinates")
+    },
+}
+
+
+def _notice(source: str, old: str, new: tuple[str, ...]) -> None:
+    print(f"note: {source}: '{old}' is now {' and '.join(repr(path) for path in new)}; read under the new "
+          f"name{'s' if len(new) > 1 else ''} (rename it in the file to silence this note)", file=sys.stderr)
+
+
+def migrate_settings(raw: Any, source: str | None = None) -> Any:
+    """A copy of the nested settings `raw` with every moved setting (`MOVED_SETTINGS`) under its
+    new path; a value already given under the new path wins. `source` names a file a user wrote:
+    each move is then noted on stderr (None: a saved run folder, read silently)."""
+    if not isinstance(raw, dict):
+        return raw
+    migrated = copy.deepcopy(raw)
+    for old, new_paths in MOVED_SETTINGS.items():
+        section, key = old.split(".")
+        node = migrated.get(section)
+        if not isinstance(node, dict) or key not in node:
+            continue
+        value = node.pop(key)
+        for new in new_paths:
+            target = migrated
+            *parents, leaf = new.split(".")
+            for part in parents:
+                if not isinstance(target.get(part), dict):
+                    target[part] = {}
+                target = target[part]
+            target.setdefault(leaf, copy.deepcopy(value))
+        if source is not None:
+            _notice(source, old, new_paths)
+    return migrated
+
+
+def migrate_pairs(pairs: list[tuple[str, Any]], source: str) -> list[tuple[str, Any]]:
+    """`migrate_settings` for (dotted path, value) pairs, e.g. a compare variant's settings."""
+    migrated = []
+    for path, value in pairs:
+        if path in MOVED_SETTINGS:
+            _notice(source, path, MOVED_SETTINGS[path])
+            migrated.extend((new, value) for new in MOVED_SETTINGS[path])
+        else:
+            migrated.append((path, value))
+    return migrated
+
+
+# ----------------------------------------------------------------------------------------------
 # dict <-> dataclass
 
 
@@ -273,7 +299,7 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 
 
 def _is_section(dc_field: dataclasses.Field) -> bool:
-    return "kind" not in dc_field.metadata
+    return not is_setting(dc_field)
 
 
 def _section_class(dc_field: dataclasses.Field) -> type:
@@ -320,6 +346,12 @@ def _did_you_mean(path: str) -> str | None:
 
 
 def _unknown_key_error(path: str, cls: type, source: str) -> ConfigError:
+    if path in MOVED_SETTINGS:
+        new = MOVED_SETTINGS[path]
+        return ConfigError(
+            f"setting '{path}' in {source} has moved to {' and '.join(repr(p) for p in new)}; "
+            f"fix: rename it to '{new[0]}'"
+        )
     guess = _did_you_mean(path)
     if guess is not None:
         return ConfigError(
@@ -396,7 +428,9 @@ def _build(cls: type, raw: dict) -> Any:
 
 
 def config_from_dict(raw: dict, source: str = "the config") -> Config:
-    """Build and validate a Config from nested dicts (missing keys take their defaults)."""
+    """Build and validate a Config from nested dicts (missing keys take their defaults); moved
+    settings are read under their new names (`migrate_settings`)."""
+    raw = migrate_settings(raw)
     _check_keys(raw, Config, source)
     cfg = _build(Config, raw)
     validate(cfg)
@@ -405,40 +439,6 @@ def config_from_dict(raw: dict, source: str = "the config") -> Config:
 
 # ----------------------------------------------------------------------------------------------
 # presets, files and overrides
-
-
-def list_presets(configs_dir: Path = CONFIGS_DIR) -> list[tuple[str, str]]:
-    """(name, one-line description) for every preset YAML, sorted by name."""
-    presets = []
-    for path in sorted(configs_dir.glob("*.yaml")):
-        raw = _read_yaml(path, f"preset '{path.stem}'")
-        description = raw.get("description", "") if isinstance(raw, dict) else ""
-        presets.append((path.stem, " ".join(str(description).split())))
-    return presets
-
-
-def preset_path(name: str, configs_dir: Path = CONFIGS_DIR) -> Path:
-    path = configs_dir / f"{name}.yaml"
-    if path.is_file():
-        return path
-    names = [p.stem for p in sorted(configs_dir.glob("*.yaml"))]
-    close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
-    hint = f"did you mean '{close[0]}'? " if close else ""
-    # The fix names the closest preset, however far (never merely the first in the list).
-    closest = difflib.get_close_matches(name, names, n=1, cutoff=0.0) or ["NAME"]
-    raise ConfigError(
-        f"preset '{name}' not found in {configs_dir}; {hint}available: {', '.join(names) or 'none'}; "
-        f"fix: --preset {closest[0]}"
-    )
-
-
-def _read_yaml(path: Path, source: str) -> dict:
-    raw = yaml_input.read(path, source)
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source} at {path} must be a mapping of settings, got {type(raw).__name__}")
-    return raw
 
 
 @dataclass
@@ -466,6 +466,7 @@ def read_source(path: Path, name: str) -> ConfigSource:
             f"'compare' in {name} must map each variant label to its settings, got {compare!r}; "
             "fix: e.g. compare: {leadfl: {client_defense.type: leadfl}}"
         )
+    raw = migrate_settings(raw, name)
     _check_keys(raw, Config, name)
     return ConfigSource(name, raw, description, compare, seeds)
 
@@ -590,7 +591,7 @@ def compare_variants(preset: str | None = None, path: str | Path | None = None) 
                 "text, so their runs would share one folder; fix: rename one of them"
             )
         seen[str(label)] = label
-        variants[str(label)] = _flatten(settings)
+        variants[str(label)] = migrate_pairs(_flatten(settings), f"compare.{label} in {source_name}")
     return variants
 
 
@@ -647,111 +648,10 @@ def compare_seeds(preset: str | None = None, path: str | Path | None = None) -> 
 # validation
 
 
-def _number(value: float) -> str:
-    return str(value) if isinstance(value, int) else f"{value:g}"
-
-
-def _describe_range(meta: dict) -> str:
-    low, high = meta["low"], meta["high"]
-    if low is not None and high is not None:
-        left = "(" if meta["low_open"] else "["
-        right = ")" if meta["high_open"] else "]"
-        return f"in {left}{_number(low)}, {_number(high)}{right}"
-    if low is not None:
-        return f"{'>' if meta['low_open'] else '>='} {_number(low)}"
-    return f"{'<' if meta['high_open'] else '<='} {_number(high)}"
-
-
-def _in_range(value: float, meta: dict) -> bool:
-    low, high = meta["low"], meta["high"]
-    if low is not None and (value <= low if meta["low_open"] else value < low):
-        return False
-    if high is not None and (value >= high if meta["high_open"] else value > high):
-        return False
-    return True
-
-
-def _show(value: Any) -> str:
-    """A value as it would be typed after `--set path=`."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list):
-        return "[" + ",".join(_show(v) for v in value) + "]"
-    return str(value)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)) and math.isfinite(value)
-
-
-def _check_field(path: str, value: Any, meta: dict, default: Any) -> None:
-    kind = meta["kind"]
-    fix_default = f"fix: --set {path}={_show(default)}"
-    if value is None:
-        if meta["nullable"]:
-            return
-        raise ConfigError(f"{path}=null is not allowed; it needs a {kind.replace('_', ' ')} value; {fix_default}")
-    if kind == "int" and not _is_int(value):
-        raise ConfigError(f"{path}={value!r} must be a whole number; {fix_default}")
-    if kind == "int" and abs(value) > INT64_MAX and meta["high"] is None:
-        raise ConfigError(f"{path}={value!r} is beyond the largest whole number the simulator holds (2**63 - 1); "
-                          f"{fix_default}")
-    if kind == "float" and not _is_number(value):
-        raise ConfigError(f"{path}={value!r} must be a finite number; {fix_default}")
-    if kind == "float" and abs(value) > FLOAT32_MAX:
-        raise ConfigError(
-            f"{path}={value!r} is beyond float32's largest value ({FLOAT32_MAX:.4g}), the precision the simulator "
-            f"computes in; {fix_default}"
-        )
-    if kind == "float" and 0 < abs(value) < FLOAT32_TINY:
-        raise ConfigError(
-            f"{path}={value!r} is below float32's smallest normal number ({FLOAT32_TINY:.4g}), so it vanishes (or "
-            f"loses its precision) in the float32 arithmetic that uses it; {fix_default}"
-        )
-    if kind == "str" and not isinstance(value, str):
-        raise ConfigError(f"{path}={value!r} must be text; {fix_default}")
-    if kind == "str_or_list":
-        if isinstance(value, str) or (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
-            return
-        raise ConfigError(f"{path}={value!r} must be text or a non-empty list of texts; {fix_default}")
-    if kind == "bool" and not isinstance(value, bool):
-        raise ConfigError(f"{path}={value!r} must be true or false; {fix_default}")
-    if kind == "int_list":
-        if not isinstance(value, list) or not all(_is_int(v) for v in value):
-            raise ConfigError(f"{path}={value!r} must be a list of whole numbers; fix: --set {path}=[3,0,0]")
-        bad = [v for v in value if not _in_range(v, meta)]
-        if bad:
-            raise ConfigError(
-                f"{path} holds {bad[0]!r}, but every entry must be {_describe_range(meta)}; fix: --set {path}=[3,0,0]"
-            )
-        return
-    choices = meta["choices"]
-    if choices and value not in choices:
-        # The closest choice when one is close, else the default (not whichever is least unlike).
-        close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.6)
-        suggestion = close[0] if close else (default if default in choices else choices[0])
-        raise ConfigError(
-            f"{path}={value!r} is not one of {', '.join(choices)}; fix: --set {path}={suggestion}"
-        )
-    if kind in ("int", "float") and (meta["low"] is not None or meta["high"] is not None):
-        if not _in_range(value, meta):
-            suggestion = default if default is not None and _in_range(default, meta) else meta["low"]
-            raise ConfigError(
-                f"{path}={value!r} is out of range: it must be {_describe_range(meta)}; "
-                f"fix: --set {path}={_show(suggestion)}"
-            )
-
-
 def _suggested_defaults(obj: Any, cls: type) -> Any:
     """The defaults a fix suggests: in the clients section, ones that fit the given num_clients."""
     defaults = cls()
-    if cls is ClientsConfig and _is_int(obj.num_clients) and obj.num_clients >= 1:
+    if cls is ClientsConfig and is_int(obj.num_clients) and obj.num_clients >= 1:
         defaults.num_malicious = min(defaults.num_malicious, obj.num_clients // 4)
         defaults.clients_per_round = min(defaults.clients_per_round, obj.num_clients)
     return defaults
@@ -767,7 +667,7 @@ def _check_tree(obj: Any, cls: type, prefix: str = "") -> None:
         if _is_section(f):
             _check_tree(value, _section_class(f), path + ".")
         else:
-            _check_field(path, value, f.metadata, getattr(defaults, f.name))
+            check_value(path, value, f.metadata, getattr(defaults, f.name))
 
 
 def validate(cfg: Config) -> Config:
@@ -817,12 +717,6 @@ def validate(cfg: Config) -> Config:
     check_client_defense(cfg.client_defense, model, DATASET_INPUT.get(dataset, "1x28x28"), DATASET_CLASSES[dataset],
                          momentum=cfg.training.momentum)
     build_aggregator(cfg.server, clients.clients_per_round, clients.num_clients, clients.num_malicious)
-    if cfg.server.fltk_counters and cfg.server.aggregator not in COUNTER_AGGREGATORS:
-        raise ConfigError(
-            f"server.fltk_counters=true adds BatchNorm counters to the distances of {', '.join(COUNTER_AGGREGATORS)} "
-            f"only, but server.aggregator={cfg.server.aggregator}; fix: --set server.aggregator=fltk_multikrum "
-            "or --set server.fltk_counters=false"
-        )
     build_privacy(cfg.privacy)
     _check_uploads(cfg)
     _check_limits(cfg)
@@ -850,13 +744,14 @@ def _check_uploads(cfg: Config) -> None:
             f"raise the learning rate; fix: --set training.lr_min={training.lr / 10:g}"
         )
     kind = cfg.model_poisoning.type
-    if kind in ("attack_dpfl", "attack_dpfl_adaptive"):
-        if cfg.privacy.type == "none":
+    attack = MODEL_POISONING[kind]
+    if attack is not None:
+        if attack.requires_privacy and cfg.privacy.type == "none":
             raise ConfigError(
                 f"model_poisoning.type={kind} rescales the malicious updates to the norm of a DP-noised update, "
                 "but privacy.type=none; fix: --set privacy.type=gaussian"
             )
-        if cfg.attack.type == "none":
+        if attack.uploads_own_update and cfg.attack.type == "none":
             raise ConfigError(
                 f"model_poisoning.type={kind} uploads the malicious clients' own poisoned updates, but "
                 "attack.type=none trains them honestly; fix: --set attack.type=backdoor"

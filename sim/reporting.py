@@ -20,88 +20,11 @@ from sim.io import ATTACK_EFFECT_PLOT_FILE, MANIFEST_FILE, METRICS_FILE, PLOT_FI
 from sim.manifest import check_sealed, damaged, read_json
 from sim.metrics import attack_metric_name
 from sim.plots import plot_attack_effect, plot_run
+from sim.records import METRIC_COLUMNS, TIMING_COLUMNS, RoundRecord, ids_text, metrics_csv_text, read_metrics  # noqa: F401
 from sim.provenance import CHECKED_FACTS, common_fact
 from sim.resume import check_same_run, load_run_config
-from sim.server.aggregators import byzantine_f
-
-
-@dataclass
-class RoundRecord:
-    """One finished round; the fields, in order, are the columns of `metrics.csv`. Client ids
-    are space-separated text; accuracies are percent."""
-
-    round: int
-    main_accuracy: float
-    backdoor_accuracy: float | None  # None when the target class is the only one left to score
-    test_loss: float
-    malicious_selected: int
-    selected: str
-    malicious_ids: str
-    kept: str
-    rejected_nonfinite: str
-    aggregate_rejected: int  # 1: the aggregate gave a non-finite model, which was rejected (previous model kept)
-    wall_time_s: float
-    # With `metrics.attack_effect` (sim.attack_effect), else empty: ||W_t - W_t^M||, its uniform
-    # part and the rest, ||delta_t|| / ||delta_{t-1}|| (empty after a zero delta), and the shadow
-    # model's main accuracy.
-    attack_effect: float | None = None
-    attack_effect_uniform: float | None = None
-    attack_effect_rest: float | None = None
-    attack_effect_ratio: float | None = None
-    shadow_main_accuracy: float | None = None
-
-    def as_row(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-METRIC_COLUMNS = tuple(field.name for field in dataclasses.fields(RoundRecord))
-# Columns whose values depend on the machine's speed, not on the run's maths.
-TIMING_COLUMNS = ("wall_time_s",)
-_PARSERS = {"int": int, "float": float, "float | None": float, "str": str}
-
-
-def ids_text(ids) -> str:
-    return " ".join(str(i) for i in ids)
-
-
-def _format_cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return repr(value)  # round-trips exactly, so equal runs give byte-equal files
-    return str(value)
-
-
-def metrics_csv_text(rows: list[dict[str, Any]]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(METRIC_COLUMNS)
-    for row in rows:
-        # .get: rows checkpointed before a column existed leave it empty
-        writer.writerow([_format_cell(row.get(column)) for column in METRIC_COLUMNS])
-    return out.getvalue()
-
-
-def _parse(text: str | None, kind: str) -> Any:
-    if text is None:  # a column added after the file was written
-        return None
-    if kind != "str" and text == "":
-        return None
-    return _PARSERS[kind](text)
-
-
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a `metrics.csv`, with numbers as numbers and id lists as text."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / METRICS_FILE
-    if not path.is_file():
-        raise ConfigError(f"no {METRICS_FILE} at {path}; fix: point at the folder of a run")
-    kinds = {field.name: str(field.type) for field in dataclasses.fields(RoundRecord)}
-    with open(path, newline="") as stream:
-        # A column the file lacks (written before it existed) reads as empty.
-        return [{name: _parse(record.get(name) or "", kind) for name, kind in kinds.items()}
-                for record in csv.DictReader(stream)]
+from sim.server.krum import byzantine_f
+from sim.server.registry import AGGREGATORS
 
 
 def key_settings(cfg: Config) -> dict[str, Any]:
@@ -136,7 +59,8 @@ def key_settings(cfg: Config) -> dict[str, Any]:
             settings["client_defense.momentum_reset"] = cfg.client_defense.momentum_reset
     elif cfg.client_defense.type in ("ldp", "flwbc"):
         settings["client_defense.noise_scale"] = cfg.client_defense.noise_scale
-    if cfg.server.aggregator in ("krum", "multikrum", "bulyan"):
+    rule = AGGREGATORS[cfg.server.aggregator]
+    if hasattr(rule, "resolve_f"):  # the rules that assume f Byzantine rows
         settings["server.f (resolved)"] = byzantine_f(
             cfg.server, cfg.clients.clients_per_round, cfg.clients.num_clients, cfg.clients.num_malicious
         )
@@ -155,8 +79,13 @@ def key_settings(cfg: Config) -> dict[str, Any]:
         settings["selection.override_malicious"] = cfg.selection.override_malicious
     if cfg.attack.trigger_values != "data_range":
         settings["attack.trigger_values"] = cfg.attack.trigger_values
-    if cfg.server.fltk_counters:
-        settings["server.fltk_counters"] = True
+    # The chosen rule's own settings, where they are off their defaults.
+    rule_settings = getattr(cfg.server, cfg.server.aggregator, None)
+    if rule_settings is not None:
+        defaults = type(rule_settings)()
+        for name, value in dataclasses.asdict(rule_settings).items():
+            if value != getattr(defaults, name):
+                settings[f"server.{cfg.server.aggregator}.{name}"] = value
     return settings
 
 

@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 
-from sim.config import Config, config_from_dict, to_dict
 from sim import yaml_input
+from sim.config import Config, config_from_dict, migrate_settings, to_dict
 from sim.errors import ConfigError
 from sim.io import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
+from sim.records import metrics_csv_text
 from sim.state import read_checkpoint
 
 # Settings a resumed run may change: more rounds extend a run without changing its past.
@@ -64,7 +65,7 @@ def load_checkpoint(out_dir: Path, cfg: Config, machine: dict[str, Any] | None =
             "fix: drop --resume to start a new run, or point --out at a stopped run's folder"
         )
     checkpoint = read_checkpoint(path)
-    differences = config_differences(checkpoint["config"], to_dict(cfg), to_dict(Config()))
+    differences = config_differences(migrate_settings(checkpoint["config"]), to_dict(cfg), to_dict(Config()))
     if differences:
         raise ConfigError(
             f"cannot resume {out_dir}: the requested config differs from the saved one in "
@@ -87,8 +88,6 @@ def _check_metrics_agree(out_dir: Path, rows: list[dict]) -> None:
     """A resumed run rewrites `metrics.csv` from the checkpoint's rows, so the file must hold no
     round the checkpoint lacks: it may be missing or hold a prefix of those rows (a run stopped
     between writing the checkpoint and the metrics), never other or more rounds."""
-    from sim.reporting import metrics_csv_text  # reporting imports this module
-
     path = out_dir / METRICS_FILE
     if not path.is_file():
         return
@@ -123,6 +122,7 @@ def check_same_run(out_dir: Path, cfg: Config) -> None:
     if not isinstance(saved, dict):
         raise ConfigError(f"cannot read back {out_dir}: its {CONFIG_FILE} holds no settings; fix: restore it from a "
                           "copy, or remove the folder so that the run is made again")
+    saved = migrate_settings(saved)
     differences = config_differences(saved, to_dict(cfg), to_dict(Config()))
     if differences:
         raise ConfigError(

@@ -15,6 +15,7 @@ DEFENSE_NOISE = 1  # (seed, client, round): the ldp / flwbc noise of a client's 
 PRIVACY_NOISE = 7  # (seed, client, round): the client-level DP noise on a client's upload
 MODEL_POISONING = 8  # (seed, round): the model-poisoning attack's draws in a round
 POISONEDFL_DIRECTION = 9  # (seed,): PoisonedFL's fixed sign direction
+AGGREGATION = 10  # (seed, round): the draws of an aggregation rule that asks for a generator
 
 # numpy streams, keyed by default_rng([seed, ..., tag])
 MALICIOUS_SET = 1  # [seed, tag]: which clients are malicious

@@ -41,7 +41,8 @@ from sim.manifest import write_manifest
 from sim.provenance import checked, observe, segment, unrecorded_segment
 from sim.resume import load_checkpoint, refuse_overwrite
 from sim.selection import Selector
-from sim.server.aggregators import build_aggregator
+from sim.server.base import aggregation_context
+from sim.server.registry import build_aggregator
 from sim.state import restore_parts, save_checkpoint
 from sim.uploads import UploadPipeline
 
@@ -98,6 +99,7 @@ class _Parts:
         self.initial_params = flatten_parameters(self.model)
         self.engine = build_engine(cfg, self.dataset, self.partitions, self.malicious)
         self.uploads = UploadPipeline(cfg, self.malicious, self.initial_params.numel())
+        self.uploads.keep_global_update = "last_global_update" in self.aggregator.needs
         test_size = cfg.eval.test_size
         self.test_x = self.dataset.test_x[:test_size] if test_size else self.dataset.test_x
         self.test_y = self.dataset.test_y[:test_size] if test_size else self.dataset.test_y
@@ -114,7 +116,8 @@ class _Parts:
                 [param.numel() for _, param in trainable_parameters(self.model)],
                 score=lambda params: self.scores(cfg, params)["main_accuracy"],
                 reseed=lambda round_index: _seed_everything(cfg.seed, round_index),
-                counters=self.engine.batchnorm_counters if cfg.server.fltk_counters else None,
+                counters=self.engine.batchnorm_counters,
+                seed=cfg.seed,
             )
 
     def scores(self, cfg: Config, params: torch.Tensor) -> dict[str, Any]:
@@ -122,6 +125,13 @@ class _Parts:
         load_flat_parameters_(self.model, params)
         return evaluate(self.model, self.test_x, self.test_y, target_label=cfg.attack.target_label,
                         stamp=self.stamp, batch_size=cfg.eval.batch_size)
+
+    def aggregation_context(self, cfg: Config, round_index: int, selected: list[int], global_params: torch.Tensor):
+        """What the aggregator declares it needs in this round (`sim.server.base.aggregation_context`)."""
+        return aggregation_context(self.aggregator, round=round_index, clients=selected, seed=cfg.seed,
+                                   counters=lambda clients: self.engine.batchnorm_counters(clients),
+                                   global_params=global_params,
+                                   last_global_update=self.uploads.last_global_update)
 
     def stateful(self) -> dict[str, Any]:
         """The parts a checkpoint saves, by checkpoint key."""
@@ -248,10 +258,7 @@ def _round(cfg: Config, parts: _Parts, global_params: torch.Tensor, round_index:
     selected = parts.selector.select(round_index)
     updates = parts.engine.train_clients(global_params, selected, round_index)
     updates = parts.uploads(updates, selected, round_index, global_params)  # DP, model poisoning
-    if cfg.server.fltk_counters:  # the LeadFL code's BatchNorm counters (docs/algorithms.md)
-        aggregation = parts.aggregator(updates, counters=parts.engine.batchnorm_counters(selected))
-    else:
-        aggregation = parts.aggregator(updates)
+    aggregation = parts.aggregator(updates, parts.aggregation_context(cfg, round_index, selected, global_params))
     update = aggregation.update.to(device=global_params.device, dtype=global_params.dtype)
     candidate = global_params + update
     scores = parts.scores(cfg, candidate) if bool(torch.isfinite(candidate).all()) else None

@@ -16,6 +16,7 @@ import hashlib
 import io
 import pickle
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,22 @@ _MAGIC = b"leadfl-sim checkpoint "
 # Keys every checkpoint holds, with their types (`global_params` and the part states are checked
 # against the run's parts when they are restored).
 CHECKPOINT_KEYS = {"format": int, "config": dict, "next_round": int, "global_params": torch.Tensor, "rows": list}
+
+
+class Component:
+    """Checkpointing and repr shared by the run's configured parts (aggregation rules,
+    model-poisoning attacks): stateless ones checkpoint as nothing, stateful ones (SparseFed,
+    PoisonedFL) override the two methods."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not isinstance(v, torch.Tensor))
+        return f"{type(self).__name__}({params})"
 
 
 def state_of(part: Any) -> Any:

@@ -45,8 +45,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 
-from sim.config import CONFIGS_DIR, Config, apply_overrides, load_config, setting_paths, to_dict
 from sim import yaml_input
+from sim.config import MOVED_SETTINGS, CONFIGS_DIR, Config, apply_overrides, load_config, setting_paths, to_dict
 from sim.errors import ConfigError
 from sim.io import CHECKPOINT_FILE, FolderLock, check_names, inside, lock_folder, read_json_file, write_atomic
 from sim.reporting import read_finished
@@ -172,6 +172,9 @@ def _check_paths(pairs: list[tuple[str, Any]], where: str) -> None:
     for key, value in pairs:
         if key in paths or (key in sections and isinstance(value, dict)):
             continue
+        if key in MOVED_SETTINGS:
+            raise ConfigError(f"{where}: '{key}' has moved to '{MOVED_SETTINGS[key][0]}'; "
+                              f"fix: rename it to '{MOVED_SETTINGS[key][0]}'")
         close = difflib.get_close_matches(key, paths, n=1, cutoff=0.6)
         raise ConfigError(
             f"{where}: '{key}' is not a setting; {'did you mean ' + repr(close[0]) + '? ' if close else ''}"

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from sim.attacks.model_poisoning import AttackContext, attack_generator, build_model_poisoning
 from sim.defenses.privacy import build_privacy, noise_generator
-from sim.server.aggregators import byzantine_f
+from sim.server.krum import byzantine_f
 
 __all__ = ["UploadPipeline"]
 
@@ -47,6 +47,8 @@ class UploadPipeline:
             cfg.model_poisoning, num_parameters=num_parameters, seed=self.seed, krum_f=byzantine_f(cfg.server, cfg.clients.clients_per_round, cfg.clients.num_clients, cfg.clients.num_malicious)
         )
         self.last_global_update: Tensor | None = None
+        # Set by the round loop when the aggregator reads the last global update too.
+        self.keep_global_update = False
 
     @property
     def active(self) -> bool:
@@ -87,7 +89,7 @@ class UploadPipeline:
 
     def observe(self, global_update: Tensor) -> None:
         """Record what this round added to the global model (for the next round's attack)."""
-        if self.attack is not None:
+        if self.attack is not None or self.keep_global_update:
             self.last_global_update = global_update.detach().to("cpu", torch.float32).clone()
 
     def state_dict(self) -> dict[str, Any]:

@@ -35,6 +35,7 @@ Attacks (`MODEL_POISONING` maps the config name `model_poisoning.type` to the cl
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from collections.abc import Mapping
@@ -45,9 +46,11 @@ import torch
 from torch import Tensor
 
 from sim.defenses.privacy import noise_generator
-from sim.server.aggregators import Component, Krum
+from sim.server.krum import Krum
+from sim.state import Component
 from sim import rng
 from sim.errors import ConfigError
+from sim.settings import check_settings, setting, settings_from
 
 __all__ = [
     "MODEL_POISONING",
@@ -104,10 +107,31 @@ def _check_mask(updates: Tensor, malicious: Tensor) -> Tensor:
     return malicious
 
 
+@dataclass
+class AttackSetup:
+    """What the run gives an attack to be built from besides its own settings."""
+
+    num_parameters: int  # d
+    seed: int
+    krum_f: int  # the Byzantine count the server's Krum assumes (sim.server.krum.byzantine_f)
+
+
 class ModelPoisoningAttack(Component):
-    """Base: `craft` returns the malicious rows; `__call__` puts them in place of the originals."""
+    """Base: `craft` returns the malicious rows; `__call__` puts them in place of the originals.
+
+    `settings` is the dataclass of the attack's parameters (`sim.settings`; None: it has none);
+    `from_config` builds the attack from it. `requires_privacy`: the attack reads the DP
+    mechanism (`privacy.type` must not be none); `uploads_own_update`: it sends the malicious
+    client's own trained update, so `attack.type` must train one."""
 
     name = "base"
+    settings: type | None = None
+    requires_privacy = False
+    uploads_own_update = False
+
+    @classmethod
+    def from_config(cls, settings, setup: AttackSetup) -> "ModelPoisoningAttack":
+        return cls() if settings is None else cls(**dataclasses.asdict(settings))
 
     def __call__(self, updates: Tensor, malicious: Tensor, context: AttackContext) -> Tensor:
         malicious = _check_mask(updates, malicious)
@@ -143,10 +167,17 @@ def lie_z_max(n: int, m: int) -> float:
     return statistics.NormalDist().inv_cdf(share)
 
 
+@dataclass
+class LieSettings:
+    z: float | None = setting(None, "float", low=0, nullable=True,
+                              help="standard deviations from the mean; null: Baruch et al.'s z_max")
+
+
 class LittleIsEnough(ModelPoisoningAttack):
     """Every malicious row = mean + z * std of the updates (per coordinate)."""
 
     name = "lie"
+    settings = LieSettings
 
     def __init__(self, z: float | None = None):
         if z is not None and not (isinstance(z, (int, float)) and math.isfinite(z) and z >= 0):
@@ -194,6 +225,10 @@ class Fang(ModelPoisoningAttack):
     """
 
     name = "fang"
+
+    @classmethod
+    def from_config(cls, settings, setup: AttackSetup) -> "Fang":
+        return cls(setup.krum_f)
 
     def __init__(self, f: int, threshold: float = LAMBDA_THRESHOLD):
         if isinstance(f, bool) or not isinstance(f, int) or f < 0:
@@ -272,6 +307,21 @@ def alignment_threshold(d: int, confidence: float) -> float:
     return d / 2 + z * math.sqrt(d) / 2
 
 
+@dataclass
+class PoisonedFLSettings:
+    scale: float = setting(8.0, "float", low=0, low_open=True, help="c_0, the starting scale factor")
+    beta: float = setting(0.7, "float", low=0, high=1, low_open=True, high_open=True,
+                          help="c <- beta * c when the model did not move along s")
+    check_period: int = setting(50, "int", low=1, help="rounds between alignment checks")
+    min_scale: float = setting(0.5, "float", low=0, help="c is not shrunk below this")
+    confidence: float = setting(0.99, "float", low=0.5, high=1, high_open=True,
+                                help="alignment test quantile of Binomial(d, 1/2); 0.5 = more than half")
+    noise: float = setting(0.0, "float", low=0, help="noise adaptation, relative to the update norm")
+    flip_prob: float = setting(0.0, "float", low=0, high=0.5, help="sign flipping probability per coordinate")
+    coordinates: str = setting("shared", "str", choices=POISONEDFL_COORDINATES,
+                               help="partitioned: the attackers split the coordinates")
+
+
 class PoisonedFL(ModelPoisoningAttack):
     """PoisonedFL (Xie, Fang, Gong, CVPR 2025): multi-round consistent model poisoning.
 
@@ -296,6 +346,11 @@ class PoisonedFL(ModelPoisoningAttack):
     """
 
     name = "poisonedfl"
+    settings = PoisonedFLSettings
+
+    @classmethod
+    def from_config(cls, settings: PoisonedFLSettings, setup: AttackSetup) -> "PoisonedFL":
+        return cls(setup.num_parameters, seed=setup.seed, **dataclasses.asdict(settings))
 
     def __init__(
         self,
@@ -430,6 +485,8 @@ class AttackDPFL(ModelPoisoningAttack):
 
     name = "attack_dpfl"
     remove_mean = False
+    requires_privacy = True
+    uploads_own_update = True
 
     def craft(self, updates: Tensor, malicious: Tensor, context: AttackContext) -> Tensor:
         privacy = context.privacy
@@ -467,7 +524,8 @@ MODEL_POISONING: dict[str, type[ModelPoisoningAttack] | None] = {
 
 
 def build_model_poisoning(section, *, num_parameters: int, seed: int, krum_f: int) -> ModelPoisoningAttack | None:
-    """The attack for the `model_poisoning` config section (None for `type: none`).
+    """The attack for the `model_poisoning` config section (None for `type: none`); its own
+    settings are `model_poisoning.<type>` (e.g. `model_poisoning.poisonedfl.scale`).
 
     `krum_f` is the Byzantine count the server's Krum assumes (what `fang` simulates)."""
     kind = section.type
@@ -476,25 +534,10 @@ def build_model_poisoning(section, *, num_parameters: int, seed: int, krum_f: in
             f"model_poisoning.type={kind!r} is not one of {', '.join(MODEL_POISONING)}; "
             "fix: --set model_poisoning.type=none"
         )
-    if kind == "none":
+    attack = MODEL_POISONING[kind]
+    if attack is None:
         return None
-    if kind == "lie":
-        return LittleIsEnough(section.lie_z)
-    if kind == "fang":
-        return Fang(krum_f)
-    if kind == "min_max":
-        return MinMax()
-    if kind == "poisonedfl":
-        return PoisonedFL(
-            num_parameters,
-            seed=seed,
-            scale=section.poisonedfl_scale,
-            beta=section.poisonedfl_beta,
-            check_period=section.poisonedfl_check_period,
-            min_scale=section.poisonedfl_min_scale,
-            confidence=section.poisonedfl_confidence,
-            noise=section.poisonedfl_noise,
-            flip_prob=section.poisonedfl_flip_prob,
-            coordinates=section.poisonedfl_coordinates,
-        )
-    return MODEL_POISONING[kind]()
+    raw = section.get(kind) if isinstance(section, dict) else getattr(section, kind, None)
+    settings = settings_from(attack.settings, raw)
+    check_settings(settings, f"model_poisoning.{kind}.")
+    return attack.from_config(settings, AttackSetup(num_parameters, seed, krum_f))

@@ -3,21 +3,13 @@ import math
 import pytest
 import torch
 
-from sim.server.aggregators import (
-    AGGREGATORS,
-    Bulyan,
-    FedAvg,
-    FltkBulyan,
-    FltkMultiKrum,
-    Krum,
-    Median,
-    MultiKrum,
-    RobustDPFL,
-    SparseFed,
-    TrimmedMean,
-    build_aggregator,
-    default_f,
-)
+from sim.server.coordinatewise import Median, TrimmedMean
+from sim.server.fedavg import FedAvg
+from sim.server.fltk import FltkBulyan, FltkMultiKrum
+from sim.server.krum import Bulyan, Krum, MultiKrum, default_f
+from sim.server.registry import AGGREGATORS, build_aggregator
+from sim.server.robust_dpfl import RobustDPFL
+from sim.server.sparsefed import SparseFed
 from sim.errors import ConfigError
 
 
@@ -332,9 +324,9 @@ def test_build_resolves_the_default_configuration():
     aggregator = build_aggregator(ServerSection(), 10, 100, 25)
     assert isinstance(aggregator, MultiKrum) and aggregator.f == 3 and aggregator.m is None
     assert isinstance(build_aggregator({"aggregator": "bulyan", "f": 1}, 10, 100, 25), Bulyan)
-    trimmed = build_aggregator({"aggregator": "trimmed_mean", "trim_beta": 0.2}, 10, 100, 25)
+    trimmed = build_aggregator({"aggregator": "trimmed_mean", "trimmed_mean": {"beta": 0.2}}, 10, 100, 25)
     assert trimmed.beta == 0.2
-    sparsefed = build_aggregator({"aggregator": "sparsefed", "sparsefed_k": 500, "sparsefed_clip": 2.0}, 10, 100, 25)
+    sparsefed = build_aggregator({"aggregator": "sparsefed", "sparsefed": {"k": 500, "clip": 2.0}}, 10, 100, 25)
     assert sparsefed.k == 500 and sparsefed.clip == 2.0
     assert isinstance(build_aggregator({"aggregator": "fltk_bulyan"}, 10, 100, 25), FltkBulyan)
 
@@ -344,11 +336,11 @@ def test_build_resolves_the_default_configuration():
     [
         ({"aggregator": "mean"}, "server.aggregator='mean'"),
         ({"aggregator": "krum", "f": -1}, "server.f=-1"),
-        ({"aggregator": "multikrum", "f": 1, "m": 11}, "server.m=11"),
-        ({"aggregator": "trimmed_mean", "trim_beta": 0.5}, "server.trim_beta=0.5"),
-        ({"aggregator": "sparsefed", "sparsefed_k": 2.5}, "server.sparsefed_k=2.5"),
-        ({"aggregator": "sparsefed", "sparsefed_k": 0}, "server.sparsefed_k=0"),
-        ({"aggregator": "sparsefed", "sparsefed_clip": 0.0}, "server.sparsefed_clip=0.0"),
+        ({"aggregator": "multikrum", "f": 1, "multikrum": {"m": 11}}, "server.multikrum.m=11"),
+        ({"aggregator": "trimmed_mean", "trimmed_mean": {"beta": 0.5}}, "server.trimmed_mean.beta=0.5"),
+        ({"aggregator": "sparsefed", "sparsefed": {"k": 2.5}}, "server.sparsefed.k=2.5"),
+        ({"aggregator": "sparsefed", "sparsefed": {"k": 0}}, "server.sparsefed.k=0"),
+        ({"aggregator": "sparsefed", "sparsefed": {"clip": 0.0}}, "server.sparsefed.clip=0.0"),
     ],
 )
 def test_build_names_the_bad_field_and_value(server, field):

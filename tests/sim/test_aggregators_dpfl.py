@@ -7,7 +7,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sim.server.aggregators import AGGREGATORS, RobustDPFL, build_aggregator, two_means_low_cluster
+from sim.server.aggregate import two_means_low_cluster
+from sim.server.registry import AGGREGATORS, build_aggregator
+from sim.server.robust_dpfl import RobustDPFL
 from sim.config import load_config
 from sim.errors import ConfigError
 

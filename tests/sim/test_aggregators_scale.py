@@ -10,8 +10,12 @@ import math
 import pytest
 import torch
 
-from sim.server import aggregators
-from sim.server.aggregators import Bulyan, FedAvg, FltkBulyan, FltkMultiKrum, Krum, Median, MultiKrum, SparseFed, TrimmedMean
+from sim.server import aggregate
+from sim.server.coordinatewise import Median, TrimmedMean
+from sim.server.fedavg import FedAvg
+from sim.server.fltk import FltkBulyan, FltkMultiKrum
+from sim.server.krum import Bulyan, Krum, MultiKrum
+from sim.server.sparsefed import SparseFed
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -69,7 +73,7 @@ def random_updates(n, d, seed, device, duplicates=0):
 @pytest.mark.parametrize("seed", range(4))
 def test_distances_match_exact_differences(device, seed):
     rows = random_updates(23, 517 + seed, seed, device, duplicates=3)
-    fast = aggregators._pairwise_squared_distances(rows)
+    fast = aggregate.pairwise_squared_distances(rows)
     exact = exact_distances(rows)
     assert fast.dtype == torch.float64
     assert torch.allclose(fast, exact, rtol=1e-10, atol=1e-10 * float(exact.max()))
@@ -85,14 +89,14 @@ def test_distances_keep_digits_under_a_large_common_offset():
     generator = torch.Generator().manual_seed(5)
     rows = 1000.0 + torch.randn(12, 300, generator=generator) * 1e-3
     exact = exact_distances(rows)
-    assert torch.allclose(aggregators._pairwise_squared_distances(rows), exact, rtol=1e-9)
+    assert torch.allclose(aggregate.pairwise_squared_distances(rows), exact, rtol=1e-9)
 
 
 def test_distances_in_column_chunks(monkeypatch):
     rows = random_updates(9, 1001, 3, "cpu", duplicates=2)
-    whole = aggregators._pairwise_squared_distances(rows)
-    monkeypatch.setattr(aggregators, "_CHUNK_ELEMENTS", 9 * 64)  # 64 columns per chunk
-    chunked = aggregators._pairwise_squared_distances(rows)
+    whole = aggregate.pairwise_squared_distances(rows)
+    monkeypatch.setattr(aggregate, "CHUNK_ELEMENTS", 9 * 64)  # 64 columns per chunk
+    chunked = aggregate.pairwise_squared_distances(rows)
     assert torch.allclose(chunked, whole, rtol=1e-12, atol=1e-9)
 
 
@@ -133,7 +137,7 @@ def test_closest_to_median_keeps_the_stable_tie_rule(seed):
     generator = torch.Generator().manual_seed(seed)
     for n, count in ((9, 5), (10, 4), (7, 1), (6, 6)):
         selection = torch.randint(-3, 4, (n, 400), generator=generator).float()
-        fast = aggregators._mean_closest_to_median(selection, count)
+        fast = aggregate.mean_closest_to_median(selection, count)
         assert torch.equal(fast, reference_closest_to_median(selection, count).float())
 
 
@@ -205,7 +209,7 @@ def test_coordinate_rules_in_column_chunks(monkeypatch):
     rows[:, :100] = rows[:, :100].round()
     rules = {"median": Median(), "trimmed": TrimmedMean(0.2), "bulyan": Bulyan(2)}
     whole = {name: rule(rows) for name, rule in rules.items()}
-    monkeypatch.setattr(aggregators, "_COORDINATE_CHUNK_ELEMENTS", 13 * 50)  # 50 columns per chunk
+    monkeypatch.setattr(aggregate, "COORDINATE_CHUNK_ELEMENTS", 13 * 50)  # 50 columns per chunk
     for name, rule in rules.items():
         chunked = rule(rows)
         assert chunked.kept == whole[name].kept
@@ -235,4 +239,4 @@ def test_two_means_split_matches_the_split_by_split_loop(seed):
     n = int(torch.randint(2, 300, (1,), generator=generator))
     scores = torch.rand(n, generator=generator, dtype=torch.float64)
     scores[: n // 5] += 3 * float(torch.rand(1, generator=generator))  # a group of high scores
-    assert aggregators.two_means_low_cluster(scores) == two_means_by_loop(scores)
+    assert aggregate.two_means_low_cluster(scores) == two_means_by_loop(scores)

@@ -56,7 +56,7 @@ def test_without_a_selected_malicious_client_the_attack_effect_is_exactly_zero(t
     # Malicious clients exist and would attack, but none is ever selected; DP and a stateful
     # aggregator run in both trajectories.
     cfg = config(f"engine={engine}", "selection.fixed_malicious=0", "metrics.attack_effect=true",
-                 "privacy.type=gaussian", "server.aggregator=sparsefed", "server.sparsefed_k=0.5")
+                 "privacy.type=gaussian", "server.aggregator=sparsefed", "server.sparsefed.k=0.5")
     summary = run(cfg, tmp_path / "run", progress=False)
     rows = read_metrics(tmp_path / "run")
     assert [row["malicious_selected"] for row in rows] == [0, 0, 0]
@@ -74,7 +74,7 @@ def test_without_a_selected_malicious_client_the_attack_effect_is_exactly_zero(t
 @pytest.mark.parametrize("uploads", [(), ("model_poisoning.type=lie", "privacy.type=gaussian"), ("carried momentum",)],
                          ids=["data-poisoning", "model-poisoning-with-dp", "momentum-carried-across-rounds"])
 def test_the_shadow_is_the_run_in_which_the_malicious_clients_are_benign(tmp_path, engine, uploads):
-    common = [f"engine={engine}", "server.aggregator=sparsefed", "server.sparsefed_k=0.5", "privacy.epsilon=50"]
+    common = [f"engine={engine}", "server.aggregator=sparsefed", "server.sparsefed.k=0.5", "privacy.epsilon=50"]
     if uploads == ("carried momentum",):
         # Per-client momentum kept across rounds: the shadow keeps its own clients' buffers,
         # apart from the run's (a shared store would give the shadow the attackers' momentum).
@@ -125,7 +125,7 @@ def test_measuring_the_attack_effect_changes_nothing_of_the_run(tmp_path):
 
 
 def test_a_resumed_run_gives_the_attack_effect_of_an_uninterrupted_one(tmp_path):
-    extra = ["metrics.attack_effect=true", "server.aggregator=sparsefed", "server.sparsefed_k=0.5"]
+    extra = ["metrics.attack_effect=true", "server.aggregator=sparsefed", "server.sparsefed.k=0.5"]
     run(config("rounds=4", *extra), tmp_path / "straight", progress=False)
     run(config("rounds=2", *extra), tmp_path / "stopped", progress=False)
     assert checkpoint(tmp_path / "stopped")["shadow_state"]["aggregator"]["error"].abs().sum() > 0

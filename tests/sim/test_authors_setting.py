@@ -25,7 +25,9 @@ from sim.models import batchnorm_layers, build_model
 from sim import reporting, runner
 from sim.runner import run
 from sim.selection import Selector, malicious_set
-from sim.server.aggregators import FltkBulyan, FltkMultiKrum, MultiKrum
+from sim.server.base import AggregationContext
+from sim.server.fltk import FltkBulyan, FltkMultiKrum
+from sim.server.krum import MultiKrum
 
 from simtest import tiny_synthetic
 
@@ -168,42 +170,54 @@ def test_counters_filter_every_malicious_row_when_at_most_four_are_selected(rule
     updates, counters, malicious = hand_worked_round(k)
     if rule is FltkMultiKrum or k > 1:  # fltk_bulyan skips the best row, the one malicious row at k = 1
         assert malicious & set(rule()(updates).kept)  # by the weights alone a malicious row is kept
-    kept = rule()(updates, counters=counters).kept
+    kept = rule(counters=True)(updates, AggregationContext(counters=counters)).kept
     assert kept and not malicious & set(kept)
 
 
 def test_counters_at_five_malicious_leave_the_weights_to_decide_and_beyond_favour_them():
     # k = 5: every score holds the counter term 3 times, so the ranking is the weights' ranking.
     updates, counters, malicious = hand_worked_round(5)
-    assert FltkMultiKrum()(updates, counters=counters).kept == FltkMultiKrum()(updates).kept
+    assert FltkMultiKrum(counters=True)(updates, AggregationContext(counters=counters)).kept == FltkMultiKrum()(updates).kept
     # k = 6: a benign score holds it 4 times, a malicious one twice; the 5 lowest are malicious.
     updates, counters, malicious = hand_worked_round(6)
-    assert set(FltkMultiKrum()(updates, counters=counters).kept) <= malicious
+    assert set(FltkMultiKrum(counters=True)(updates, AggregationContext(counters=counters)).kept) <= malicious
 
 
 def test_counters_enter_as_differences_and_only_where_the_rule_takes_them():
     updates, counters, malicious = hand_worked_round(3)
-    rule = FltkMultiKrum()
+    rule = FltkMultiKrum(counters=True)
     # The global model's counter is common to all rows: adding it changes nothing.
-    assert rule(updates, counters=counters + 12345).kept == rule(updates, counters=counters).kept
+    assert rule(updates, AggregationContext(counters=counters + 12345)).kept == rule(updates, AggregationContext(counters=counters)).kept
     # Scores: distances plus sum over layers of (count_i - count_j)^2, by hand for one pair.
-    from sim.server.aggregators import _distances_with_counters, _pairwise_squared_distances
-    with_counters = _distances_with_counters(updates, counters)
-    plain = _pairwise_squared_distances(updates)
+    from sim.server.aggregate import distances_with_counters, pairwise_squared_distances
+    with_counters = distances_with_counters(updates, counters)
+    plain = pairwise_squared_distances(updates)
     assert float(with_counters[0, 9] - plain[0, 9]) == LAYERS * (MALICIOUS_PASSES - BENIGN_PASSES) ** 2
     assert float(with_counters[0, 1] - plain[0, 1]) == 0.0
     with pytest.raises(ValueError, match="takes no BatchNorm counters"):
-        MultiKrum(1)(updates, counters=counters)
+        MultiKrum(1)(updates, AggregationContext(counters=counters))
+    with pytest.raises(ValueError, match="takes no BatchNorm counters"):
+        FltkMultiKrum()(updates, AggregationContext(counters=counters))  # counters: false
     with pytest.raises(ValueError, match="one row per update"):
-        rule(updates, counters=counters[:5])
+        rule(updates, AggregationContext(counters=counters[:5]))
 
 
-def test_fltk_counters_need_an_fltk_rule_and_a_boolean():
-    with pytest.raises(ConfigError, match=r"server\.fltk_counters=true .* server\.aggregator=multikrum"):
+def test_fltk_counters_are_each_fltk_rules_own_boolean_and_the_old_name_points_to_them():
+    with pytest.raises(ConfigError, match=r"server\.fltk_multikrum\.counters=1 must be true or false"):
+        load_config(overrides=["server.aggregator=fltk_multikrum", "server.fltk_multikrum.counters=1"])
+    cfg = load_config(overrides=["server.aggregator=fltk_bulyan", "server.fltk_bulyan.counters=true"])
+    assert cfg.server.fltk_bulyan.counters and not cfg.server.fltk_multikrum.counters
+    with pytest.raises(ConfigError, match=r"'server\.fltk_counters' .* has moved to 'server\.fltk_multikrum\.counters' "
+                                          r"and 'server\.fltk_bulyan\.counters'; fix: rename it"):
         load_config(overrides=["server.fltk_counters=true"])
-    with pytest.raises(ConfigError, match=r"server\.fltk_counters=1 must be true or false"):
-        load_config(overrides=["server.aggregator=fltk_multikrum", "server.fltk_counters=1"])
-    assert load_config(overrides=["server.aggregator=fltk_bulyan", "server.fltk_counters=true"]).server.fltk_counters
+
+
+def test_a_file_with_the_old_counters_name_is_read_under_the_new_names_with_a_note(tmp_path, capsys):
+    path = tmp_path / "old.yaml"
+    path.write_text("server:\n  aggregator: fltk_multikrum\n  fltk_counters: true\n")
+    cfg = load_config(path=path)
+    assert cfg.server.fltk_multikrum.counters and cfg.server.fltk_bulyan.counters
+    assert "'server.fltk_counters' is now 'server.fltk_multikrum.counters' and 'server.fltk_bulyan.counters'" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,7 +272,7 @@ def test_a_run_with_counters_keeps_no_malicious_client_when_few_are_selected(tmp
         *tiny_synthetic(clients=20, malicious=6, per_round=10, fixed_malicious=3, train_size=400),
         "rounds=2",
         "server.aggregator=fltk_multikrum",
-        "server.fltk_counters=true",
+        "server.fltk_multikrum.counters=true",
         "attack.trigger_values=authors",
         "eval.test_size=60",
     ])
@@ -267,7 +281,7 @@ def test_a_run_with_counters_keeps_no_malicious_client_when_few_are_selected(tmp
         rows = list(csv.DictReader(stream))
     assert len(rows) == 2
     settings = reporting.key_settings(cfg)
-    assert settings["server.fltk_counters"] is True and settings["attack.trigger_values"] == "authors"
+    assert settings["server.fltk_multikrum.counters"] is True and settings["attack.trigger_values"] == "authors"
     assert "selection.rng" not in settings  # left at its default
     for row in rows:
         malicious = set(row["malicious_ids"].split())
@@ -281,7 +295,7 @@ def test_a_run_with_counters_keeps_no_malicious_client_when_few_are_selected(tmp
 
 def test_the_authors_preset_combines_every_option_and_compares_none_with_their_leadfl():
     cfg = load_config(preset="table1-fmnist-authors")
-    assert cfg.server.aggregator == "fltk_multikrum" and cfg.server.fltk_counters
+    assert cfg.server.aggregator == "fltk_multikrum" and cfg.server.fltk_multikrum.counters
     assert cfg.selection.rng == "authors" and cfg.selection.schedule == "random"
     assert cfg.selection.override_rounds == AUTHORS_BURSTS and cfg.selection.override_malicious == 5
     assert cfg.attack.trigger_values == "authors"

@@ -22,7 +22,7 @@ def test_each_attacked_variant_is_matched_with_the_clean_run_that_differs_only_i
         "clean fedavg": apply_overrides(base, ["server.aggregator=fedavg"]),
         "poisonedfl median": apply_overrides(base, ["server.aggregator=median", "model_poisoning.type=poisonedfl"]),
         "noisy poisonedfl fedavg": apply_overrides(
-            base, ["server.aggregator=fedavg", "model_poisoning.type=poisonedfl", "model_poisoning.poisonedfl_noise=0.5"]
+            base, ["server.aggregator=fedavg", "model_poisoning.type=poisonedfl", "model_poisoning.poisonedfl.noise=0.5"]
         ),
         "backdoor median": apply_overrides(base, ["server.aggregator=median", "attack.type=backdoor"]),
         "lie krum": apply_overrides(base, ["server.aggregator=krum", "server.f=1", "model_poisoning.type=lie"]),

@@ -56,7 +56,7 @@ def test_defaults_are_valid_and_match_the_schema():
 
 def test_setting_paths_cover_every_section():
     paths = setting_paths()
-    assert "client_defense.alpha" in paths and "server.sparsefed_clip" in paths and "eval.batch_size" in paths
+    assert "client_defense.alpha" in paths and "server.sparsefed.clip" in paths and "eval.batch_size" in paths
     assert len(paths) == len(set(paths))
 
 
@@ -177,7 +177,7 @@ def test_unknown_key_in_a_config_file_is_an_error_with_a_suggestion(tmp_path):
 def test_unknown_key_without_a_close_match_lists_the_allowed_keys(tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text("server:\n  zzzzzz: 1\n")
-    with pytest.raises(ConfigError, match=r"allowed at this level: aggregator, f, m, trim_beta"):
+    with pytest.raises(ConfigError, match=r"allowed at this level: aggregator, f, multikrum, trimmed_mean"):
         load_config(path=path)
 
 
@@ -201,8 +201,8 @@ def test_malformed_override_is_an_error():
         (["clients.clients_per_round=200"], "clients.clients_per_round=200 exceeds clients.num_clients=100"),
         (["server.aggregator=bulyan"], "fix: --set server.f=1"),
         (["server.aggregator=krum", "server.f=4"], "Krum needs n >= 2f+3 (10 < 11); set server.f to at most 3"),
-        (["server.aggregator=multikrum", "server.m=11"], "server.m=11 is invalid for multikrum with clients_per_round=10"),
-        (["server.sparsefed_k=2.5", "server.aggregator=sparsefed"], "server.sparsefed_k=2.5 is invalid for sparsefed"),
+        (["server.aggregator=multikrum", "server.multikrum.m=11"], "server.multikrum.m=11 is invalid for multikrum with clients_per_round=10"),
+        (["server.sparsefed.k=2.5", "server.aggregator=sparsefed"], "server.sparsefed.k=2.5 is invalid for sparsefed"),
         (["selection.schedule=periodic", "selection.burst_malicious=11"], "fix: --set selection.burst_malicious=10"),
         (["selection.schedule=periodic", "selection.burst_rounds=11"], "a cycle has selection.period=10 rounds; fix: --set selection.burst_rounds=10"),
         (["selection.schedule=fixed", "selection.fixed_malicious=26", "clients.clients_per_round=30"],

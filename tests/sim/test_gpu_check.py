@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from bench.common import device_name
-from sim.server.aggregators import AGGREGATORS
+from sim.server.registry import AGGREGATORS
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -47,9 +47,13 @@ def mask(*flags):
     return torch.tensor(flags, dtype=torch.bool)
 
 
-def test_name_lists_match_the_registry():
+def test_name_lists_match_the_registry_and_each_attack_owns_its_settings_section():
     assert set(config_module.MODEL_POISONING_TYPES) == set(model_poisoning.MODEL_POISONING)
-    assert set(config_module.POISONEDFL_COORDINATES) == set(model_poisoning.POISONEDFL_COORDINATES)
+    cfg = load_config(overrides=["model_poisoning.type=poisonedfl", "model_poisoning.poisonedfl.coordinates=partitioned"])
+    assert cfg.model_poisoning.poisonedfl.coordinates == "partitioned"
+    assert isinstance(cfg.model_poisoning.lie, model_poisoning.LieSettings)
+    with pytest.raises(ConfigError, match=r"'model_poisoning\.poisonedfl_scale' .* has moved to 'model_poisoning\.poisonedfl\.scale'"):
+        load_config(overrides=["model_poisoning.poisonedfl_scale=2"])
 
 
 def test_rows_of_benign_clients_are_never_touched():
@@ -261,8 +265,8 @@ def test_poisonedfl_direction_is_a_fixed_function_of_the_seed():
     "overrides,expected",
     [
         (["model_poisoning.type=lei"], "model_poisoning.type='lei' is not one of none, lie, fang"),
-        (["model_poisoning.poisonedfl_beta=1.0"], "model_poisoning.poisonedfl_beta=1.0 is out of range"),
-        (["model_poisoning.poisonedfl_coordinates=split"], "is not one of shared, partitioned"),
+        (["model_poisoning.poisonedfl.beta=1.0"], "model_poisoning.poisonedfl.beta=1.0 is out of range"),
+        (["model_poisoning.poisonedfl.coordinates=split"], "is not one of shared, partitioned"),
         (["model_poisoning.type=attack_dpfl"], "privacy.type=none; fix: --set privacy.type=gaussian"),
         (
             ["model_poisoning.type=attack_dpfl", "privacy.type=gaussian", "attack.type=none"],
@@ -316,8 +320,8 @@ def test_poisonedfl_end_to_end_resumes_exactly(tmp_path):
     settings = [
         "server.aggregator=fedavg",
         "model_poisoning.type=poisonedfl",
-        "model_poisoning.poisonedfl_check_period=1",
-        "model_poisoning.poisonedfl_flip_prob=0.05",
+        "model_poisoning.poisonedfl.check_period=1",
+        "model_poisoning.poisonedfl.flip_prob=0.05",
     ]
     run(tiny("rounds=3", *settings), tmp_path / "straight", progress=False)
     run(tiny("rounds=2", *settings), tmp_path / "stopped", progress=False)

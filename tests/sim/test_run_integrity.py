@@ -179,7 +179,7 @@ def test_a_yaml_alias_bomb_is_refused_without_building_it(tmp_path, capsys):
 
 @pytest.mark.parametrize("setting", [
     "training.lr=1e-320", "privacy.clip=1e-320", "privacy.epsilon=1e-320", "privacy.delta=1e-320",
-    "server.sparsefed_clip=1e-320", "client_defense.q=5e-324",
+    "server.sparsefed.clip=1e-320", "client_defense.q=5e-324",
 ])
 def test_a_float_setting_that_vanishes_in_float32_is_refused(tmp_path, capsys, setting):
     path = setting.split("=")[0]

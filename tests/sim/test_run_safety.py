@@ -190,7 +190,7 @@ def test_a_finished_run_from_before_manifests_is_checked_against_its_own_files(r
         read_finished(run_copy, tiny_config("rounds=2"))
 
 
-@pytest.mark.parametrize("setting", ["attack.boost=1e30", "model_poisoning.type=lie|model_poisoning.lie_z=1e30"])
+@pytest.mark.parametrize("setting", ["attack.boost=1e30", "model_poisoning.type=lie|model_poisoning.lie.z=1e30"])
 def test_an_aggregate_that_breaks_the_model_is_rejected_and_recorded(tmp_path, capsys, setting):
     cfg = tiny_config("rounds=3", "server.aggregator=fedavg", *setting.split("|"))
     summary = run(cfg, tmp_path / "run", progress=False)

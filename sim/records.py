@@ -1,0 +1,93 @@
+"""The per-round record of a run and its file, `metrics.csv`: the columns, writing them so equal
+runs give byte-equal files, and reading them back."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sim.errors import ConfigError
+from sim.io import METRICS_FILE
+
+
+@dataclass
+class RoundRecord:
+    """One finished round; the fields, in order, are the columns of `metrics.csv`. Client ids
+    are space-separated text; accuracies are percent."""
+
+    round: int
+    main_accuracy: float
+    backdoor_accuracy: float | None  # None when the target class is the only one left to score
+    test_loss: float
+    malicious_selected: int
+    selected: str
+    malicious_ids: str
+    kept: str
+    rejected_nonfinite: str
+    aggregate_rejected: int  # 1: the aggregate gave a non-finite model, which was rejected (previous model kept)
+    wall_time_s: float
+    # With `metrics.attack_effect` (sim.attack_effect), else empty: ||W_t - W_t^M||, its uniform
+    # part and the rest, ||delta_t|| / ||delta_{t-1}|| (empty after a zero delta), and the shadow
+    # model's main accuracy.
+    attack_effect: float | None = None
+    attack_effect_uniform: float | None = None
+    attack_effect_rest: float | None = None
+    attack_effect_ratio: float | None = None
+    shadow_main_accuracy: float | None = None
+
+    def as_row(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+METRIC_COLUMNS = tuple(field.name for field in dataclasses.fields(RoundRecord))
+# Columns whose values depend on the machine's speed, not on the run's maths.
+TIMING_COLUMNS = ("wall_time_s",)
+_PARSERS = {"int": int, "float": float, "float | None": float, "str": str}
+
+
+def ids_text(ids) -> str:
+    return " ".join(str(i) for i in ids)
+
+
+def _format_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)  # round-trips exactly, so equal runs give byte-equal files
+    return str(value)
+
+
+def metrics_csv_text(rows: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(METRIC_COLUMNS)
+    for row in rows:
+        # .get: rows checkpointed before a column existed leave it empty
+        writer.writerow([_format_cell(row.get(column)) for column in METRIC_COLUMNS])
+    return out.getvalue()
+
+
+def _parse(text: str | None, kind: str) -> Any:
+    if text is None:  # a column added after the file was written
+        return None
+    if kind != "str" and text == "":
+        return None
+    return _PARSERS[kind](text)
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a `metrics.csv`, with numbers as numbers and id lists as text."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / METRICS_FILE
+    if not path.is_file():
+        raise ConfigError(f"no {METRICS_FILE} at {path}; fix: point at the folder of a run")
+    kinds = {field.name: str(field.type) for field in dataclasses.fields(RoundRecord)}
+    with open(path, newline="") as stream:
+        # A column the file lacks (written before it existed) reads as empty.
+        return [{name: _parse(record.get(name) or "", kind) for name, kind in kinds.items()}
+                for record in csv.DictReader(stream)]

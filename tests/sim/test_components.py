@@ -1,0 +1,108 @@
+"""A component added the documented way needs nothing else: a toy aggregation rule and a toy
+model-poisoning attack, each defined here with its settings declaration, registered with one
+dict entry, and run through `leadfl-sim run` settings (docs/architecture.md, "How to add ...").
+
+The registries are read when `sim.config` builds its schema, so the registration happens in a
+fresh interpreter before that import, as a registry line in the package would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sim.attacks.model_poisoning import ModelPoisoningAttack
+from sim.server.aggregate import row_mean
+from sim.server.base import Aggregator
+from sim.settings import setting
+
+from simtest import tiny_synthetic
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class ShrunkMeanSettings:
+    factor: float = setting(1.0, "float", low=0, high=1, help="the mean is multiplied by this")
+
+
+class ShrunkMean(Aggregator):
+    """The mean of the rows times `factor`; reads the round's seeded generator to prove it is given."""
+
+    settings = ShrunkMeanSettings
+    needs = frozenset({"generator", "clients"})
+
+    def __init__(self, factor: float = 1.0):
+        self.factor = float(factor)
+        self.rounds_seen: list[int] = []
+
+    def _aggregate(self, updates, context):
+        assert context.generator is not None and len(context.clients) == updates.shape[0]
+        self.rounds_seen.append(context.round)
+        return row_mean(updates) * self.factor, list(range(updates.shape[0]))
+
+
+@dataclass
+class ConstantUploadSettings:
+    value: float = setting(0.5, "float", help="every coordinate of a malicious upload")
+
+
+class ConstantUpload(ModelPoisoningAttack):
+    """Every malicious row is `value` in every coordinate."""
+
+    name = "constant_upload"
+    settings = ConstantUploadSettings
+
+    def __init__(self, value: float = 0.5):
+        self.value = float(value)
+
+    def craft(self, updates, malicious, context):
+        return torch.full((int(malicious.sum()), updates.shape[1]), self.value)
+
+
+def _run_with_toys(tmp_path, overrides):
+    """Registers the toys (one entry each), then runs `leadfl-sim run` in the same interpreter."""
+    script = f"""
+import sys, json
+sys.path[:0] = [{str(Path(__file__).parent)!r}]
+import test_components as toys
+from sim.server.registry import AGGREGATORS
+from sim.attacks.model_poisoning import MODEL_POISONING
+AGGREGATORS["shrunk_mean"] = toys.ShrunkMean
+MODEL_POISONING["constant_upload"] = toys.ConstantUpload
+from sim.cli import main
+code = main(["run", "--out", {str(tmp_path / "run")!r}, *{overrides!r}])
+sys.exit(code)
+"""
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=REPO,
+                          timeout=300)
+
+
+def test_a_rule_and_an_attack_registered_from_outside_run_through_the_settings(tmp_path):
+    sets = [*tiny_synthetic(), "rounds=2", "attack.type=none", "server.aggregator=shrunk_mean",
+            "server.shrunk_mean.factor=0.5", "model_poisoning.type=constant_upload",
+            "model_poisoning.constant_upload.value=0.25"]
+    result = _run_with_toys(tmp_path, [item for pair in (("--set", s) for s in sets) for item in pair])
+    assert result.returncode == 0, result.stderr
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    assert "shrunk_mean:\n    factor: 0.5" in saved and "constant_upload:\n    value: 0.25" in saved
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["settings"]["server.aggregator"] == "shrunk_mean"
+    assert summary["settings"]["server.shrunk_mean.factor"] == 0.5
+
+
+def test_a_registered_rules_settings_are_checked_against_its_declaration(tmp_path):
+    sets = [*tiny_synthetic(), "rounds=1", "server.aggregator=shrunk_mean", "server.shrunk_mean.factor=2"]
+    result = _run_with_toys(tmp_path, [item for pair in (("--set", s) for s in sets) for item in pair])
+    assert result.returncode == 2
+    assert "server.shrunk_mean.factor=2.0 is out of range: it must be in [0, 1]; fix: --set server.shrunk_mean.factor=1.0" in result.stderr
+    sets = [*tiny_synthetic(), "rounds=1", "server.aggregator=shrunk_mean", "server.shrunk_mean.facter=0.5"]
+    result = _run_with_toys(tmp_path, [item for pair in (("--set", s) for s in sets) for item in pair])
+    assert result.returncode == 2 and "did you mean 'server.shrunk_mean.factor'" in result.stderr
