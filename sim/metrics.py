@@ -1,4 +1,13 @@
-"""Main-task accuracy, test loss and backdoor accuracy of a model on the test set."""
+"""Main-task accuracy, test loss and backdoor accuracy of a model on the test set.
+
+A run scores its global model every round (or every `eval.every` rounds) on the same images, so
+the work that does not depend on the model is done once per run: `TestSet` cuts the clean
+batches and stamps the triggered ones when the run starts, and `Scorer` holds a copy of the
+model prepared for scoring (`sim.models.scoring_copy`) into which each round's parameters are
+loaded. The scores are those of the plain loop `evaluate` transcribes (the same batches, the
+same forward values, the loss summed batch by batch in the same order), bit for bit; the
+counts stay on the device until one read at the end of a scoring.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["attack_metric_name", "evaluate"]
+from sim.models import load_flat_parameters_, scoring_copy
+
+__all__ = ["Scorer", "TestSet", "attack_metric_name", "evaluate", "score"]
 
 
 def attack_metric_name(attack_type: str) -> str:
@@ -23,7 +34,75 @@ def _check_batch_size(batch_size: int) -> None:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
 
 
-@torch.no_grad()
+class TestSet:
+    """The scoring batches of test tensors ``x, y``, cut and stamped once.
+
+    ``clean`` holds the (images, labels) batches of ``batch_size`` consecutive test images;
+    ``triggered`` the batches of the images whose label is not ``target_label``, in test-set
+    order, ``batch_size`` at a time, each batch passed through ``stamp``. The simulator's models
+    use batch-statistics BatchNorm, so the scores depend on exactly these batches.
+    """
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, x: Tensor, y: Tensor, *, target_label: int | None = None,
+                 stamp: Callable[[Tensor], Tensor] | None = None, batch_size: int = 1000):
+        _check_batch_size(batch_size)
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"x has {x.shape[0]} images but y has {y.shape[0]} labels; pass matching test tensors")
+        if x.shape[0] == 0:
+            raise ValueError("the test set is empty; evaluation needs at least one image")
+        if target_label is not None and stamp is None:
+            raise ValueError("target_label is set but stamp is None; pass the trigger function or target_label=None")
+        self.target_label = target_label
+        self.num_clean = int(x.shape[0])
+        self.clean = [(x[start : start + batch_size], y[start : start + batch_size])
+                      for start in range(0, x.shape[0], batch_size)]
+        self.triggered: list[Tensor] = []
+        self.num_triggered = 0
+        if target_label is not None:
+            others = x[y != target_label]
+            self.num_triggered = int(others.shape[0])
+            self.triggered = [stamp(others[start : start + batch_size])
+                              for start in range(0, others.shape[0], batch_size)]
+
+
+@torch.inference_mode()
+def score(model: nn.Module, test_set: TestSet) -> dict[str, float | None]:
+    """Scores ``model`` (already holding the parameters to score) on ``test_set``.
+
+    Returns ``main_accuracy`` (percent of clean images classified correctly), ``test_loss`` (mean
+    cross-entropy per clean image) and ``backdoor_accuracy``: the percent of the test images
+    whose true label is not the target that the model assigns to the target once triggered.
+    Images of the target class are left out of that share, since calling them the target would
+    be correct. ``backdoor_accuracy`` is None without a target label or when no test image has
+    another label.
+    """
+    losses, correct, hits = [], [], []
+    for images, labels in test_set.clean:
+        logits = model(images)
+        losses.append(F.cross_entropy(logits, labels, reduction="sum"))
+        correct.append((logits.argmax(dim=1) == labels).sum())
+    for triggered in test_set.triggered:
+        hits.append((model(triggered).argmax(dim=1) == test_set.target_label).sum())
+    # One read from the device. The loss is summed as a Python float, batch by batch in order,
+    # as the per-batch loop did (Python's sum() would compensate, and round differently).
+    batch_losses = torch.stack(losses).tolist()
+    sums = [torch.stack(correct).sum()] + ([torch.stack(hits).sum()] if hits else [])
+    counts = torch.stack(sums).tolist()
+    loss_sum = 0.0
+    for value in batch_losses:
+        loss_sum += value
+    results: dict[str, float | None] = {
+        "main_accuracy": 100.0 * counts[0] / test_set.num_clean,
+        "test_loss": loss_sum / test_set.num_clean,
+        "backdoor_accuracy": None,
+    }
+    if test_set.num_triggered > 0:
+        results["backdoor_accuracy"] = 100.0 * counts[1] / test_set.num_triggered
+    return results
+
+
 def evaluate(
     model: nn.Module,
     x: Tensor,
@@ -33,46 +112,23 @@ def evaluate(
     stamp: Callable[[Tensor], Tensor] | None = None,
     batch_size: int = 1000,
 ) -> dict[str, float | None]:
-    """Evaluate ``model`` (already holding the parameters to score) on test tensors ``x, y``.
+    """Scores ``model`` on test tensors ``x, y`` once (`score` on a `TestSet` of them, the model
+    called as it is); `stamp` adds the trigger to a batch of images. The scores depend on
+    ``batch_size`` through the models' batch-statistics BatchNorm."""
+    return score(model, TestSet(x, y, target_label=target_label, stamp=stamp, batch_size=batch_size))
 
-    Returns ``main_accuracy`` (percent of clean images classified correctly), ``test_loss`` (mean
-    cross-entropy per clean image) and ``backdoor_accuracy``: the percent of test images whose
-    true label is not ``target_label`` that the model assigns to ``target_label`` once ``stamp``
-    has added the trigger. Images of the target class are left out of that share, since calling
-    them the target would be correct. ``backdoor_accuracy`` is None when ``target_label`` is None
-    or no test image has another label.
 
-    The model is called as it is: the simulator's models use batch-statistics BatchNorm, so
-    the scores depend on ``batch_size`` (the triggered batches hold only non-target images).
+class Scorer:
+    """Scores flat parameter vectors of ``model``'s shape on ``test_set``, round after round.
+
+    It keeps its own scoring copy of the model (`sim.models.scoring_copy`: the same forward
+    values, computed faster), built once; ``model`` itself is left as it is.
     """
-    _check_batch_size(batch_size)
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"x has {x.shape[0]} images but y has {y.shape[0]} labels; pass matching test tensors")
-    if x.shape[0] == 0:
-        raise ValueError("the test set is empty; evaluation needs at least one image")
-    if target_label is not None and stamp is None:
-        raise ValueError("target_label is set but stamp is None; pass the trigger function or target_label=None")
 
-    correct = 0
-    loss_sum = 0.0
-    for start in range(0, x.shape[0], batch_size):
-        images, labels = x[start : start + batch_size], y[start : start + batch_size]
-        logits = model(images)
-        loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
-        correct += int((logits.argmax(dim=1) == labels).sum())
-    total = x.shape[0]
-    results: dict[str, float | None] = {
-        "main_accuracy": 100.0 * correct / total,
-        "test_loss": loss_sum / total,
-        "backdoor_accuracy": None,
-    }
+    def __init__(self, model: nn.Module, test_set: TestSet):
+        self.model = scoring_copy(model)
+        self.test_set = test_set
 
-    if target_label is not None:
-        others = x[y != target_label]
-        if others.shape[0] > 0:
-            hits = 0
-            for start in range(0, others.shape[0], batch_size):
-                triggered = stamp(others[start : start + batch_size])
-                hits += int((model(triggered).argmax(dim=1) == target_label).sum())
-            results["backdoor_accuracy"] = 100.0 * hits / others.shape[0]
-    return results
+    def __call__(self, params: Tensor) -> dict[str, float | None]:
+        load_flat_parameters_(self.model, params)
+        return score(self.model, self.test_set)

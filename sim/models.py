@@ -12,6 +12,7 @@ defenses act on exactly the `weight` tensors.
 
 from __future__ import annotations
 
+import copy
 from typing import Callable
 
 import torch
@@ -204,3 +205,90 @@ def load_flat_parameters_(module: nn.Module, flat: Tensor) -> None:
         )
     chunks = torch.split(flat, [param.numel() for param in params])
     torch._foreach_copy_(params, [chunk.view_as(param) for chunk, param in zip(chunks, params)])
+
+
+# ----------------------------------------------------------------------------------------------
+# scoring
+
+# Images per convolution call when a scoring copy runs on a CPU: the convolution of a whole
+# evaluation batch (1,000 images) works out of memory, chunks of this size out of cache.
+SCORING_CONV_CHUNK = 100
+
+
+class _ChunkedConv2d(nn.Module):
+    """A Conv2d run over chunks of the batch, written into one output tensor. Each image's
+    output depends on that image alone, and the CPU convolution gives the same values at any
+    batch size (tests/sim/test_metrics.py pins this), so the output equals the whole batch's."""
+
+    def __init__(self, conv: nn.Conv2d, chunk: int):
+        super().__init__()
+        self.conv = conv
+        self.chunk = chunk
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.device.type != "cpu" or x.shape[0] <= self.chunk:
+            return self.conv(x)  # a GPU's library may pick its algorithm by batch size
+        first = self.conv(x[: self.chunk])
+        out = first.new_empty((x.shape[0], *first.shape[1:]))
+        out[: self.chunk] = first
+        for start in range(self.chunk, x.shape[0], self.chunk):
+            out[start : start + self.chunk] = self.conv(x[start : start + self.chunk])
+        return out
+
+
+def _max_pool_2x2(x: Tensor) -> Tensor:
+    # max_pool2d(x, 2) as the maximum of the window's four strided views: the same values (a
+    # maximum does not depend on the order it is taken in; NaN propagates as in max_pool2d),
+    # without the CPU kernel's per-window loop and index output.
+    height, width = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
+    return torch.maximum(torch.maximum(x[..., 0:height:2, 0:width:2], x[..., 0:height:2, 1:width:2]),
+                         torch.maximum(x[..., 1:height:2, 0:width:2], x[..., 1:height:2, 1:width:2]))
+
+
+class _MaxPool2x2(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return _max_pool_2x2(x)
+
+
+class _MaxPool2x2ThenReLU(nn.Module):
+    """ReLU then 2x2 max-pooling, computed as pooling then ReLU on a quarter of the values: the
+    two commute exactly (ReLU is monotone)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _max_pool_2x2(x).relu_()
+
+
+def _is_plain_2x2_pool(module: nn.Module) -> bool:
+    def pair(value):
+        return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+
+    return (type(module) is nn.MaxPool2d and pair(module.kernel_size) == (2, 2) and pair(module.stride) == (2, 2)
+            and pair(module.padding) == (0, 0) and pair(module.dilation) == (1, 1) and not module.ceil_mode
+            and not module.return_indices)
+
+
+def _rewrite_for_scoring(module: nn.Module, chunk: int) -> None:
+    for name, child in list(module.named_children()):
+        if type(child) is nn.Conv2d:
+            setattr(module, name, _ChunkedConv2d(child, chunk))
+        elif _is_plain_2x2_pool(child):
+            setattr(module, name, _MaxPool2x2())
+        else:
+            _rewrite_for_scoring(child, chunk)
+    if isinstance(module, nn.Sequential):
+        names = list(module._modules)
+        for first, second in zip(names, names[1:]):
+            if type(module._modules[first]) is nn.ReLU and type(module._modules[second]) is _MaxPool2x2:
+                module._modules[first] = nn.Identity()
+                module._modules[second] = _MaxPool2x2ThenReLU()
+
+
+def scoring_copy(model: nn.Module, *, conv_chunk: int = SCORING_CONV_CHUNK) -> nn.Module:
+    """A copy of `model` for scoring: the same parameters in the same order (so
+    `load_flat_parameters_` fills it like the model) and, for every input, the same output bit
+    for bit, computed faster on a CPU: convolutions over chunks of `conv_chunk` images into one
+    buffer (BatchNorm still sees the whole batch), 2x2 max-pooling as a maximum of strided views,
+    and ReLU moved after a 2x2 max-pool that follows it. `model` is left as it is."""
+    scoring = copy.deepcopy(model)
+    _rewrite_for_scoring(scoring, conv_chunk)
+    return scoring

@@ -33,8 +33,8 @@ from sim.engines.registry import build_engine, describe_engine, resolve_engine
 from sim.errors import ConfigError
 from sim.io import (ATTACK_EFFECT_PLOT_FILE, CHECKPOINT_FILE, CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, PLOT_FILE,
                     SUMMARY_FILE, check_names, lock_folder, write_atomic)
-from sim.metrics import evaluate
-from sim.models import build_model, flatten_parameters, load_flat_parameters_, trainable_parameters
+from sim.metrics import Scorer, TestSet
+from sim.models import build_model, flatten_parameters, trainable_parameters
 from sim.reporting import (RoundRecord, ids_text, metrics_csv_text, progress_postfix, read_finished, summarize,
                            write_outputs)
 from sim.manifest import write_manifest
@@ -101,10 +101,13 @@ class _Parts:
         self.uploads = UploadPipeline(cfg, self.malicious, self.initial_params.numel())
         self.uploads.keep_global_update = "last_global_update" in self.aggregator.needs
         test_size = cfg.eval.test_size
-        self.test_x = self.dataset.test_x[:test_size] if test_size else self.dataset.test_x
-        self.test_y = self.dataset.test_y[:test_size] if test_size else self.dataset.test_y
+        test_x = self.dataset.test_x[:test_size] if test_size else self.dataset.test_x
+        test_y = self.dataset.test_y[:test_size] if test_size else self.dataset.test_y
         hi, lo = trigger_values(self.dataset, cfg.attack.trigger_values)
         self.stamp = lambda images: stamp_trigger(images, hi, lo)
+        # The batches are cut and stamped once per run; every scoring reuses them.
+        self.scorer = Scorer(self.model, TestSet(test_x, test_y, target_label=cfg.attack.target_label,
+                                                 stamp=self.stamp, batch_size=cfg.eval.batch_size))
         self.shadow = None
         if cfg.metrics.attack_effect:
             self.shadow = ShadowRun(
@@ -122,9 +125,7 @@ class _Parts:
 
     def scores(self, cfg: Config, params: torch.Tensor) -> dict[str, Any]:
         """Main accuracy, backdoor accuracy and test loss of the flat parameters `params`."""
-        load_flat_parameters_(self.model, params)
-        return evaluate(self.model, self.test_x, self.test_y, target_label=cfg.attack.target_label,
-                        stamp=self.stamp, batch_size=cfg.eval.batch_size)
+        return self.scorer(params)
 
     def aggregation_context(self, cfg: Config, round_index: int, selected: list[int], global_params: torch.Tensor):
         """What the aggregator declares it needs in this round (`sim.server.base.aggregation_context`)."""

@@ -4,7 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from sim.metrics import evaluate
+from sim.attacks.data_poisoning import stamp_trigger
+from sim.metrics import Scorer, TestSet, evaluate
+from sim.models import build_model, load_flat_parameters_, scoring_copy
 
 TARGET = 2
 
@@ -78,3 +80,78 @@ def test_evaluate_does_not_change_the_test_images():
 def test_a_target_without_a_trigger_is_refused():
     with pytest.raises(ValueError, match="stamp"):
         evaluate(three_class_model(), TEST_X, TEST_Y, target_label=TARGET)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run's scorer against the per-batch loop it replaced
+
+
+def reference_scores(model, x, y, *, target_label, stamp, batch_size):
+    """The scoring loop as it was: the model called as it is, one batch after another, the counts
+    and the loss read back per batch."""
+    correct, loss_sum = 0, 0.0
+    with torch.no_grad():
+        for start in range(0, x.shape[0], batch_size):
+            images, labels = x[start : start + batch_size], y[start : start + batch_size]
+            logits = model(images)
+            loss_sum += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
+            correct += int((logits.argmax(dim=1) == labels).sum())
+        results = {"main_accuracy": 100.0 * correct / x.shape[0], "test_loss": loss_sum / x.shape[0],
+                   "backdoor_accuracy": None}
+        if target_label is not None:
+            others = x[y != target_label]
+            if others.shape[0] > 0:
+                hits = 0
+                for start in range(0, others.shape[0], batch_size):
+                    hits += int((model(stamp(others[start : start + batch_size])).argmax(dim=1) == target_label).sum())
+                results["backdoor_accuracy"] = 100.0 * hits / others.shape[0]
+    return results
+
+
+def trained_like(model, seed):
+    """`model` with random parameters of a trained model's spread, so that the logits are far
+    apart and their rounding decides nothing by accident."""
+    generator = torch.Generator().manual_seed(seed)
+    params = torch.cat([param.detach().reshape(-1) for param in model.parameters()])
+    load_flat_parameters_(model, torch.randn(params.shape, generator=generator) * 0.3)
+    return model
+
+
+@pytest.mark.parametrize("name, shape, count, batch_size, target_label", [
+    ("fmnist_cnn", (1, 28, 28), 1000, 1000, 8),     # the runs' setting, one 1,000-image batch
+    ("fmnist_cnn", (1, 28, 28), 530, 250, 3),       # chunks of 100 and a last of 50; a short last batch
+    ("fmnist_cnn", (1, 28, 28), 64, 7, None),       # batches under one chunk; no triggered set
+    ("fmnist_cnn", (1, 30, 27), 150, 150, 0),       # odd widths: pooling drops the last column
+    ("cifar_cnn", (3, 32, 32), 230, 230, 8),
+    ("cifar_cnn", (3, 32, 32), 60, 25, None),
+    ("mlp", (1, 28, 28), 300, 128, 8),
+])
+def test_the_scorer_gives_the_per_batch_loops_scores_bit_for_bit(name, shape, count, batch_size, target_label):
+    generator = torch.Generator().manual_seed(count)
+    x = torch.randn((count, *shape), generator=generator)
+    y = torch.randint(0, 10, (count,), generator=generator)
+    model = trained_like(build_model(name, shape, 10, seed=1), seed=count)
+    stamp = lambda images: stamp_trigger(images, 2.5, -0.5)  # noqa: E731
+    expected = reference_scores(model, x, y, target_label=target_label, stamp=stamp, batch_size=batch_size)
+    scorer = Scorer(build_model(name, shape, 10, seed=2),
+                    TestSet(x, y, target_label=target_label, stamp=stamp, batch_size=batch_size))
+    params = torch.cat([param.detach().reshape(-1) for param in model.parameters()])
+    for _ in range(2):  # the batches are reused from one scoring to the next
+        assert scorer(params) == expected  # floats compared exactly
+    assert evaluate(model, x, y, target_label=target_label, stamp=stamp, batch_size=batch_size) == expected
+    if target_label is not None:
+        assert expected["backdoor_accuracy"] is not None
+
+
+@pytest.mark.parametrize("name, shape", [("fmnist_cnn", (1, 28, 28)), ("cifar_cnn", (3, 32, 32))])
+def test_the_scoring_copy_gives_the_models_logits_bit_for_bit(name, shape):
+    model = trained_like(build_model(name, shape, 10, seed=0), seed=5)
+    copy = scoring_copy(model, conv_chunk=16)
+    x = torch.randn((70, *shape), generator=torch.Generator().manual_seed(3))
+    x[0, 0, :4, :4] = float("nan")  # a NaN makes its window's maximum NaN either way
+    with torch.inference_mode():
+        assert torch.equal(copy(x[1:]), model(x[1:]))
+        assert torch.equal(copy(x).isnan(), model(x).isnan())
+    # its own parameters, in the model's order, so that a flat vector loads alike
+    assert [param.shape for param in copy.parameters()] == [param.shape for param in model.parameters()]
+    assert all(a.data_ptr() != b.data_ptr() for a, b in zip(copy.parameters(), model.parameters()))
