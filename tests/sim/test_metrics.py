@@ -122,7 +122,7 @@ def trained_like(model, seed):
     ("fmnist_cnn", (1, 28, 28), 530, 250, 3),       # chunks of 100 and a last of 50; a short last batch
     ("fmnist_cnn", (1, 28, 28), 64, 7, None),       # batches under one chunk; no triggered set
     ("fmnist_cnn", (1, 30, 27), 150, 150, 0),       # odd widths: pooling drops the last column
-    ("cifar_cnn", (3, 32, 32), 230, 230, 8),
+    ("cifar_cnn", (3, 32, 32), 130, 130, 8),
     ("cifar_cnn", (3, 32, 32), 60, 25, None),
     ("mlp", (1, 28, 28), 300, 128, 8),
 ])
