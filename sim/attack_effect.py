@@ -80,9 +80,10 @@ class ShadowRun:
         # shadow's own: the engine holds the run's, swapped out around the shadow's training.
         self.client_state: dict | None = None
 
-    def step(self, global_params: Tensor, clients: list[int], round: int) -> dict[str, Any]:
+    def step(self, global_params: Tensor, clients: list[int], round: int, *, scored: bool = True) -> dict[str, Any]:
         """Advances the shadow through round `round` (after the run's own round, whose new
-        global model is `global_params`) and returns the attack-effect fields of its record."""
+        global model is `global_params`) and returns the attack-effect fields of its record;
+        the shadow model's accuracy only when the round is `scored` (eval.every)."""
         self.reseed(round)  # as a separate run would be at this point
         params = self.params.to(global_params.device)
         roles = [BENIGN] * len(clients)
@@ -107,7 +108,7 @@ class ShadowRun:
             "attack_effect_uniform": uniform,
             "attack_effect_rest": rest,
             "attack_effect_ratio": ratio,
-            "shadow_main_accuracy": float(self.score(self.params)),
+            "shadow_main_accuracy": float(self.score(self.params)) if scored else None,
         }
 
     def _swap_client_state(self, state: dict | None) -> dict | None:

@@ -194,6 +194,10 @@ class EvalConfig:
     # Score on the first `test_size` test images only (null = the whole test set): evaluation of
     # every round dominates short CPU runs.
     test_size: int | None = setting(None, "int", low=1, nullable=True)
+    # Score every `every` rounds (rounds every-1, 2*every-1, ...) and always the last one; the
+    # other rounds' scores stay empty in metrics.csv (sim.metrics.is_scored_round). For sweeps
+    # where only the final figures matter.
+    every: int = setting(1, "int", low=1)
 
 
 @dataclass

@@ -19,7 +19,13 @@ from torch import Tensor, nn
 
 from sim.models import load_flat_parameters_, scoring_copy
 
-__all__ = ["Scorer", "TestSet", "attack_metric_name", "evaluate", "score"]
+__all__ = ["Scorer", "TestSet", "attack_metric_name", "evaluate", "is_scored_round", "score"]
+
+
+def is_scored_round(round_index: int, rounds: int, every: int) -> bool:
+    """Whether round `round_index` (from 0) of a run of `rounds` rounds is scored under
+    `eval.every`: every `every`-th round (`every - 1`, `2 * every - 1`, ...) and the last."""
+    return (round_index + 1) % every == 0 or round_index == rounds - 1
 
 
 def attack_metric_name(attack_type: str) -> str:

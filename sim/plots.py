@@ -61,7 +61,9 @@ def plot_run(rows: list[dict[str, Any]], path: str | Path, title: str = "", metr
     figure = Figure(figsize=(8, 4.5))
     axes = figure.add_subplot()
     twin = _malicious_bars(axes, rounds, [row["malicious_selected"] for row in rows])
-    axes.plot(rounds, [row["main_accuracy"] for row in rows], color=MAIN_COLOR, marker=".", label="main accuracy")
+    main = [(row["round"], row["main_accuracy"]) for row in rows if row["main_accuracy"] is not None]  # eval.every
+    if main:
+        axes.plot(*zip(*main), color=MAIN_COLOR, marker=".", label="main accuracy")
     backdoor = [(row["round"], row["backdoor_accuracy"]) for row in rows if row["backdoor_accuracy"] is not None]
     if backdoor:
         axes.plot(*zip(*backdoor), color=BACKDOOR_COLOR, marker=".", label=metric)
@@ -119,8 +121,9 @@ def plot_attack_effect(rows: list[dict[str, Any]], path: str | Path, title: str 
     if effect_axes.get_legend_handles_labels()[0]:
         effect_axes.legend(loc="best", fontsize="small")
 
-    accuracy_axes.plot([row["round"] for row in rows], [row["main_accuracy"] for row in rows], color=MAIN_COLOR,
-                       marker=".", label="main accuracy")
+    main = [(row["round"], row["main_accuracy"]) for row in rows if row["main_accuracy"] is not None]  # eval.every
+    if main:
+        accuracy_axes.plot(*zip(*main), color=MAIN_COLOR, marker=".", label="main accuracy")
     shadow = [(row["round"], row["shadow_main_accuracy"]) for row in rows if row.get("shadow_main_accuracy") is not None]
     if shadow:
         accuracy_axes.plot(*zip(*shadow), color=MAIN_COLOR, linestyle="--", label="shadow (malicious clients benign)")

@@ -20,9 +20,11 @@ class RoundRecord:
     are space-separated text; accuracies are percent."""
 
     round: int
-    main_accuracy: float
-    backdoor_accuracy: float | None  # None when the target class is the only one left to score
-    test_loss: float
+    # The scores are empty in a round `eval.every` leaves unscored (sim.metrics.is_scored_round);
+    # backdoor_accuracy also when the target class is the only one left to score.
+    main_accuracy: float | None
+    backdoor_accuracy: float | None
+    test_loss: float | None
     malicious_selected: int
     selected: str
     malicious_ids: str

@@ -49,6 +49,8 @@ def key_settings(cfg: Config) -> dict[str, Any]:
         "server.aggregator": cfg.server.aggregator,
         "eval.test_size": cfg.eval.test_size,
     }
+    if cfg.eval.every != 1:
+        settings["eval.every"] = cfg.eval.every
     if cfg.client_defense.type == "leadfl":
         settings["client_defense.variant"] = cfg.client_defense.variant
         settings["client_defense.alpha"] = cfg.client_defense.alpha
@@ -99,7 +101,7 @@ def summarize(rows: list[dict[str, Any]], cfg: Config, engine: str | None = None
     what trained the clients (`engine: auto` resolved, distributed or not); `segments` the facts
     of each process that ran its rounds (`sim.provenance`), as `provenance`, with `threads` and
     `machine` the facts they share."""
-    main = [row["main_accuracy"] for row in rows]
+    main = [row["main_accuracy"] for row in rows if row["main_accuracy"] is not None]  # scored rounds (eval.every)
     backdoor = [row["backdoor_accuracy"] for row in rows if row["backdoor_accuracy"] is not None]
     malicious = [row["malicious_selected"] for row in rows]
     return {
@@ -182,7 +184,7 @@ def replot(out_dir: str | Path, label: str | None = None) -> list[Path]:
 
 
 def progress_postfix(row: dict[str, Any]) -> dict[str, str]:
-    postfix = {"main": f"{row['main_accuracy']:.1f}%"}
+    postfix = {"main": "not scored" if row["main_accuracy"] is None else f"{row['main_accuracy']:.1f}%"}
     if row["backdoor_accuracy"] is not None:
         postfix["backdoor"] = f"{row['backdoor_accuracy']:.1f}%"
     postfix["malicious"] = str(row["malicious_selected"])

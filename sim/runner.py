@@ -33,7 +33,7 @@ from sim.engines.registry import build_engine, describe_engine, resolve_engine
 from sim.errors import ConfigError
 from sim.io import (ATTACK_EFFECT_PLOT_FILE, CHECKPOINT_FILE, CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, PLOT_FILE,
                     SUMMARY_FILE, check_names, lock_folder, write_atomic)
-from sim.metrics import Scorer, TestSet
+from sim.metrics import Scorer, TestSet, is_scored_round
 from sim.models import build_model, flatten_parameters, trainable_parameters
 from sim.reporting import (RoundRecord, ids_text, metrics_csv_text, progress_postfix, read_finished, summarize,
                            write_outputs)
@@ -262,8 +262,12 @@ def _round(cfg: Config, parts: _Parts, global_params: torch.Tensor, round_index:
     aggregation = parts.aggregator(updates, parts.aggregation_context(cfg, round_index, selected, global_params))
     update = aggregation.update.to(device=global_params.device, dtype=global_params.dtype)
     candidate = global_params + update
-    scores = parts.scores(cfg, candidate) if bool(torch.isfinite(candidate).all()) else None
-    rejected = scores is None or not math.isfinite(scores["test_loss"])
+    # An unscored round (eval.every) checks the parameters alone: a finite model whose test loss
+    # is not finite is rejected only in a scored round.
+    scored = is_scored_round(round_index, cfg.rounds, cfg.eval.every)
+    finite = bool(torch.isfinite(candidate).all())
+    scores = parts.scores(cfg, candidate) if finite and scored else None
+    rejected = not finite or (scored and not math.isfinite(scores["test_loss"]))
     if rejected:
         # The server keeps the previous model rather than one it cannot use (docs/architecture.md,
         # "A bad aggregate").
@@ -272,20 +276,20 @@ def _round(cfg: Config, parts: _Parts, global_params: torch.Tensor, round_index:
                   f"(|update| max {float(aggregation.update.abs().max()):.3g}); it is rejected and the previous "
                   "model kept (metrics.csv: aggregate_rejected=1)", file=sys.stderr, flush=True)
         update = torch.zeros_like(update)
-        scores = parts.scores(cfg, global_params)
+        scores = parts.scores(cfg, global_params) if scored else None
     else:
         global_params = candidate
     parts.uploads.observe(update)
     # The shadow step comes after everything of the run's own round, so it changes nothing of it.
-    effect = {} if parts.shadow is None else parts.shadow.step(global_params, selected, round_index)
+    effect = {} if parts.shadow is None else parts.shadow.step(global_params, selected, round_index, scored=scored)
     malicious = set(parts.malicious)
     malicious_in_round = [c for c in selected if c in malicious]
-    backdoor = scores["backdoor_accuracy"]
+    scores = scores or {"main_accuracy": None, "backdoor_accuracy": None, "test_loss": None}  # an unscored round
     return global_params, RoundRecord(
         round=round_index,
-        main_accuracy=float(scores["main_accuracy"]),
-        backdoor_accuracy=None if backdoor is None else float(backdoor),
-        test_loss=float(scores["test_loss"]),
+        main_accuracy=_float_or_none(scores["main_accuracy"]),
+        backdoor_accuracy=_float_or_none(scores["backdoor_accuracy"]),
+        test_loss=_float_or_none(scores["test_loss"]),
         malicious_selected=len(malicious_in_round),
         selected=ids_text(selected),
         malicious_ids=ids_text(malicious_in_round),
@@ -296,3 +300,7 @@ def _round(cfg: Config, parts: _Parts, global_params: torch.Tensor, round_index:
         **effect,
     )
 
+
+
+def _float_or_none(value) -> float | None:
+    return None if value is None else float(value)
