@@ -215,7 +215,24 @@ def load_flat_parameters_(module: nn.Module, flat: Tensor) -> None:
 SCORING_CONV_CHUNK = 100
 
 
-class _ChunkedConv2d(nn.Module):
+class _KeptOutputs(nn.Module):
+    """A scoring layer that writes its output into tensors it keeps from call to call (one per
+    shape): a fresh tensor of a whole batch's activations (tens of MB) comes from the OS as new
+    pages, and touching them first costs more than the arithmetic on them. So the output of such
+    a layer is valid only until the layer's next call; the scoring forward consumes it before."""
+
+    def __init__(self):
+        super().__init__()
+        self._kept: dict[tuple, Tensor] = {}
+
+    def kept(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        key = (name, tuple(shape), like.dtype, like.device)
+        if key not in self._kept:
+            self._kept[key] = like.new_empty(shape)
+        return self._kept[key]
+
+
+class _ChunkedConv2d(_KeptOutputs):
     """A Conv2d run over chunks of the batch, written into one output tensor. Each image's
     output depends on that image alone, and the CPU convolution gives the same values at any
     batch size (tests/sim/test_metrics.py pins this), so the output equals the whole batch's."""
@@ -229,33 +246,53 @@ class _ChunkedConv2d(nn.Module):
         if x.device.type != "cpu" or x.shape[0] <= self.chunk:
             return self.conv(x)  # a GPU's library may pick its algorithm by batch size
         first = self.conv(x[: self.chunk])
-        out = first.new_empty((x.shape[0], *first.shape[1:]))
+        out = self.kept("out", (x.shape[0], *first.shape[1:]), first)
         out[: self.chunk] = first
         for start in range(self.chunk, x.shape[0], self.chunk):
             out[start : start + self.chunk] = self.conv(x[start : start + self.chunk])
         return out
 
 
-def _max_pool_2x2(x: Tensor) -> Tensor:
-    # max_pool2d(x, 2) as the maximum of the window's four strided views: the same values (a
-    # maximum does not depend on the order it is taken in; NaN propagates as in max_pool2d),
-    # without the CPU kernel's per-window loop and index output.
-    height, width = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
-    return torch.maximum(torch.maximum(x[..., 0:height:2, 0:width:2], x[..., 0:height:2, 1:width:2]),
-                         torch.maximum(x[..., 1:height:2, 0:width:2], x[..., 1:height:2, 1:width:2]))
+class _BatchNormInto(_KeptOutputs):
+    """A batch-statistics BatchNorm layer computed by the same CPU kernel (`native_batch_norm`,
+    its `out=` form) into kept tensors."""
 
-
-class _MaxPool2x2(nn.Module):
-    def forward(self, x: Tensor) -> Tensor:
-        return _max_pool_2x2(x)
-
-
-class _MaxPool2x2ThenReLU(nn.Module):
-    """ReLU then 2x2 max-pooling, computed as pooling then ReLU on a quarter of the values: the
-    two commute exactly (ReLU is monotone)."""
+    def __init__(self, norm: nn.modules.batchnorm._BatchNorm):
+        super().__init__()
+        self.norm = norm
 
     def forward(self, x: Tensor) -> Tensor:
-        return _max_pool_2x2(x).relu_()
+        norm = self.norm
+        if x.device.type != "cpu" or not x.is_contiguous() or x.numel() <= x.shape[1]:
+            return norm(x)  # (one value per channel: the layer's own error)
+        channels = (x.shape[1],)
+        out = self.kept("out", tuple(x.shape), x)
+        torch.ops.aten.native_batch_norm.out(x, norm.weight, norm.bias, None, None, True, 0.0, norm.eps, out=out,
+                                             save_mean=self.kept("mean", channels, x),
+                                             save_invstd=self.kept("invstd", channels, x))
+        return out
+
+
+class _MaxPool2x2(_KeptOutputs):
+    """max_pool2d(x, 2) as the maximum of the window's four strided views: the same values (a
+    maximum does not depend on the order it is taken in; NaN propagates as in max_pool2d),
+    without the CPU kernel's per-window loop and index output. With `relu`: ReLU then the
+    pooling, computed as the pooling then ReLU on a quarter of the values (the two commute
+    exactly, ReLU being monotone)."""
+
+    def __init__(self, relu: bool = False):
+        super().__init__()
+        self.relu = relu
+
+    def forward(self, x: Tensor) -> Tensor:
+        height, width = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
+        shape = (*x.shape[:-2], height // 2, width // 2)
+        top = self.kept("top", shape, x)
+        out = self.kept("out", shape, x)
+        torch.maximum(x[..., 0:height:2, 0:width:2], x[..., 0:height:2, 1:width:2], out=top)
+        torch.maximum(x[..., 1:height:2, 0:width:2], x[..., 1:height:2, 1:width:2], out=out)
+        torch.maximum(top, out, out=out)
+        return out.relu_() if self.relu else out
 
 
 def _is_plain_2x2_pool(module: nn.Module) -> bool:
@@ -271,6 +308,8 @@ def _rewrite_for_scoring(module: nn.Module, chunk: int) -> None:
     for name, child in list(module.named_children()):
         if type(child) is nn.Conv2d:
             setattr(module, name, _ChunkedConv2d(child, chunk))
+        elif type(child) in (nn.BatchNorm1d, nn.BatchNorm2d) and not child.track_running_stats:
+            setattr(module, name, _BatchNormInto(child))
         elif _is_plain_2x2_pool(child):
             setattr(module, name, _MaxPool2x2())
         else:
@@ -280,7 +319,7 @@ def _rewrite_for_scoring(module: nn.Module, chunk: int) -> None:
         for first, second in zip(names, names[1:]):
             if type(module._modules[first]) is nn.ReLU and type(module._modules[second]) is _MaxPool2x2:
                 module._modules[first] = nn.Identity()
-                module._modules[second] = _MaxPool2x2ThenReLU()
+                module._modules[second] = _MaxPool2x2(relu=True)
 
 
 def scoring_copy(model: nn.Module, *, conv_chunk: int = SCORING_CONV_CHUNK) -> nn.Module:
@@ -288,7 +327,10 @@ def scoring_copy(model: nn.Module, *, conv_chunk: int = SCORING_CONV_CHUNK) -> n
     `load_flat_parameters_` fills it like the model) and, for every input, the same output bit
     for bit, computed faster on a CPU: convolutions over chunks of `conv_chunk` images into one
     buffer (BatchNorm still sees the whole batch), 2x2 max-pooling as a maximum of strided views,
-    and ReLU moved after a 2x2 max-pool that follows it. `model` is left as it is."""
+    ReLU moved after a 2x2 max-pool that follows it, and the whole-batch activations written into
+    tensors kept from one call to the next. So an activation of one call is overwritten by the
+    next: the copy is for scoring, whose logits (a Linear layer's fresh output) are used before the
+    next batch. `model` is left as it is."""
     scoring = copy.deepcopy(model)
     _rewrite_for_scoring(scoring, conv_chunk)
     return scoring

@@ -152,6 +152,9 @@ def test_the_scoring_copy_gives_the_models_logits_bit_for_bit(name, shape):
     with torch.inference_mode():
         assert torch.equal(copy(x[1:]), model(x[1:]))
         assert torch.equal(copy(x).isnan(), model(x).isnan())
+        # the activations it keeps from call to call carry nothing over
+        assert torch.equal(copy(-x[1:]), model(-x[1:]))
+        assert torch.equal(copy(x[1:]), model(x[1:]))
     # its own parameters, in the model's order, so that a flat vector loads alike
     assert [param.shape for param in copy.parameters()] == [param.shape for param in model.parameters()]
     assert all(a.data_ptr() != b.data_ptr() for a, b in zip(copy.parameters(), model.parameters()))
