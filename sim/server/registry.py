@@ -11,10 +11,14 @@ from typing import Any
 
 from sim.errors import ConfigError
 from sim.server.base import Aggregator, ServerSetup, build_rule
+from sim.server.centered_clipping import CenteredClipping
 from sim.server.coordinatewise import Median, TrimmedMean
 from sim.server.fedavg import FedAvg
 from sim.server.fltk import FltkBulyan, FltkMultiKrum
 from sim.server.krum import Bulyan, Krum, MultiKrum
+from sim.server.norm_clipping import NormClipping
+from sim.server.rfa import RFA
+from sim.server.rlr import RLR
 from sim.server.robust_dpfl import RobustDPFL
 from sim.server.sparsefed import SparseFed
 
@@ -29,6 +33,10 @@ AGGREGATORS: dict[str, type[Aggregator]] = {
     "fltk_multikrum": FltkMultiKrum,
     "fltk_bulyan": FltkBulyan,
     "robust_dpfl": RobustDPFL,
+    "norm_clipping": NormClipping,
+    "rlr": RLR,
+    "rfa": RFA,
+    "centered_clipping": CenteredClipping,
 }
 
 
