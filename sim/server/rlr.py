@@ -67,7 +67,8 @@ class RLR(Aggregator):
 
     def _aggregate(self, updates: Tensor, context: AggregationContext) -> tuple[Tensor, list[int]]:
         def block(rows: Tensor) -> Tensor:
-            agreement = ((rows > 0).sum(dim=0) - (rows < 0).sum(dim=0)).abs()
+            # Signs summed in the rows' dtype: whole numbers up to n, exact below 2**24 rows.
+            agreement = torch.sign(rows).sum(dim=0, dtype=torch.float32).abs()
             mean = row_mean(rows)
             return torch.where(agreement >= self.threshold, mean, -mean)
 
