@@ -127,7 +127,7 @@ def numpy_trimmed_mean(a: np.ndarray, t: int) -> np.ndarray:
 BIG = 100_000_000
 NEEDS_COPIES = ("torch.cdist Krum scores", "torch.cdist + torch.sort Bulyan", "torch.sort trimmed mean",
                 "torch sign vote", "np sign vote", "torch Weiszfeld", "np Weiszfeld",
-                "torch centered clipping", "np centered clipping", "torch clip + mean")
+                "torch centered clipping", "np centered clipping", "torch clip + mean", "np norms + matvec")
 
 
 def plain_weiszfeld(x, nu: float, steps: int, ftol: float, lib):

@@ -14,6 +14,7 @@
 # top-level __init__ (the aggregator files run unchanged). Exits non-zero, saying why, when
 # something cannot be installed (e.g. offline without the packages on disk).
 set -euo pipefail
+trap 'echo "byzfl_venv.sh: failed (exit $?) at: $BASH_COMMAND" >&2' ERR
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${BYZFL_VENV:-/tmp/leadfl-byzfl-venv}
