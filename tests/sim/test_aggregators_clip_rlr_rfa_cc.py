@@ -6,6 +6,7 @@ The comparison with the peer library ByzFL is in test_aggregators_byzfl.py."""
 
 from __future__ import annotations
 
+import csv
 import math
 
 import numpy as np
@@ -386,6 +387,24 @@ def test_each_rule_runs_on_both_engines_with_the_same_selections(tmp_path, name)
         assert got["kept"] == expected["kept"] and got["selected"] == expected["selected"]
         assert got["aggregate_rejected"] == expected["aggregate_rejected"] == 0
         assert got["test_loss"] == pytest.approx(expected["test_loss"], rel=1e-3)
+
+
+
+def metrics_rows(folder):
+    with open(folder / "metrics.csv", newline="") as stream:
+        return [{k: v for k, v in row.items() if k != "wall_time_s"} for row in csv.DictReader(stream)]
+
+
+@pytest.mark.parametrize("name", ["centered_clipping", "norm_clipping"])
+def test_a_resumed_run_matches_an_uninterrupted_one(tmp_path, name):
+    # centered_clipping's center is the previous global update, which the checkpoint carries;
+    # norm_clipping's noise comes from the round's stream.
+    pytest.importorskip("leadfl_ext")
+    settings = [*RUN, f"server.aggregator={name}", *SETTINGS[name]]
+    runner.run(load_config(overrides=[*settings, "rounds=3"]), tmp_path / "straight", progress=False)
+    runner.run(load_config(overrides=[*settings, "rounds=2"]), tmp_path / "stopped", progress=False)
+    runner.run(load_config(overrides=[*settings, "rounds=3"]), tmp_path / "stopped", resume=True, progress=False)
+    assert metrics_rows(tmp_path / "stopped") == metrics_rows(tmp_path / "straight")
 
 
 def test_the_rules_are_registered():
