@@ -365,12 +365,17 @@ def _unknown_key_error(path: str, cls: type, source: str) -> ConfigError:
     )
 
 
+def _short_repr(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... (a {type(value).__name__})"
+
+
 def _check_keys(raw: Any, cls: type, source: str, prefix: str = "") -> None:
     """Reject unknown keys and sections given as scalars, recursively."""
     where = prefix.rstrip(".") or "the top level"
     if not isinstance(raw, dict):
         raise ConfigError(
-            f"{where} in {source} must be a mapping of settings, got {raw!r}; "
+            f"{where} in {source} must be a mapping of settings, got {_short_repr(raw)}; "
             f"fix: write it as 'key: value' lines"
         )
     fields = _fields_by_name(cls)
