@@ -47,3 +47,38 @@ def test_the_share_table_is_read_from_the_output_block(tmp_path):
 def test_committed_documents_quote_only_measured_shares():
     assert findings_checks.check_r_share() == 0
 
+
+
+def test_an_interval_excludes_zero_only_when_the_half_width_is_smaller_than_the_mean():
+    # By hand: [1, 1.2, 1.4] has mean 1.2, sample deviation 0.2, half-width 4.303 * 0.2 / sqrt(3) = 0.50.
+    assert findings_checks.excludes_zero([1.0, 1.2, 1.4])
+    # [0.2, 1.2, 2.2]: mean 1.2, deviation 1.0, half-width 2.48 > 1.2.
+    assert not findings_checks.excludes_zero([0.2, 1.2, 2.2])
+    assert not findings_checks.excludes_zero([5.0])  # one seed: no interval, nothing excluded
+
+
+def test_kept_malicious_uploads_are_counted_from_the_id_columns(tmp_path):
+    (tmp_path / "metrics.csv").write_text(
+        "round,backdoor_accuracy,malicious_selected,malicious_ids,kept\n"
+        "0,1.0,2,3 7,1 2 3 4\n"        # 3 kept, 7 dropped
+        "1,1.0,0,,1 2 3\n"
+        "2,1.0,1,9,1 2 3\n"            # 9 dropped
+        "3,1.0,2,3 9,3 9 11\n")        # both kept
+    by_round = findings_checks.malicious_kept_by_round(tmp_path)
+    assert by_round == {0: (2, 1), 1: (0, 0), 2: (1, 0), 3: (2, 2)}
+    assert findings_checks.kept_text(by_round) == (
+        "kept 3 of 5 malicious uploads (1 a round: 0 of 1 (1 rounds); 2 a round: 3 of 4 (2 rounds))")
+    assert findings_checks.kept_text(by_round, range(1, 3)).startswith("kept 0 of 1 ")
+
+
+def test_a_results_table_must_be_one_of_its_source_files(tmp_path):
+    source = "caption\n\n| a | n |\n| --- | ---: |\n| x | 5 |\n"
+    document = ("| hand summary |\n| --- |\n\ntext\n\n| a | n |\n| --- | ---: |\n| x | 5 |\n\n"
+                "| a | n |\n| --- | ---: |\n| x | 1 |\n")
+    # The first table is the document's own summary; the second is the source's; the third is not.
+    assert findings_checks.foreign_tables(document, [source]) == ["| a | n |"]
+    assert findings_checks.foreign_tables(document.rsplit("\n\n", 1)[0], [source]) == []
+
+
+def test_the_alpha_frontier_readme_shows_the_five_seed_tables():
+    assert findings_checks.check_frontier_tables() == 0
