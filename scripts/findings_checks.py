@@ -24,6 +24,9 @@ Checks:
                    (docs/results/table1-fmnist/LeadFL-hessian/metrics.csv)
   switches-kept    section 4: malicious uploads kept in rounds 1-9 of the authors' setting and
                    each switch (docs/results/table1-fmnist-authors{,-switches}/*/metrics.csv)
+  authors-bursts   section 4 and the verdict: the rounds after each burst of 5 malicious clients in
+                   the authors' setting, what the server kept and where the backdoor went
+                   (docs/results/table1-fmnist-authors/{None,LeadFL}/metrics.csv)
   demo-kept        sections 1 and 2: malicious uploads kept per variant and seed at demo scale
                    (docs/results/{decomposition,decomposition-controls,alpha-frontier}/seed*/)
 
@@ -341,6 +344,29 @@ def check_switches_kept() -> None:
     print()
 
 
+def check_authors_bursts() -> None:
+    folder = RESULTS / "table1-fmnist-authors"
+    print("## authors-bursts: docs/results/table1-fmnist-authors/{None,LeadFL}/metrics.csv")
+    for name in ("LeadFL", "None"):
+        backdoor = backdoor_by_round(folder / name)
+        kept = malicious_kept_by_round(folder / name)
+        last = max(backdoor)
+        bursts = [r for r in sorted(kept) if kept[r][0] == 5]
+        print(f"  {name}: bursts (5 malicious) in rounds {', '.join(map(str, bursts))}")
+        for burst, following in zip(bursts, bursts[1:] + [last + 1]):
+            between = range(burst + 1, following)
+            if not between:
+                continue
+            held = sum(kept[r][1] for r in between)
+            uploads = sum(kept[r][0] for r in between)
+            values = [backdoor[r][0] for r in between]
+            tenth = f", round {burst + 10}: {backdoor[burst + 10][0]:.1f}%" if burst + 10 in between else ""
+            print(f"    after round {burst}: rounds {between.start}-{between.stop - 1} ({len(between)}), "
+                  f"kept {held} of {uploads} malicious uploads, backdoor {min(values):.1f}-{max(values):.1f}%"
+                  f"{tenth}, last {values[-1]:.1f}%")
+    print()
+
+
 def check_demo_kept() -> None:
     print("## demo-kept: malicious uploads kept at demo scale, per variant (seeds 0-4 summed, then per seed)")
     for name in ("decomposition", "decomposition-controls", "alpha-frontier"):
@@ -365,7 +391,7 @@ CHECKS = {"lr-x2": check_lr_x2, "drift-alpha": check_drift_alpha,
           "original-demo": check_original_demo, "curvature-alpha": check_curvature_alpha,
           "frontier-tables": check_frontier_tables, "table1-kept": check_table1_kept,
           "table1-hessian": check_table1_hessian, "switches-kept": check_switches_kept,
-          "demo-kept": check_demo_kept}
+          "authors-bursts": check_authors_bursts, "demo-kept": check_demo_kept}
 
 
 def main(argv=None) -> int:
