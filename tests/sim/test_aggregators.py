@@ -7,6 +7,7 @@ from sim.server.coordinatewise import Median, TrimmedMean
 from sim.server.fedavg import FedAvg
 from sim.server.fltk import FltkBulyan, FltkMultiKrum
 from sim.server.krum import Bulyan, Krum, MultiKrum, default_f
+from sim.server.prodigy import Prodigy
 from sim.server.registry import AGGREGATORS, build_aggregator
 from sim.server.robust_dpfl import RobustDPFL
 from sim.server.sparsefed import SparseFed
@@ -244,6 +245,7 @@ def standard_instances():
         "fltk_multikrum": FltkMultiKrum(),
         "fltk_bulyan": FltkBulyan(),
         "robust_dpfl": RobustDPFL(),
+        "prodigy": Prodigy(f=2),
     }
 
 
