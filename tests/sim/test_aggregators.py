@@ -8,6 +8,7 @@ from sim.server.coordinatewise import Median, TrimmedMean
 from sim.server.fedavg import FedAvg
 from sim.server.fltk import FltkBulyan, FltkMultiKrum
 from sim.server.krum import Bulyan, Krum, MultiKrum, default_f
+from sim.server.prodigy import Prodigy
 from sim.server.registry import AGGREGATORS, build_aggregator
 from sim.server.norm_clipping import NormClipping
 from sim.server.rfa import RFA
@@ -252,6 +253,7 @@ def standard_instances():
         "rlr": RLR(threshold=2),
         "rfa": RFA(),
         "centered_clipping": CenteredClipping(tau=1.0),
+        "prodigy": Prodigy(f=2),
     }
 
 
