@@ -40,6 +40,7 @@ from sim.engines.distributed import broadcast_object, init_from_env, is_main_pro
 from sim import yaml_input
 from sim.errors import ConfigError
 from sim.io import CHECKPOINT_FILE, METRICS_FILE, SUMMARY_FILE, check_names, check_within, inside, lock_folder, read_json_file, write_atomic
+from sim.attacks.data.registry import description as attack_description
 from sim.metrics import attack_metric_name
 from sim.jobs import LocalBackend, Trial, TrialResult, run_trials
 from sim.plots import plot_comparison, plot_comparison_bands
@@ -168,7 +169,7 @@ def seeds_text(seeds: list[int]) -> str:
 
 def caption_for(cfg: Config, seeds: list[int] | None = None) -> str:
     """What every variant shares, in one sentence above the table."""
-    attack = {"backdoor": "9-pixel backdoor", "label_flip": "label flipping", "none": "no attack"}[cfg.attack.type]
+    attack = attack_description(cfg.attack.type)
     if cfg.model_poisoning.type != "none":
         attack = f"model poisoning {cfg.model_poisoning.type}" + (f" with {attack}" if cfg.attack.type != "none" else "")
     if cfg.privacy.type != "none":

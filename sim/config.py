@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 
-from sim.attacks.data_poisoning import ATTACK_TYPES, BLEND_RULES, TRIGGER_VALUES
+from sim.attacks.data.registry import DATA_POISONING
+from sim.attacks.data_poisoning import TRIGGER_VALUES
 from sim.attacks.model_poisoning import MODEL_POISONING
 from sim.data import DATASET_NAMES, PARTITION_SCHEMES, check_synthetic_size
 from sim.defenses.client import CLIENT_DEFENSES, LEADFL_VARIANTS, MOMENTUM_RESETS, check_client_defense
@@ -56,8 +57,7 @@ PARTITIONS = tuple(PARTITION_SCHEMES)
 MODEL_NAMES = tuple(MODELS)
 ENGINE_NAMES = (*ENGINES, AUTO)
 SCHEDULES = tuple(SELECTION_SCHEDULES)
-ATTACKS = tuple(ATTACK_TYPES)
-BLENDS = tuple(BLEND_RULES)
+ATTACKS = tuple(DATA_POISONING)
 CLIENT_DEFENSE_NAMES = tuple(CLIENT_DEFENSES)
 LEADFL_VARIANT_NAMES = tuple(LEADFL_VARIANTS)
 AGGREGATOR_NAMES = tuple(AGGREGATORS)
@@ -140,15 +140,17 @@ class TrainingConfig:
     memory_format: str = setting("contiguous", "str", choices=tuple(MEMORY_FORMATS))
 
 
-@dataclass
-class AttackConfig:
-    type: str = setting("backdoor", "str", choices=ATTACKS)
-    target_label: int = setting(8, "int", low=0)
-    blend: str = setting("mgda", "str", choices=BLENDS)
-    blend_weight: float = setting(0.5, "float", low=0, high=1)
-    boost: float = setting(1.0, "float", low=0, low_open=True)
+# The data-poisoning attack of the malicious clients (sim.attacks.data): shared settings, then each
+# attack's own under its name (`attack.backdoor.blend`).
+AttackConfig = component_section("AttackConfig", [
+    ("type", str, setting("backdoor", "str", choices=ATTACKS)),
+    # The class the triggered test set is scored against (under every attack, sim.metrics).
+    ("target_label", int, setting(8, "int", low=0)),
+    # Malicious update scale factor.
+    ("boost", float, setting(1.0, "float", low=0, low_open=True)),
     # data_range: the trigger takes the data's max/min; authors: the LeadFL code's normalised values.
-    trigger_values: str = setting("data_range", "str", choices=TRIGGER_VALUES)
+    ("trigger_values", str, setting("data_range", "str", choices=TRIGGER_VALUES)),
+], {name: cls for name, cls in DATA_POISONING.items() if cls is not None})
 
 
 @dataclass
@@ -233,6 +235,8 @@ class Config:
 # folder's config.yaml, a compare section) that uses an old name is read under the new one, with
 # a notice for files a user writes; `--set` with an old name is refused, naming the new one.
 MOVED_SETTINGS: dict[str, tuple[str, ...]] = {
+    "attack.blend": ("attack.backdoor.blend",),
+    "attack.blend_weight": ("attack.backdoor.blend_weight",),
     "server.m": ("server.multikrum.m",),
     "server.trim_beta": ("server.trimmed_mean.beta",),
     "server.sparsefed_k": ("server.sparsefed.k",),

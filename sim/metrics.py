@@ -8,14 +8,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sim.attacks.data.registry import metric_name
+
 __all__ = ["attack_metric_name", "evaluate"]
 
 
 def attack_metric_name(attack_type: str) -> str:
     """What the `backdoor_accuracy` score measures under `attack.type`, for tables and plots: the
-    triggered images sent to the target label are a backdoor's success only when a backdoor is
-    trained (under label flipping or no attack it is the clean model's trigger-to-target rate)."""
-    return "backdoor accuracy" if attack_type == "backdoor" else "trigger-to-target rate (no backdoor trained)"
+    triggered images sent to the target label are a backdoor's success only when the attack trains
+    one (`DataPoisoningAttack.trains_backdoor`); otherwise it is the model's trigger-to-target rate."""
+    return metric_name(attack_type)
 
 
 def _check_batch_size(batch_size: int) -> None:

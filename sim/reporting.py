@@ -79,13 +79,15 @@ def key_settings(cfg: Config) -> dict[str, Any]:
         settings["selection.override_malicious"] = cfg.selection.override_malicious
     if cfg.attack.trigger_values != "data_range":
         settings["attack.trigger_values"] = cfg.attack.trigger_values
-    # The chosen rule's own settings, where they are off their defaults.
-    rule_settings = getattr(cfg.server, cfg.server.aggregator, None)
-    if rule_settings is not None:
-        defaults = type(rule_settings)()
-        for name, value in dataclasses.asdict(rule_settings).items():
-            if value != getattr(defaults, name):
-                settings[f"server.{cfg.server.aggregator}.{name}"] = value
+    # The chosen rule's and attack's own settings, where they are off their defaults.
+    for section, chosen in ((cfg.server, cfg.server.aggregator), (cfg.attack, cfg.attack.type)):
+        own = getattr(section, chosen, None)
+        if dataclasses.is_dataclass(own):
+            defaults = type(own)()
+            prefix = "server" if section is cfg.server else "attack"
+            for name, value in dataclasses.asdict(own).items():
+                if value != getattr(defaults, name):
+                    settings[f"{prefix}.{chosen}.{name}"] = value
     return settings
 
 

@@ -1,7 +1,6 @@
-"""Client attacks: the 9-pixel backdoor (trigger, two-task MGDA weight) and label flipping.
-
-The training loop in `sim.engines.schedules` applies these per minibatch; this module holds the pieces
-that can be checked by hand.
+"""The pieces of the data-poisoning attacks that can be checked by hand: the 9-pixel trigger and
+its values, the two-task MGDA weight, label shifts. The attacks themselves, one class per file,
+are in `sim.attacks.data` (registry: `sim.attacks.data.registry.DATA_POISONING`).
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ from torch import Tensor
 
 from sim.errors import ConfigError
 
-ATTACK_TYPES = ("none", "backdoor", "label_flip")
 BLEND_RULES = ("mgda", "fixed")
 # The values of the trigger's high / low pixels (attack.trigger_values): the data range's max / min,
 # or the LeadFL authors' values.

@@ -31,15 +31,7 @@ from typing import Protocol, Sequence
 import torch
 from torch import Tensor
 
-from sim.attacks.data_poisoning import (
-    ATTACK_TYPES,
-    BLEND_RULES,
-    draw_label_shifts,
-    flip_labels,
-    mgda_backdoor_weights,
-    poison_batch,
-    trigger_values,
-)
+from sim.attacks.data.registry import build_attack, check_attack
 from sim.data import Dataset
 from sim.defenses.client import SGD, build_update_rule
 from sim.engines.schedules import local_lr, num_local_steps, plan_batches
@@ -97,24 +89,7 @@ def check_training_settings(training, attack, num_classes: int) -> None:
             f"training.local_steps = {training.local_steps!r} must be an integer >= 1, or null to use "
             "training.local_epochs.",
         )
-    _require(
-        attack.type in ATTACK_TYPES,
-        f"attack.type = {attack.type!r} is not a known attack; allowed: {', '.join(ATTACK_TYPES)}.",
-    )
-    if attack.type == "backdoor":
-        _require(
-            isinstance(attack.target_label, int) and 0 <= attack.target_label < num_classes,
-            f"attack.target_label = {attack.target_label!r} is not a class of the dataset (0..{num_classes - 1}); "
-            "fix: --set attack.target_label=8",
-        )
-        _require(
-            attack.blend in BLEND_RULES,
-            f"attack.blend = {attack.blend!r} is not a known blend rule; allowed: {', '.join(BLEND_RULES)}.",
-        )
-        _require(
-            0 <= attack.blend_weight <= 1,
-            f"attack.blend_weight = {attack.blend_weight!r} must be in [0, 1] (the backdoor loss's weight).",
-        )
+    check_attack(attack, num_classes)
     _require(attack.boost > 0, f"attack.boost = {attack.boost!r} must be > 0 (1 = no boosting).")
     memory_format_of(training)
 
@@ -128,7 +103,8 @@ class ClientTraining:
     """
 
     def __init__(self, dataset: Dataset, training, attack, client_defense, *, names: Sequence[str], seed: int,
-                 rounds: int | None, device, shapes: Sequence[Sequence[int]] | None = None):
+                 rounds: int | None, device, shapes: Sequence[Sequence[int]] | None = None,
+                 malicious: Sequence[int] = ()):
         check_training_settings(training, attack, dataset.num_classes)
         self.dataset = dataset
         self.training = training
@@ -140,20 +116,22 @@ class ClientTraining:
         self.rule = build_update_rule(client_defense, momentum=momentum, names=names, shapes=shapes)
         # Rows none of which runs the client defense take plain SGD.
         self.plain_rule = SGD(client_defense, momentum=momentum, names=names)
-        hi, lo = trigger_values(dataset, getattr(attack, "trigger_values", "data_range"))
-        self.trigger_hi, self.trigger_lo = hi.to(self.device), lo.to(self.device)
+        # The data-poisoning attack (sim.attacks.data): the role of the malicious clients, None for `none`.
+        self.poisoning = build_attack(attack, dataset, self.device, malicious)
 
     def roles(self, clients: Sequence[int], malicious) -> list[str]:
         """Each client's role: the attack for a malicious client (when there is one), else benign."""
-        attack = self.attack.type
-        return [attack if client in malicious and attack != "none" else BENIGN for client in clients]
+        if self.poisoning is None:
+            return [BENIGN] * len(clients)
+        return [self.poisoning.name if client in malicious else BENIGN for client in clients]
 
     def forward_passes(self, roles: Sequence[str], client_indices: Sequence[Tensor]) -> list[int]:
         """Each client's training-mode forward passes in a round: what every BatchNorm layer's
         `num_batches_tracked` counter would have grown by in the LeadFL code's state dicts.
 
-        Per local step: 2 for `backdoor` (the triggered and the clean batch, MGDA or fixed blend),
-        1 for `label_flip` and plain benign training, and for a benign row under the client
+        Per local step: the attack's `passes_per_step` for a malicious row (2 for `backdoor`: the
+        triggered and the clean batch, MGDA or fixed blend; 1 for `label_flip`), 1 for plain
+        benign training, and for a benign row under the client
         defense 2 if its rule evaluates the lookahead gradient (LeadFL `hessian`), else 1 (the
         authors' LeadFL, `original`, runs one forward pass per batch: its second step reuses
         the gradient). Plus `LOCAL_TEST_PASSES`. A client without data trains no step.
@@ -162,9 +140,9 @@ class ClientTraining:
         for role, indices in zip(roles, client_indices):
             samples = int(indices.numel())
             steps = num_local_steps(self.training, samples) if samples > 0 else 0
-            if role == "backdoor":
-                per_step = 2
-            elif role == BENIGN and self.rule.needs_lookahead:
+            if role != BENIGN:
+                per_step = self.poisoning.passes_per_step
+            elif self.rule.needs_lookahead:
                 per_step = 2
             else:
                 per_step = 1
@@ -194,7 +172,8 @@ class ClientTraining:
             for client, indices in zip(clients, client_indices)
         ]
         steps = [plan.num_steps if plan is not None else 0 for plan in plans]
-        label_shifts = self._label_shifts(roles, plans, steps)
+        if self.poisoning is not None:
+            self.poisoning.start_round(clients, roles, plans, steps)
         lookahead_rows = defended if rule.needs_lookahead else None
 
         finished = [False] * n
@@ -206,7 +185,7 @@ class ClientTraining:
                 for row in newly_finished:
                     finished[row] = True
             batches = [plans[row].batch(step) if active[row] else (None, 0) for row in range(n)]
-            grads, lookahead = self._gradients(gradients, params, roles, batches, label_shifts, step, lookahead_rows, lr)
+            grads, lookahead = self._gradients(gradients, params, roles, batches, step, lookahead_rows, lr)
             rule.step(grads, lookahead, active, [position for _, position in batches], lr)
         rule.finish_rows([row for row in range(n) if not finished[row]])
 
@@ -241,23 +220,15 @@ class ClientTraining:
 
     # ---------------------------------------------------------------------------------------
 
-    def _label_shifts(self, roles, plans, steps) -> Tensor | None:
-        if "label_flip" not in roles:
-            return None
-        shifts = torch.zeros(len(roles), max(steps), dtype=torch.int64, device=self.device)
-        for row, (role, plan) in enumerate(zip(roles, plans)):
-            if role == "label_flip" and plan is not None:
-                shifts[row, : plan.num_steps] = draw_label_shifts(plan.num_steps, self.dataset.num_classes, plan.generator).to(self.device)
-        return shifts
-
-    def _gradients(self, gradients, params, roles, batches, label_shifts, step, lookahead_rows, lr):
+    def _gradients(self, gradients, params, roles, batches, step, lookahead_rows, lr):
         """Every active row's gradient at this step (zero for finished rows) and, when the rule
         asks for it, the lookahead gradient of its defended rows (the plain gradient elsewhere)."""
         n = len(roles)
         groups: dict[tuple[str, int], list[int]] = {}
         for row, (indices, _) in enumerate(batches):
             if indices is not None:
-                kind = "backdoor" if roles[row] == "backdoor" else "task"
+                own = roles[row] != BENIGN and not self.poisoning.joins_task_group
+                kind = roles[row] if own else "task"
                 groups.setdefault((kind, int(indices.numel())), []).append(row)
 
         whole = len(groups) == 1 and len(next(iter(groups.values()))) == n
@@ -271,11 +242,11 @@ class ClientTraining:
             x = self.dataset.train_x[indices]
             y = self.dataset.train_y[indices]
             if kind == "task":
-                if label_shifts is not None:
-                    y = flip_labels(y, label_shifts[self._index(rows), step][:, None], self.dataset.num_classes)
+                if self.poisoning is not None:
+                    x, y = self.poisoning.poison_task_batch(x, y, rows, step)
                 group_grads, _ = gradients.task(group_params, x, y)
             else:
-                group_grads = self._backdoor_gradients(gradients, group_params, x, y)
+                group_grads = self.poisoning.gradients(gradients, group_params, x, y, rows, step)
             group_lookahead = None
             if lookahead_rows is not None:
                 positions = [position for position, row in enumerate(rows) if lookahead_rows[row]]
@@ -297,27 +268,6 @@ class ClientTraining:
     def _rows(self, tensors: list[Tensor], rows: Sequence[int]) -> list[Tensor]:
         index = self._index(rows)
         return [t.index_select(0, index) for t in tensors]
-
-    def _backdoor_gradients(self, gradients, params, x, y) -> list[Tensor]:
-        poisoned_x, poisoned_y = poison_batch(x.flatten(0, 1), self.trigger_hi, self.trigger_lo, self.attack.target_label)
-        poisoned_x, poisoned_y = poisoned_x.view_as(x), poisoned_y.view_as(y)
-        if self.attack.blend != "mgda":
-            return gradients.blended(params, x, y, poisoned_x, poisoned_y, float(self.attack.blend_weight))
-        grads_backdoor, loss_backdoor = gradients.task(params, poisoned_x, poisoned_y)
-        grads_clean, loss_clean = gradients.task(params, x, y)
-        rows = x.shape[0]
-        weight = mgda_backdoor_weights(
-            torch.cat([g.reshape(rows, -1) for g in grads_backdoor], dim=1),
-            torch.cat([g.reshape(rows, -1) for g in grads_clean], dim=1),
-            loss_backdoor,
-            loss_clean,
-        ).to(loss_clean.dtype)
-        # The gradient of a*L_b + (1-a)*L_c per row, without a third backward pass.
-        blended = []
-        for g_backdoor, g_clean in zip(grads_backdoor, grads_clean):
-            column = weight.reshape(-1, *([1] * (g_backdoor.dim() - 1)))
-            blended.append(g_backdoor * column + g_clean * (1.0 - column))
-        return blended
 
     def _lookahead(self, gradients, params, grads, x, y, positions, lr) -> list[Tensor]:
         """g~ = grad L(W - lr*g; same batch) at `positions` of a group, `grads` elsewhere."""

@@ -127,7 +127,7 @@ class SequentialEngine(ClientStateOfEngine):
         self.num_parameters = sum(row.numel() for row in self.gradients.rows)
         self.training = ClientTraining(dataset, training, attack, client_defense, names=names, seed=seed,
                                        rounds=rounds, device=self.device,
-                                       shapes=[tuple(param.shape) for _, param in named])
+                                       shapes=[tuple(param.shape) for _, param in named], malicious=malicious)
 
     def train_clients(self, global_params: Tensor, clients: list[int], round: int,
                       roles: Sequence[str] | None = None) -> Tensor:
