@@ -14,6 +14,7 @@ from typing import Any
 
 from sim.attack_effect import summarize_attack_effect
 from sim.config import Config
+from sim.defenses.client import client_defense_class
 from sim.defenses.privacy import privacy_budget
 from sim.errors import ConfigError
 from sim.io import ATTACK_EFFECT_PLOT_FILE, MANIFEST_FILE, METRICS_FILE, PLOT_FILE, SUMMARY_FILE, write_atomic
@@ -49,16 +50,14 @@ def key_settings(cfg: Config) -> dict[str, Any]:
         "server.aggregator": cfg.server.aggregator,
         "eval.test_size": cfg.eval.test_size,
     }
-    if cfg.client_defense.type == "leadfl":
-        settings["client_defense.variant"] = cfg.client_defense.variant
-        settings["client_defense.alpha"] = cfg.client_defense.alpha
-        settings["client_defense.q"] = cfg.client_defense.q
-        if cfg.client_defense.scope is not None:
-            settings["client_defense.scope"] = cfg.client_defense.scope
-        if cfg.client_defense.momentum_reset != "round":
-            settings["client_defense.momentum_reset"] = cfg.client_defense.momentum_reset
-    elif cfg.client_defense.type in ("ldp", "flwbc"):
-        settings["client_defense.noise_scale"] = cfg.client_defense.noise_scale
+    # The client defense's own settings: those it reports always, the others off their defaults.
+    defense = client_defense_class(cfg.client_defense)
+    if defense.settings is not None:
+        defaults = defense.settings()
+        for name in (f.name for f in dataclasses.fields(defense.settings)):
+            value = getattr(cfg.client_defense, name)
+            if name in defense.reported or value != getattr(defaults, name):
+                settings[f"client_defense.{name}"] = value
     rule = AGGREGATORS[cfg.server.aggregator]
     if hasattr(rule, "resolve_f"):  # the rules that assume f Byzantine rows
         settings["server.f (resolved)"] = byzantine_f(
@@ -158,9 +157,7 @@ def write_outputs(
 
 
 def plot_title(cfg: Config, label: str | None) -> str:
-    defense = cfg.client_defense.type
-    if defense == "leadfl":
-        defense = f"leadfl ({cfg.client_defense.variant}, alpha {cfg.client_defense.alpha:g})"
+    defense = client_defense_class(cfg.client_defense).title(cfg.client_defense)
     title = f"{cfg.data.dataset}, {cfg.server.aggregator}, client defense {defense}, {cfg.selection.schedule} selection"
     if cfg.model_poisoning.type != "none":
         title += f", model poisoning {cfg.model_poisoning.type}"

@@ -47,6 +47,7 @@ from typing import Any, Callable
 
 from sim import yaml_input
 from sim.attacks.data.registry import training_cost as attack_training_cost
+from sim.defenses.client import client_defense_class
 from sim.config import MOVED_SETTINGS, CONFIGS_DIR, Config, apply_overrides, load_config, setting_paths, to_dict
 from sim.errors import ConfigError
 from sim.io import CHECKPOINT_FILE, FolderLock, check_names, check_within, inside, lock_folder, read_json_file, write_atomic
@@ -375,7 +376,8 @@ def trial_cost(config: Config) -> float:
         malicious = min(config.selection.fixed_malicious, per_round_clients)
     else:
         malicious = per_round_clients * config.clients.num_malicious / config.clients.num_clients
-    benign_passes = 6 if config.client_defense.type == "leadfl" and config.client_defense.variant == "hessian" else 3
+    # A rule that differentiates at the lookahead point runs a second forward and backward pass.
+    benign_passes = 6 if client_defense_class(config.client_defense).needs_lookahead else 3
     malicious_passes = attack_training_cost(config.attack)
     samples = steps * config.training.batch_size
     test_size = config.eval.test_size or (10000 if config.data.dataset != "synthetic" else

@@ -19,6 +19,7 @@ import torch
 
 from sim.attacks.data.base import DataPoisoningAttack
 from sim.attacks.model_poisoning import ModelPoisoningAttack
+from sim.defenses.client import UpdateRule
 from sim.server.aggregate import row_mean
 from sim.server.base import Aggregator
 from sim.settings import setting
@@ -88,6 +89,26 @@ class OneLabel(DataPoisoningAttack):
         return x, torch.where(mine, torch.full_like(y, self.options.label), y)
 
 
+@dataclass
+class ScaledStepSettings:
+    step_factor: float = setting(1.0, "float", low=0, high=1, help="defended rows step lr * step_factor")
+
+
+class ScaledStep(UpdateRule):
+    """Plain SGD without momentum; the defended rows take `step_factor` times the step."""
+
+    settings = ScaledStepSettings
+
+    def __init__(self, settings, *, momentum, names, shapes=None):
+        super().__init__(settings, momentum=0.0, names=names, shapes=shapes)
+        self.factor = float(settings.step_factor)
+
+    def step(self, grads, lookahead, active, step_in_epoch, lr):
+        scale = torch.tensor([self.factor if flag else 1.0 for flag in self.defended], device=self.device)
+        for param, grad in zip(self.params, grads):
+            param.sub_(grad * (lr * scale).reshape(-1, *([1] * (grad.dim() - 1))))
+
+
 def _run_with_toys(tmp_path, overrides):
     """Registers the toys (one entry each), then runs `leadfl-sim run` in the same interpreter."""
     script = f"""
@@ -100,6 +121,8 @@ AGGREGATORS["shrunk_mean"] = toys.ShrunkMean
 MODEL_POISONING["constant_upload"] = toys.ConstantUpload
 from sim.attacks.data.registry import DATA_POISONING
 DATA_POISONING["one_label"] = toys.OneLabel
+from sim.defenses.client import CLIENT_DEFENSES
+CLIENT_DEFENSES["scaled_step"] = toys.ScaledStep
 from sim.cli import main
 code = main(["run", "--out", {str(tmp_path / "run")!r}, *{overrides!r}])
 sys.exit(code)
@@ -150,3 +173,33 @@ def test_a_data_poisoning_attack_registered_from_outside_trains_the_malicious_cl
     sets = [*tiny_synthetic(), "rounds=1", "attack.type=one_label", "attack.one_label.label=-1"]
     result = _run_with_toys(tmp_path / "bad", [item for pair in (("--set", s) for s in sets) for item in pair])
     assert result.returncode == 2 and "attack.one_label.label=-1 is out of range" in result.stderr
+
+
+def test_a_client_defense_registered_from_outside_runs_with_its_declared_setting(tmp_path):
+    sets = [*tiny_synthetic(), "rounds=2", "server.aggregator=fedavg", "client_defense.type=scaled_step",
+            "client_defense.step_factor=0.5"]
+    result = _run_with_toys(tmp_path, [item for pair in (("--set", s) for s in sets) for item in pair])
+    assert result.returncode == 0, result.stderr
+    assert "step_factor: 0.5" in (tmp_path / "run" / "config.yaml").read_text()
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["settings"]["client_defense.step_factor"] == 0.5
+    sets = [*tiny_synthetic(), "rounds=1", "client_defense.type=scaled_step", "client_defense.step_factor=2"]
+    result = _run_with_toys(tmp_path / "bad", [item for pair in (("--set", s) for s in sets) for item in pair])
+    assert result.returncode == 2
+    assert "client_defense.step_factor=2.0 is out of range: it must be in [0, 1]" in result.stderr
+
+
+def test_a_setting_two_client_defenses_declare_unlike_is_refused_when_the_section_is_made():
+    import pytest
+
+    from sim.config import flat_section
+
+    @dataclass
+    class Wide:
+        step_factor: float = setting(1.0, "float", low=0, high=2)
+
+    class Other(UpdateRule):
+        settings = Wide
+
+    with pytest.raises(TypeError, match="declares 'step_factor' unlike an earlier component"):
+        flat_section("Section", [], {"scaled_step": ScaledStep, "other": Other})
