@@ -172,6 +172,8 @@ AttackConfig = component_section("AttackConfig", [
     ("boost", float, setting(1.0, "float", low=0, low_open=True)),
     # data_range: the trigger takes the data's max/min; authors: the LeadFL code's normalised values.
     ("trigger_values", str, setting("data_range", "str", choices=TRIGGER_VALUES)),
+    # The malicious clients run the client defense too, while they poison (sim.engines.client_training).
+    ("follow_client_defense", bool, setting(False, "bool")),
 ], {name: cls for name, cls in DATA_POISONING.items() if cls is not None})
 
 

@@ -76,6 +76,8 @@ def key_settings(cfg: Config) -> dict[str, Any]:
     if cfg.selection.override_rounds:
         settings["selection.override_rounds"] = list(cfg.selection.override_rounds)
         settings["selection.override_malicious"] = cfg.selection.override_malicious
+    if cfg.attack.follow_client_defense:
+        settings["attack.follow_client_defense"] = True
     if cfg.attack.trigger_values != "data_range":
         settings["attack.trigger_values"] = cfg.attack.trigger_values
     # The chosen rule's and attack's own settings, where they are off their defaults.

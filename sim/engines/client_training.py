@@ -12,7 +12,9 @@ Roles, per client:
   `a*L_backdoor + (1-a)*L_clean` with `a` from two-task MGDA or fixed (`attack.blend`);
 * `label_flip` (malicious): labels shifted by a random r in 1..C-1 per batch, drawn from the
   client's order stream after its batch order.
-Malicious clients never run the client defense; their update is multiplied by `attack.boost`.
+Malicious clients do not run the client defense unless `attack.follow_client_defense` (then they
+run it exactly as the benign ones do, on the loss of their attack: a rule that takes the lookahead
+gradient takes it of that loss); their update is multiplied by `attack.boost`.
 
 Clients may need different numbers of steps or have a short last batch: at each step the active
 rows are grouped by loss kind and batch length (BatchNorm normalises over the batch, so padding
@@ -118,6 +120,8 @@ class ClientTraining:
         self.plain_rule = SGD(client_defense, momentum=momentum, names=names)
         # The data-poisoning attack (sim.attacks.data): the role of the malicious clients, None for `none`.
         self.poisoning = build_attack(attack, dataset, self.device, malicious)
+        # Whether the malicious clients run the client defense too (attack.follow_client_defense).
+        self.follow = bool(getattr(attack, "follow_client_defense", False))
 
     def roles(self, clients: Sequence[int], malicious) -> list[str]:
         """Each client's role: the attack for a malicious client (when there is one), else benign."""
@@ -141,7 +145,8 @@ class ClientTraining:
             samples = int(indices.numel())
             steps = num_local_steps(self.training, samples) if samples > 0 else 0
             if role != BENIGN:
-                per_step = self.poisoning.passes_per_step
+                # Following the defense, the attack's loss is evaluated again at the lookahead point.
+                per_step = self.poisoning.passes_per_step * (2 if self.follow and self.rule.needs_lookahead else 1)
             elif self.rule.needs_lookahead:
                 per_step = 2
             else:
@@ -161,7 +166,7 @@ class ClientTraining:
         holding the global model), `out` the `[n, d]` updates `local - global` written here."""
         n = len(clients)
         lr = local_lr(self.training, round, self.rounds)
-        defended = [role == BENIGN for role in roles]
+        defended = [role == BENIGN or self.follow for role in roles]
         # A rule with per-client state trains every row, so that state follows every client.
         rule = self.rule if any(defended) or self.rule.keeps_client_state else self.plain_rule
         rule.start(params, defended, clients=clients, seed=self.seed, round=round)
@@ -250,7 +255,14 @@ class ClientTraining:
             group_lookahead = None
             if lookahead_rows is not None:
                 positions = [position for position, row in enumerate(rows) if lookahead_rows[row]]
-                group_lookahead = self._lookahead(gradients, group_params, list(group_grads), x, y, positions, lr)
+                if kind == "task":
+                    def loss(lookahead_params, x, y, subset):
+                        return gradients.task(lookahead_params, x, y)[0]
+                else:  # an attack's own loss, for its rows that follow the client defense
+                    def loss(lookahead_params, x, y, subset, step=step):
+                        return self.poisoning.gradients(gradients, lookahead_params, x, y, subset, step)
+                group_lookahead = self._lookahead(loss, group_params, list(group_grads), x, y,
+                                                  [rows[position] for position in positions], positions, lr)
             if whole:
                 grads, lookahead = list(group_grads), group_lookahead
             else:
@@ -269,8 +281,9 @@ class ClientTraining:
         index = self._index(rows)
         return [t.index_select(0, index) for t in tensors]
 
-    def _lookahead(self, gradients, params, grads, x, y, positions, lr) -> list[Tensor]:
-        """g~ = grad L(W - lr*g; same batch) at `positions` of a group, `grads` elsewhere."""
+    def _lookahead(self, loss, params, grads, x, y, subset, positions, lr) -> list[Tensor]:
+        """g~ = grad L(W - lr*g; same batch) at `positions` of a group (rows `subset` of the
+        round), `grads` elsewhere; `loss(params, x, y, subset)` gives the gradients of L."""
         if not positions:
             return grads
         everyone = len(positions) == x.shape[0]
@@ -282,7 +295,7 @@ class ClientTraining:
             sub_grads = grads
         with torch.no_grad():
             lookahead_params = torch._foreach_add(params, sub_grads, alpha=-lr)
-        lookahead_grads, _ = gradients.task(lookahead_params, x, y)
+        lookahead_grads = loss(lookahead_params, x, y, subset)
         if everyone:
             return list(lookahead_grads)
         return [full.index_copy(0, index, part) for full, part in zip(grads, lookahead_grads)]

@@ -36,6 +36,8 @@ ATTACKS = {
     "backdoor, mgda": {"type": "backdoor", "blend": "mgda"},
     "backdoor, fixed blend, boost 2": {"type": "backdoor", "blend": "fixed", "boost": 2.0},
     "label_flip": {"type": "label_flip"},
+    "backdoor, mgda, following the defense": {"type": "backdoor", "blend": "mgda", "follow_client_defense": True},
+    "label_flip, following the defense": {"type": "label_flip", "follow_client_defense": True},
 }
 DEFENSES = {
     "none": {"type": "none"},
