@@ -6,6 +6,9 @@ of the global model, as JSON.
     OMP_NUM_THREADS=1 PYTHONPATH=<checkout> python scripts/pin_behaviour.py OUT.json
     python scripts/pin_behaviour.py --diff BEFORE.json AFTER.json
 
+(PYTHONPATH picks the checkout: run as a script, `import sim` does not look in the working
+folder.) The diff holds every column BEFORE has; columns added since are listed, not compared.
+
 Settings are given as nested YAML mappings with the names of the code under test's day; a moved
 name is read under its new one (`sim.config.migrate_settings`), so one grid runs on both sides.
 """
@@ -93,9 +96,18 @@ def run_case(settings: dict) -> list[dict]:
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--diff"]:
         before, after = (json.load(open(path)) for path in argv[1:3])
-        differ = sorted(name for name in before if before[name] != after.get(name))
+
+        def kept(rows, like):
+            return [{key: row.get(key) for key in old} for row, old in zip(rows, like)]
+
+        differ = sorted(name for name in before
+                        if name not in after or len(after[name]) != len(before[name])
+                        or kept(after[name], before[name]) != before[name])
         missing = sorted(set(before) - set(after))
-        print(f"{len(before)} cases before, {len(after)} after; {len(differ)} differ; {len(missing)} missing")
+        added = sorted({key for rows in after.values() for row in rows for key in row}
+                       - {key for rows in before.values() for row in rows for key in row})
+        print(f"{len(before)} cases before, {len(after)} after; {len(differ)} differ; {len(missing)} missing; "
+              f"columns added (not compared): {', '.join(added) or 'none'}")
         for name in differ:
             print("  differs:", name)
         return 1 if differ else 0

@@ -34,7 +34,8 @@ def attack_section(**settings):
     own = {key: settings.pop(key) for key in ("blend", "blend_weight") if key in settings}
     base = dict(type="backdoor", target_label=8, boost=1.0, trigger_values="data_range", follow_client_defense=False)
     base.update(settings)
-    return SimpleNamespace(**base, backdoor=SimpleNamespace(**{"blend": "mgda", "blend_weight": 0.5, **own}))
+    backdoor = {"blend": "mgda", "blend_weight": 0.5, **own}
+    return SimpleNamespace(**base, backdoor=SimpleNamespace(**backdoor), dba=SimpleNamespace(**backdoor, pieces=3))
 
 
 def fashion_mnist_present() -> bool:

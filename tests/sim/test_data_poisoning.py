@@ -37,7 +37,7 @@ def test_the_old_flat_names_in_a_file_are_read_under_the_new_ones_with_a_note(tm
 
 
 @pytest.mark.parametrize("override, message", [
-    ("attack.type=backdor", r"attack\.type='backdor' is not one of none, backdoor, label_flip.*fix: --set attack\.type=backdoor"),
+    ("attack.type=backdor", r"attack\.type='backdor' is not one of none, backdoor, label_flip, dba.*fix: --set attack\.type=backdoor"),
     ("attack.backdoor.blend=mgdaa", r"attack\.backdoor\.blend='mgdaa' is not one of mgda, fixed; fix: --set attack\.backdoor\.blend=mgda"),
     ("attack.backdoor.blend_weight=1.5", r"attack\.backdoor\.blend_weight=1\.5 is out of range: it must be in \[0, 1\]"),
     ("attack.target_label=10", r"attack\.target_label = 10 is not a class of the dataset \(0\.\.9\)"),

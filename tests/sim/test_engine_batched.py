@@ -38,6 +38,7 @@ ATTACKS = {
     "label_flip": {"type": "label_flip"},
     "backdoor, mgda, following the defense": {"type": "backdoor", "blend": "mgda", "follow_client_defense": True},
     "label_flip, following the defense": {"type": "label_flip", "follow_client_defense": True},
+    "dba, mgda": {"type": "dba"},
 }
 DEFENSES = {
     "none": {"type": "none"},

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from sim.attacks.data.base import DataPoisoningAttack
-from sim.attacks.data_poisoning import BLEND_RULES, TRIGGER_PIXELS, mgda_backdoor_weights, poison_batch, trigger_values
+from sim.attacks.data_poisoning import BLEND_RULES, mgda_backdoor_weights, poison_batch, trigger_values
 from sim.errors import ConfigError
 from sim.settings import setting
 
@@ -60,12 +60,9 @@ class Backdoor(DataPoisoningAttack):
         # MGDA differentiates both losses separately; a fixed blend takes one backward pass.
         return 6 if settings.blend == "mgda" else 3
 
-    def pixels(self, rows):
-        """The trigger each of `rows` stamps (all of it here)."""
-        return TRIGGER_PIXELS
-
     def poisoned(self, x, y, rows):
-        """The fully poisoned copy of `[r, B, ...]` images `x` and labels `y`."""
+        """The poisoned copy of `[r, B, ...]` images `x` and labels `y` (rows `rows` of the round):
+        every image triggered, every label the target."""
         poisoned_x, poisoned_y = poison_batch(x.flatten(0, 1), self.trigger_hi, self.trigger_lo,
                                               self.attack.target_label)
         return poisoned_x.view_as(x), poisoned_y.view_as(y)

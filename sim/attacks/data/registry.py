@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 from sim.attacks.data.backdoor import Backdoor
 from sim.attacks.data.base import TRIGGER_RATE_METRIC, DataPoisoningAttack
+from sim.attacks.data.dba import DBA
 from sim.attacks.data.label_flip import LabelFlip
 from sim.errors import ConfigError
 from sim.settings import check_settings, settings_from
@@ -18,6 +19,7 @@ DATA_POISONING: dict[str, type[DataPoisoningAttack] | None] = {
     NONE: None,
     "backdoor": Backdoor,
     "label_flip": LabelFlip,
+    "dba": DBA,
 }
 
 
@@ -72,3 +74,9 @@ def training_cost(attack: Any) -> int:
     """Forward plus backward passes of one malicious local step (`DataPoisoningAttack.training_cost`)."""
     cls = attack_class(attack.type)
     return 3 if cls is None else cls.training_cost(attack_settings(attack))
+
+
+def trigger_pieces(attack: Any) -> list[tuple]:
+    """The parts of the trigger the run is also scored with, one by one (`trigger_pieces`)."""
+    cls = attack_class(attack.type)
+    return [] if cls is None else cls.trigger_pieces(attack_settings(attack))
