@@ -100,7 +100,9 @@ class _Parts:
         self.initial_params = flatten_parameters(self.model)
         self.engine = build_engine(cfg, self.dataset, self.partitions, self.malicious)
         self.uploads = UploadPipeline(cfg, self.malicious, self.initial_params.numel())
-        self.uploads.keep_global_update = "last_global_update" in self.aggregator.needs
+        # Kept (and checkpointed) when the aggregator or the data-poisoning attack reads it.
+        self.engine_reads_update = bool(getattr(self.engine, "needs_last_global_update", False))
+        self.uploads.keep_global_update = "last_global_update" in self.aggregator.needs or self.engine_reads_update
         test_size = cfg.eval.test_size
         self.test_x = self.dataset.test_x[:test_size] if test_size else self.dataset.test_x
         self.test_y = self.dataset.test_y[:test_size] if test_size else self.dataset.test_y
@@ -221,6 +223,8 @@ def _run_locked(cfg: Config, out_dir: Path, resume: bool, progress: bool, label:
                 f"{parts.initial_params.numel()}; nothing was changed; fix: start the run again in another --out"
             )
         restore_parts(checkpoint, parts.stateful())
+        if parts.engine_reads_update:
+            parts.engine.observe_global_update(parts.uploads.last_global_update)
     if writer:
         # The manifest goes first: from here on the folder holds no finished run until the end.
         (out_dir / MANIFEST_FILE).unlink(missing_ok=True)
@@ -283,6 +287,8 @@ def _round(cfg: Config, parts: _Parts, global_params: torch.Tensor, round_index:
     else:
         global_params = candidate
     parts.uploads.observe(update)
+    if parts.engine_reads_update:
+        parts.engine.observe_global_update(parts.uploads.last_global_update)
     # The shadow step comes after everything of the run's own round, so it changes nothing of it.
     effect = {} if parts.shadow is None else parts.shadow.step(global_params, selected, round_index)
     malicious = set(parts.malicious)

@@ -202,6 +202,15 @@ class ClientTraining:
                 index = torch.tensor(boosted, device=out.device)
                 out.index_copy_(0, index, out.index_select(0, index).mul_(float(self.attack.boost)))
 
+    @property
+    def needs_last_global_update(self) -> bool:
+        return self.poisoning is not None and self.poisoning.needs_last_global_update
+
+    def observe_global_update(self, update: Tensor | None) -> None:
+        """What the last round added to the global model, for an attack that reads it."""
+        if self.needs_last_global_update:
+            self.poisoning.observe_global_update(update)
+
     def client_state(self, clients: Sequence[int] | None = None) -> dict:
         """The client defense's per-client state kept across rounds, `{client: state}` (empty
         unless the rule keeps some), for `clients` (default: all)."""

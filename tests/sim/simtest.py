@@ -35,7 +35,8 @@ def attack_section(**settings):
     base = dict(type="backdoor", target_label=8, boost=1.0, trigger_values="data_range", follow_client_defense=False)
     base.update(settings)
     backdoor = {"blend": "mgda", "blend_weight": 0.5, **own}
-    return SimpleNamespace(**base, backdoor=SimpleNamespace(**backdoor), dba=SimpleNamespace(**backdoor, pieces=3))
+    return SimpleNamespace(**base, backdoor=SimpleNamespace(**backdoor), dba=SimpleNamespace(**backdoor, pieces=3),
+                           neurotoxin=SimpleNamespace(**backdoor, mask_share=0.1))
 
 
 def fashion_mnist_present() -> bool:

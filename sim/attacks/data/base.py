@@ -14,6 +14,9 @@ malicious clients (`ClientTraining.roles`) and owns everything that depends on w
 * the forward passes a step costs (`passes_per_step`, for the BatchNorm counters and the batched
   engine's memory estimate) and the passes-plus-backward cost the sweep's dry run counts
   (`training_cost`);
+* what it reads of the run besides its batches: `needs_last_global_update` asks for what the
+  previous round added to the global model (`observe_global_update`, called after every round and
+  again after a resume, from the copy the checkpoint keeps);
 * how it is scored: `trains_backdoor` says whether the triggered test set measures the attack's
   success (the metric name of `metric_name`), `description` words it in captions, and
   `trigger_pieces` lists parts of the trigger scored one by one (a second metric).
@@ -47,6 +50,7 @@ class DataPoisoningAttack:
     trains_backdoor = False
     joins_task_group = True
     passes_per_step = 1
+    needs_last_global_update = False
 
     def __init__(self, settings: Any, attack: Any, dataset, device, malicious: Sequence[int] = ()):
         self.options = settings
@@ -69,6 +73,10 @@ class DataPoisoningAttack:
     @classmethod
     def metric_name(cls) -> str:
         return BACKDOOR_METRIC if cls.trains_backdoor else TRIGGER_RATE_METRIC
+
+    def observe_global_update(self, update: Tensor | None) -> None:
+        """`needs_last_global_update`: the flat `[d]` update the last round added to the global
+        model (None before the first round)."""
 
     def start_round(self, clients: Sequence[int], roles: Sequence[str], plans: Sequence[Any],
                     steps: Sequence[int]) -> None:

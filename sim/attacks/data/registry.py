@@ -10,6 +10,7 @@ from sim.attacks.data.backdoor import Backdoor
 from sim.attacks.data.base import TRIGGER_RATE_METRIC, DataPoisoningAttack
 from sim.attacks.data.dba import DBA
 from sim.attacks.data.label_flip import LabelFlip
+from sim.attacks.data.neurotoxin import Neurotoxin
 from sim.errors import ConfigError
 from sim.settings import check_settings, settings_from
 
@@ -20,6 +21,7 @@ DATA_POISONING: dict[str, type[DataPoisoningAttack] | None] = {
     "backdoor": Backdoor,
     "label_flip": LabelFlip,
     "dba": DBA,
+    "neurotoxin": Neurotoxin,
 }
 
 
