@@ -39,7 +39,7 @@ from sim.data import check_data_files
 from sim.engines.distributed import broadcast_object, init_from_env, is_main_process, launched_with_several_ranks
 from sim import yaml_input
 from sim.errors import ConfigError
-from sim.io import CHECKPOINT_FILE, METRICS_FILE, SUMMARY_FILE, check_names, check_within, inside, lock_folder, read_json_file, write_atomic
+from sim.io import CHECKPOINT_FILE, COMPARE_INPUT_FILE, METRICS_FILE, SUMMARY_FILE, check_names, check_within, inside, lock_folder, read_json_file, write_atomic
 from sim.attacks.data.registry import description as attack_description
 from sim.metrics import attack_metric_name
 from sim.jobs import LocalBackend, Trial, TrialResult, run_trials
@@ -51,7 +51,7 @@ from sim.stats import count_of_seeds, mean_interval
 from sim.tables import estimate_text, percent, table_head, table_row
 
 TABLE_FILE = "table.md"
-INPUT_FILE = "compare-input.yaml"  # the settings, variants and seeds, as a --config file
+INPUT_FILE = COMPARE_INPUT_FILE  # the settings, variants and seeds, as a --config file
 PLOT_FILE = "comparison.png"
 JSON_FILE = "comparison.json"
 

@@ -16,6 +16,7 @@ PLOT_FILE = "accuracy.png"  # accuracies per round, once the last round is done
 ATTACK_EFFECT_PLOT_FILE = "attack_effect.png"  # with metrics.attack_effect, once the last round is done
 CHECKPOINT_FILE = "checkpoint.pt"  # what a resumed run continues from (sim.state)
 MANIFEST_FILE = "manifest.json"  # written last: the finished run's files and their digests (sim.manifest)
+COMPARE_INPUT_FILE = "compare-input.yaml"  # a comparison's settings, variants and seeds, as a --config file
 
 
 def _file_mode() -> int:

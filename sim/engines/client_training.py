@@ -9,7 +9,7 @@ row, `vmap` over the stack for many) and decides where the rows live.
 Roles, per client:
 * `benign`: cross-entropy on its batch; the client defense applies;
 * `backdoor` (malicious): the batch and its fully triggered copy relabelled to the target, loss
-  `a*L_backdoor + (1-a)*L_clean` with `a` from two-task MGDA or fixed (`attack.blend`);
+  `a*L_backdoor + (1-a)*L_clean` with `a` from two-task MGDA or fixed (`attack.backdoor.blend`);
 * `label_flip` (malicious): labels shifted by a random r in 1..C-1 per batch, drawn from the
   client's order stream after its batch order.
 Malicious clients do not run the client defense unless `attack.follow_client_defense` (then they

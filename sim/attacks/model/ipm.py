@@ -1,5 +1,5 @@
 """IPM, inner-product manipulation (Xie, Koyejo, Gupta, UAI 2019, "Fall of Empires";
-docs/algorithms.md §4.7): every malicious row is the negative of `epsilon` times the mean of the
+docs/algorithms.md §3.10): every malicious row is the negative of `epsilon` times the mean of the
 benign rows,
 
     u_mal = -epsilon * (1 / |B|) * sum_{i in B} u_i,

@@ -1,5 +1,5 @@
 """Model replacement, constrain-and-scale (Bagdasaryan et al., AISTATS 2020, "How to backdoor
-federated learning"; docs/algorithms.md §4.8).
+federated learning"; docs/algorithms.md §3.11).
 
 A malicious client trains its backdoored model X from the global model G (its own update
 u = X - G, from `attack.type`) and uploads `gamma * u`: with the server averaging the n uploads
