@@ -8,16 +8,17 @@ row, `vmap` over the stack for many) and decides where the rows live.
 
 Roles, per client:
 * `benign`: cross-entropy on its batch; the client defense applies;
-* `backdoor` (malicious): the batch and its fully triggered copy relabelled to the target, loss
-  `a*L_backdoor + (1-a)*L_clean` with `a` from two-task MGDA or fixed (`attack.backdoor.blend`);
-* `label_flip` (malicious): labels shifted by a random r in 1..C-1 per batch, drawn from the
-  client's order stream after its batch order.
+* the data-poisoning attack's name (malicious, `sim.attacks.data`): the attack object says how the
+  row gets its gradient: the task loss on a poisoned copy of the batch, in the same gradient call
+  as the benign rows (`joins_task_group`: label flipping), or a loss of its own (the backdoor's
+  blend of the clean and the triggered batch, DBA, Neurotoxin). This module never matches an
+  attack's name.
 Malicious clients do not run the client defense unless `attack.follow_client_defense` (then they
 run it exactly as the benign ones do, on the loss of their attack: a rule that takes the lookahead
 gradient takes it of that loss); their update is multiplied by `attack.boost`.
 
 Clients may need different numbers of steps or have a short last batch: at each step the active
-rows are grouped by loss kind and batch length (BatchNorm normalises over the batch, so padding
+rows are grouped by loss kind (the task, or an attack's own loss) and batch length (BatchNorm normalises over the batch, so padding
 would change the maths), each group is one gradient call, and a finished row gets zero gradients
 and zero momentum, which leaves it exactly where it is.
 
