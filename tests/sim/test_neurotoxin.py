@@ -124,3 +124,41 @@ def test_mask_share_must_lie_strictly_between_zero_and_one(value):
     with pytest.raises(ConfigError, match=rf"attack\.neurotoxin\.mask_share={float(value)} is out of range: it must be "
                                           r"in \(0, 1\); fix: --set attack\.neurotoxin\.mask_share=0\.1"):
         load_config(overrides=["attack.type=neurotoxin", f"attack.neurotoxin.mask_share={value}"])
+
+
+def test_a_run_killed_mid_way_resumes_with_the_mask_it_had(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    sets = [*tiny_synthetic(), "server.aggregator=fedavg", "attack.type=neurotoxin", "attack.neurotoxin.mask_share=0.5",
+            "training.local_steps=8", "rounds=12"]
+    flags = [item for s in sets for item in ("--set", s)]
+    environment = dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "sim", "run", "--out", str(tmp_path / "killed"), "--no-progress", "--threads", "1",
+               *flags]
+    process = subprocess.Popen(command, cwd=repo, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = tmp_path / "killed" / "metrics.csv"
+    deadline = time.time() + 120
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 4):  # header + 3 rounds
+        assert process.poll() is None and time.time() < deadline, "the run ended before it could be killed"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = len(metrics.read_text().splitlines()) - 1
+    assert 3 <= killed_at < 12
+    resumed = subprocess.run([*command, "--resume"], cwd=repo, env=environment, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    run(load_config(overrides=sets), tmp_path / "straight", progress=False)
+
+    def rows(folder):
+        lines = [line.split(",") for line in (folder / "metrics.csv").read_text().splitlines()]
+        wall = lines[0].index("wall_time_s")
+        return [line[:wall] + line[wall + 1:] for line in lines]
+
+    assert rows(tmp_path / "killed") == rows(tmp_path / "straight")
