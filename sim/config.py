@@ -41,7 +41,7 @@ from sim import yaml_input
 from sim.io import COMPARE_INPUT_FILE
 from sim.errors import ConfigError
 from sim.presets import CONFIGS_DIR, _read_yaml, list_presets, preset_path  # noqa: F401
-from sim.settings import FLOAT32_MAX, check_value, is_int, is_setting, setting, show
+from sim.settings import check_value, is_int, is_setting, setting, show
 from sim.models import MEMORY_FORMATS, MODELS
 from sim.selection import SCHEDULES as SELECTION_SCHEDULES
 from sim.selection import SELECTION_RNGS, Selector
