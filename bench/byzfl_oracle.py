@@ -9,6 +9,7 @@ CASES.pt is a `torch.save`d list of dicts, each {"rule": ..., "x": [n, d] float3
 * "centered_clipping": byzfl.CenteredClipping(tau=tau, L=L) with its center m set to "center"
   (None: ByzFL's own start, zeros), called on x
 * "clipping_mean": byzfl.Average()(byzfl.Clipping(c)(x)), the clipped rows' mean
+* "ipm": byzfl.attacks.InnerProductManipulation(tau)(x), x the honest rows
 
 RESULTS.pt is the list of ByzFL's outputs, one [d] tensor per case, in order.
 
@@ -52,6 +53,10 @@ def run(case: dict, aggregators):
         return aggregator(x)
     if rule == "clipping_mean":
         return aggregators.Average()(aggregators.Clipping(c=float(case["c"]))(x.clone()))
+    if rule == "ipm":
+        # byzfl.attacks imports only byzfl.aggregators and byzfl.utils, loaded as above.
+        attacks = importlib.import_module("byzfl.attacks")
+        return attacks.InnerProductManipulation(tau=float(case["tau"]))(x)
     raise ValueError(f"unknown rule {rule!r}")
 
 

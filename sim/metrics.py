@@ -8,14 +8,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["attack_metric_name", "evaluate"]
+from sim.attacks.data.registry import metric_name
+
+__all__ = ["attack_metric_name", "evaluate", "trigger_to_target_rate"]
 
 
 def attack_metric_name(attack_type: str) -> str:
     """What the `backdoor_accuracy` score measures under `attack.type`, for tables and plots: the
-    triggered images sent to the target label are a backdoor's success only when a backdoor is
-    trained (under label flipping or no attack it is the clean model's trigger-to-target rate)."""
-    return "backdoor accuracy" if attack_type == "backdoor" else "trigger-to-target rate (no backdoor trained)"
+    triggered images sent to the target label are a backdoor's success only when the attack trains
+    one (`DataPoisoningAttack.trains_backdoor`); otherwise it is the model's trigger-to-target rate."""
+    return metric_name(attack_type)
 
 
 def _check_batch_size(batch_size: int) -> None:
@@ -68,11 +70,21 @@ def evaluate(
     }
 
     if target_label is not None:
-        others = x[y != target_label]
-        if others.shape[0] > 0:
-            hits = 0
-            for start in range(0, others.shape[0], batch_size):
-                triggered = stamp(others[start : start + batch_size])
-                hits += int((model(triggered).argmax(dim=1) == target_label).sum())
-            results["backdoor_accuracy"] = 100.0 * hits / others.shape[0]
+        results["backdoor_accuracy"] = trigger_to_target_rate(model, x, y, target_label, stamp, batch_size)
     return results
+
+
+@torch.no_grad()
+def trigger_to_target_rate(model: nn.Module, x: Tensor, y: Tensor, target_label: int,
+                           stamp: Callable[[Tensor], Tensor], batch_size: int = 1000) -> float | None:
+    """The percent of test images whose true label is not `target_label` that `model` assigns to
+    `target_label` once `stamp` has added a trigger (None when no image has another label); the
+    triggered batches hold only non-target images."""
+    others = x[y != target_label]
+    if others.shape[0] == 0:
+        return None
+    hits = 0
+    for start in range(0, others.shape[0], batch_size):
+        triggered = stamp(others[start : start + batch_size])
+        hits += int((model(triggered).argmax(dim=1) == target_label).sum())
+    return 100.0 * hits / others.shape[0]

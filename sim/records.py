@@ -38,6 +38,9 @@ class RoundRecord:
     attack_effect_rest: float | None = None
     attack_effect_ratio: float | None = None
     shadow_main_accuracy: float | None = None
+    # With an attack scored by parts of its trigger too (DBA), else empty: the trigger-to-target
+    # rate of each part alone, in the attack's order, space-separated.
+    backdoor_accuracy_pieces: str = ""
 
     def as_row(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

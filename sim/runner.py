@@ -25,6 +25,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from sim.attack_effect import ShadowRun
+from sim.attacks.data.registry import trigger_pieces
 from sim.attacks.data_poisoning import stamp_trigger, trigger_values
 from sim.config import Config, to_dict, validate
 from sim.data import check_data_files, load_dataset, partition
@@ -33,7 +34,7 @@ from sim.engines.registry import build_engine, describe_engine, resolve_engine
 from sim.errors import ConfigError
 from sim.io import (ATTACK_EFFECT_PLOT_FILE, CHECKPOINT_FILE, CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, PLOT_FILE,
                     SUMMARY_FILE, check_names, lock_folder, write_atomic)
-from sim.metrics import evaluate
+from sim.metrics import evaluate, trigger_to_target_rate
 from sim.models import build_model, flatten_parameters, load_flat_parameters_, trainable_parameters
 from sim.reporting import (RoundRecord, ids_text, metrics_csv_text, progress_postfix, read_finished, summarize,
                            write_outputs)
@@ -99,12 +100,17 @@ class _Parts:
         self.initial_params = flatten_parameters(self.model)
         self.engine = build_engine(cfg, self.dataset, self.partitions, self.malicious)
         self.uploads = UploadPipeline(cfg, self.malicious, self.initial_params.numel())
-        self.uploads.keep_global_update = "last_global_update" in self.aggregator.needs
+        # Kept (and checkpointed) when the aggregator or the data-poisoning attack reads it.
+        self.engine_reads_update = bool(getattr(self.engine, "needs_last_global_update", False))
+        self.uploads.keep_global_update = "last_global_update" in self.aggregator.needs or self.engine_reads_update
         test_size = cfg.eval.test_size
         self.test_x = self.dataset.test_x[:test_size] if test_size else self.dataset.test_x
         self.test_y = self.dataset.test_y[:test_size] if test_size else self.dataset.test_y
         hi, lo = trigger_values(self.dataset, cfg.attack.trigger_values)
         self.stamp = lambda images: stamp_trigger(images, hi, lo)
+        # Parts of the trigger the attack is also scored by (DBA's pieces), each alone.
+        self.piece_stamps = [lambda images, pixels=pixels: stamp_trigger(images, hi, lo, pixels)
+                             for pixels in trigger_pieces(cfg.attack)]
         self.shadow = None
         if cfg.metrics.attack_effect:
             self.shadow = ShadowRun(
@@ -123,8 +129,12 @@ class _Parts:
     def scores(self, cfg: Config, params: torch.Tensor) -> dict[str, Any]:
         """Main accuracy, backdoor accuracy and test loss of the flat parameters `params`."""
         load_flat_parameters_(self.model, params)
-        return evaluate(self.model, self.test_x, self.test_y, target_label=cfg.attack.target_label,
-                        stamp=self.stamp, batch_size=cfg.eval.batch_size)
+        scores = evaluate(self.model, self.test_x, self.test_y, target_label=cfg.attack.target_label,
+                          stamp=self.stamp, batch_size=cfg.eval.batch_size)
+        scores["backdoor_accuracy_pieces"] = [
+            trigger_to_target_rate(self.model, self.test_x, self.test_y, cfg.attack.target_label, stamp,
+                                   cfg.eval.batch_size) for stamp in self.piece_stamps]
+        return scores
 
     def aggregation_context(self, cfg: Config, round_index: int, selected: list[int], global_params: torch.Tensor):
         """What the aggregator declares it needs in this round (`sim.server.base.aggregation_context`)."""
@@ -213,6 +223,8 @@ def _run_locked(cfg: Config, out_dir: Path, resume: bool, progress: bool, label:
                 f"{parts.initial_params.numel()}; nothing was changed; fix: start the run again in another --out"
             )
         restore_parts(checkpoint, parts.stateful())
+        if parts.engine_reads_update:
+            parts.engine.observe_global_update(parts.uploads.last_global_update)
     if writer:
         # The manifest goes first: from here on the folder holds no finished run until the end.
         (out_dir / MANIFEST_FILE).unlink(missing_ok=True)
@@ -275,6 +287,8 @@ def _round(cfg: Config, parts: _Parts, global_params: torch.Tensor, round_index:
     else:
         global_params = candidate
     parts.uploads.observe(update)
+    if parts.engine_reads_update:
+        parts.engine.observe_global_update(parts.uploads.last_global_update)
     # The shadow step comes after everything of the run's own round, so it changes nothing of it.
     effect = {} if parts.shadow is None else parts.shadow.step(global_params, selected, round_index)
     malicious = set(parts.malicious)
@@ -291,6 +305,8 @@ def _round(cfg: Config, parts: _Parts, global_params: torch.Tensor, round_index:
         kept=ids_text([selected[i] for i in aggregation.kept]),
         rejected_nonfinite=ids_text([selected[i] for i in aggregation.rejected_nonfinite]),
         aggregate_rejected=int(rejected),
+        backdoor_accuracy_pieces=" ".join(repr(float(rate)) if rate is not None else "-"
+                                          for rate in scores["backdoor_accuracy_pieces"]),
         wall_time_s=round(time.perf_counter() - started, 4),
         **effect,
     )

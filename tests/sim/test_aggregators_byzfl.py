@@ -14,6 +14,8 @@ What ByzFL computes, and how it maps to the rules here:
 * CenteredClipping(tau, L) with its center m -> centered_clipping(tau, iterations=L) with
   last_global_update = m.
 * Average(Clipping(c)) -> norm_clipping(clip=c, noise_std=0).
+* attacks.InnerProductManipulation(tau) on the honest rows -> the model-poisoning attack ipm
+  (epsilon = tau): every malicious row equals ByzFL's vector.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import numpy as np
 import pytest
 import torch
 
+from sim.attacks.model.ipm import IPM
+from sim.attacks.model_poisoning import AttackContext, attack_generator
 from sim.server.base import AggregationContext
 from sim.server.centered_clipping import CenteredClipping
 from sim.server.norm_clipping import NormClipping
@@ -118,3 +122,27 @@ def test_norm_clipping_matches_byzfl_clipping_then_average(byzfl_python, tmp_pat
     for index, (case, expected) in enumerate(zip(cases, theirs)):
         ours = NormClipping(clip=case["c"])(case["x"], AggregationContext()).update
         assert agree(ours, expected, case["x"], rtol=1e-5), index
+
+
+def test_ipm_matches_byzfl_inner_product_manipulation(byzfl_python, tmp_path):
+    generator = np.random.default_rng(13)
+    cases = []
+    for _ in range(CASES):
+        x = random_rows(generator)
+        malicious = torch.from_numpy(generator.integers(0, 2, size=x.shape[0]).astype(bool))
+        if bool(malicious.all()):
+            malicious[0] = False  # at least one honest row
+        if not bool(malicious.any()):
+            malicious[-1] = True if x.shape[0] > 1 else False
+        cases.append({"rule": "ipm", "x": x[~malicious].clone(), "all": x, "malicious": malicious,
+                      "tau": float(10.0 ** generator.uniform(-2, 1))})
+    theirs = byzfl(byzfl_python, [{"rule": "ipm", "x": c["x"], "tau": c["tau"]} for c in cases], tmp_path)
+    compared = 0
+    for index, (case, expected) in enumerate(zip(cases, theirs)):
+        context = AttackContext(round=0, global_params=torch.zeros(1), last_global_update=None,
+                                generator=attack_generator(0, 0), clients=list(range(case["all"].shape[0])))
+        out = IPM(epsilon=case["tau"])(case["all"], case["malicious"], context)
+        for row in out[case["malicious"]]:
+            assert agree(row, expected, case["all"], rtol=1e-5), index
+            compared += 1
+    assert compared >= CASES // 2

@@ -29,7 +29,7 @@ from sim.server.base import AggregationContext
 from sim.server.fltk import FltkBulyan, FltkMultiKrum
 from sim.server.krum import MultiKrum
 
-from simtest import tiny_synthetic
+from simtest import attack_section as attack_section_of, tiny_synthetic
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -134,8 +134,8 @@ def test_clients_and_evaluation_stamp_the_configured_trigger():
     training, attack, defense = sections(attack={"trigger_values": "authors"})
     engine = SequentialEngine("mlp", dataset, partition(dataset.train_y, 4, "iid", seed=0), [1], training, attack,
                               defense, 0, "cpu")
-    assert float(engine.training.trigger_hi) == pytest.approx(2.821487, abs=1e-6)
-    assert float(engine.training.trigger_lo) == pytest.approx(-0.424213, abs=1e-6)
+    assert float(engine.training.poisoning.trigger_hi) == pytest.approx(2.821487, abs=1e-6)
+    assert float(engine.training.poisoning.trigger_lo) == pytest.approx(-0.424213, abs=1e-6)
     for choice, (hi, lo) in {"authors": (2.821487, -0.424213), "data_range": (1.0, 0.0)}.items():
         parts = runner._Parts(load_config(overrides=[*tiny_synthetic(), "server.aggregator=median",
                                                      f"attack.trigger_values={choice}"]),
@@ -232,7 +232,7 @@ def sections(attack=None, defense=None, **training):
     attack_section.update(attack or {})
     defense_section = dict(type="none", noise_scale=0.2, variant="hessian", alpha=0.4, q=0.2)
     defense_section.update(defense or {})
-    return SimpleNamespace(**training_section), SimpleNamespace(**attack_section), SimpleNamespace(**defense_section)
+    return SimpleNamespace(**training_section), attack_section_of(**attack_section), SimpleNamespace(**defense_section)
 
 
 @pytest.mark.parametrize("engine_class", [SequentialEngine, BatchedEngine])
