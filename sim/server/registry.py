@@ -13,6 +13,7 @@ from sim.errors import ConfigError
 from sim.server.base import Aggregator, ServerSetup, build_rule
 from sim.server.coordinatewise import Median, TrimmedMean
 from sim.server.fedavg import FedAvg
+from sim.server.flame import Flame
 from sim.server.fltk import FltkBulyan, FltkMultiKrum
 from sim.server.krum import Bulyan, Krum, MultiKrum
 from sim.server.prodigy import Prodigy
@@ -31,6 +32,7 @@ AGGREGATORS: dict[str, type[Aggregator]] = {
     "fltk_bulyan": FltkBulyan,
     "robust_dpfl": RobustDPFL,
     "prodigy": Prodigy,
+    "flame": Flame,
 }
 
 

@@ -5,6 +5,7 @@ import torch
 
 from sim.server.coordinatewise import Median, TrimmedMean
 from sim.server.fedavg import FedAvg
+from sim.server.flame import Flame
 from sim.server.fltk import FltkBulyan, FltkMultiKrum
 from sim.server.krum import Bulyan, Krum, MultiKrum, default_f
 from sim.server.prodigy import Prodigy
@@ -246,6 +247,7 @@ def standard_instances():
         "fltk_bulyan": FltkBulyan(),
         "robust_dpfl": RobustDPFL(),
         "prodigy": Prodigy(f=2),
+        "flame": Flame(noise=0.0, cluster_on="update"),
     }
 
 
