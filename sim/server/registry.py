@@ -14,6 +14,7 @@ from sim.server.base import Aggregator, ServerSetup, build_rule
 from sim.server.coordinatewise import Median, TrimmedMean
 from sim.server.fedavg import FedAvg
 from sim.server.flame import Flame
+from sim.server.foolsgold import FoolsGold
 from sim.server.fltk import FltkBulyan, FltkMultiKrum
 from sim.server.krum import Bulyan, Krum, MultiKrum
 from sim.server.prodigy import Prodigy
@@ -33,6 +34,7 @@ AGGREGATORS: dict[str, type[Aggregator]] = {
     "robust_dpfl": RobustDPFL,
     "prodigy": Prodigy,
     "flame": Flame,
+    "foolsgold": FoolsGold,
 }
 
 

@@ -6,6 +6,7 @@ import torch
 from sim.server.coordinatewise import Median, TrimmedMean
 from sim.server.fedavg import FedAvg
 from sim.server.flame import Flame
+from sim.server.foolsgold import FoolsGold
 from sim.server.fltk import FltkBulyan, FltkMultiKrum
 from sim.server.krum import Bulyan, Krum, MultiKrum, default_f
 from sim.server.prodigy import Prodigy
@@ -248,6 +249,7 @@ def standard_instances():
         "robust_dpfl": RobustDPFL(),
         "prodigy": Prodigy(f=2),
         "flame": Flame(noise=0.0, cluster_on="update"),
+        "foolsgold": FoolsGold(),
     }
 
 
