@@ -14,6 +14,7 @@ from sim.server.base import Aggregator, ServerSetup, build_rule
 from sim.server.coordinatewise import Median, TrimmedMean
 from sim.server.fedavg import FedAvg
 from sim.server.flame import Flame
+from sim.server.fltrust import FLTrust
 from sim.server.foolsgold import FoolsGold
 from sim.server.fltk import FltkBulyan, FltkMultiKrum
 from sim.server.krum import Bulyan, Krum, MultiKrum
@@ -35,6 +36,7 @@ AGGREGATORS: dict[str, type[Aggregator]] = {
     "prodigy": Prodigy,
     "flame": Flame,
     "foolsgold": FoolsGold,
+    "fltrust": FLTrust,
 }
 
 

@@ -5,7 +5,9 @@ import torch
 
 from sim.server.coordinatewise import Median, TrimmedMean
 from sim.server.fedavg import FedAvg
+from sim.server.base import AggregationContext
 from sim.server.flame import Flame
+from sim.server.fltrust import FLTrust
 from sim.server.foolsgold import FoolsGold
 from sim.server.fltk import FltkBulyan, FltkMultiKrum
 from sim.server.krum import Bulyan, Krum, MultiKrum, default_f
@@ -250,6 +252,8 @@ def standard_instances():
         "prodigy": Prodigy(f=2),
         "flame": Flame(noise=0.0, cluster_on="update"),
         "foolsgold": FoolsGold(),
+        # the server's own update: the all-ones direction, trusted by most rows of the cases here
+        "fltrust": lambda updates: FLTrust()(updates, AggregationContext(reference_update=torch.ones(updates.shape[1]))),
     }
 
 
