@@ -4,14 +4,19 @@ the server's root set (held out of every client, trained by both engines, resume
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from sim import reporting, runner
-from sim.config import load_config
+from sim.config import load_config, to_dict
 from sim.data import hold_out
 from sim.errors import ConfigError
 from sim.runner import run
@@ -154,3 +159,28 @@ def test_fltrust_runs_and_resumes_exactly(tmp_path, engine):
     run(tiny(f"engine={engine}", "rounds=4", "metrics.attack_effect=true"), tmp_path / "stopped", resume=True,
         progress=False)
     assert metrics_without_timing(tmp_path / "stopped") == metrics_without_timing(tmp_path / "straight")
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch build has no torch.distributed")
+def test_fltrust_under_two_gloo_ranks_gives_the_metrics_of_one_process(tmp_path):
+    # The server's root set is one more "client": on two ranks its training lands on one of them.
+    repo = Path(__file__).resolve().parents[2]
+    cfg = load_config(overrides=[*TINY, "rounds=3", "engine=sequential"])
+    config_file = tmp_path / "tiny.yaml"
+    config_file.write_text(yaml.safe_dump(to_dict(cfg)))
+    environment = {key: value for key, value in os.environ.items() if key not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    environment["PYTHONPATH"] = os.pathsep.join([str(repo), environment.get("PYTHONPATH", "")])
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "sim", "run", "--config", str(config_file), "--out", str(tmp_path / "two"),
+        "--engine", "sequential", "--no-progress", "--threads", "1",
+    ]
+    finished = subprocess.run(command, cwd=repo, env=environment, capture_output=True, text=True, timeout=240)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run(cfg, tmp_path / "one", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert metrics_without_timing(tmp_path / "two") == metrics_without_timing(tmp_path / "one")
