@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from sim.errors import ConfigError
-from sim.server.aggregate import column_chunks, row_mean
+from sim.server.aggregate import gram_matrix, row_mean
 from sim.server.base import AggregationContext, Aggregator, ServerSetup
 from sim.settings import setting
 
@@ -47,14 +47,7 @@ class FlameSettings:
 def cosine_distances(rows: Tensor, offset: Tensor | None = None) -> np.ndarray:
     """``1 - cos`` between the rows (plus ``offset``, a ``[d]`` vector added to every row), float64
     ``[n, n]``, symmetric with a zero diagonal; a zero row has cosine 0 with every row."""
-    n, d = rows.shape
-    gram = torch.zeros(n, n, dtype=torch.float64, device=rows.device)
-    starts, step = column_chunks(n, d)
-    for start in starts:
-        chunk = rows[:, start : start + step].to(torch.float64)
-        if offset is not None:
-            chunk = chunk + offset[start : start + step].to(device=rows.device, dtype=torch.float64)
-        gram.addmm_(chunk, chunk.T)
+    gram = gram_matrix(rows, offset)
     norms = gram.diagonal().sqrt()
     scale = torch.where(norms > 0, 1 / norms, torch.zeros_like(norms))
     cosine = (gram * scale[:, None] * scale[None, :]).clamp(-1, 1)

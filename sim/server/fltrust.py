@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from sim.server.aggregate import column_chunks
+from sim.server.aggregate import row_dots, weighted_rows
 from sim.server.base import AggregationContext, Aggregator
 from sim.settings import setting
 
@@ -36,15 +36,8 @@ class FLTrustSettings:
 def trust_coefficients(updates: Tensor, reference: Tensor) -> Tensor:
     """Each row's coefficient ``TS_i ||g0|| / (||u_i|| sum_j TS_j)`` (float64; all 0 when no row
     is trusted)."""
-    n, d = updates.shape
     reference = reference.to(device=updates.device, dtype=torch.float64)
-    dots = torch.zeros(n, dtype=torch.float64, device=updates.device)
-    norms = torch.zeros(n, dtype=torch.float64, device=updates.device)
-    starts, step = column_chunks(n, d)
-    for start in starts:
-        chunk = updates[:, start : start + step].to(torch.float64)
-        dots += chunk @ reference[start : start + step]
-        norms += chunk.square().sum(dim=1)
+    dots, norms = row_dots(updates, reference)
     norms = norms.sqrt()
     reference_norm = reference.norm()
     positive = (norms > 0) & (reference_norm > 0)
@@ -81,9 +74,4 @@ class FLTrust(Aggregator):
         kept = coefficients.nonzero().flatten().tolist()
         if not kept:
             return updates.new_zeros(updates.shape[1]), []
-        n, d = updates.shape
-        update = updates.new_empty(d)
-        starts, step = column_chunks(n, d)
-        for start in starts:
-            update[start : start + step] = (coefficients[None, :] @ updates[:, start : start + step].to(torch.float64))[0]
-        return update, kept
+        return weighted_rows(coefficients[None, :], updates)[0], kept

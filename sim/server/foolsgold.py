@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sim.server.aggregate import column_chunks
+from sim.server.aggregate import gram_matrix, weighted_rows
 from sim.server.base import AggregationContext, Aggregator
 from sim.settings import setting
 
@@ -46,12 +46,7 @@ class FoolsGoldSettings:
 
 def cosine_similarities(rows: Tensor) -> Tensor:
     """``cos(r_i, r_j)`` in float64 ``[n, n]``; a zero row has cosine 0 with every row."""
-    n, d = rows.shape
-    gram = torch.zeros(n, n, dtype=torch.float64, device=rows.device)
-    starts, step = column_chunks(n, d)
-    for start in starts:
-        chunk = rows[:, start : start + step].to(torch.float64)
-        gram.addmm_(chunk, chunk.T)
+    gram = gram_matrix(rows)
     norms = gram.diagonal().sqrt()
     scale = torch.where(norms > 0, 1 / norms, torch.zeros_like(norms))
     return ((gram + gram.T) / 2 * scale[:, None] * scale[None, :]).clamp(-1, 1)
@@ -109,13 +104,7 @@ class FoolsGold(Aggregator):
         kept = weights.nonzero().flatten().tolist()
         if total <= 0:
             return updates.new_zeros(d), []
-        coefficients = (weights / total)[None, :]
-        update = updates.new_empty(d)
-        starts, step = column_chunks(n, d)
-        for start in starts:
-            chunk = updates[:, start : start + step].to(torch.float64)
-            update[start : start + step] = (coefficients @ chunk)[0].to(updates.dtype)
-        return update, kept
+        return weighted_rows((weights / total)[None, :], updates)[0], kept
 
     def state_dict(self) -> dict[str, Any]:
         clients = sorted(self.history)

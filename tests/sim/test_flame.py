@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from sklearn.cluster import HDBSCAN
-from sklearn.metrics.pairwise import cosine_distances as sklearn_cosine_distances
 
 from sim import rng as streams
 from sim.config import load_config
