@@ -14,8 +14,8 @@ model):
    ``n`` rows (the mean of the two middle values for even ``n``); each admitted row is scaled by
    ``min(1, S / e_i)``.
 4. The update is the mean of the admitted, clipped rows plus ``N(0, (noise * S)^2)`` on every
-   coordinate, drawn from the round's aggregation stream (``noise`` is the paper's lambda,
-   0.001 for image classification).
+   coordinate, drawn from the round's aggregation stream (``noise`` is the paper's lambda;
+   0.001 is BackFed's default).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ CLUSTER_ON = ("model", "update")
 @dataclass
 class FlameSettings:
     noise: float = setting(0.001, "float", low=0,
-                           help="lambda: the noise std is lambda times the median update norm (paper: 0.001)")
+                           help="lambda: the noise std is lambda times the median update norm (0.001: BackFed's default)")
     min_cluster_size: int | None = setting(None, "int", low=2, nullable=True,
                                            help="HDBSCAN's min_cluster_size; null: n // 2 + 1 (a majority)")
     cluster_on: str = setting("model", "str", choices=CLUSTER_ON,
