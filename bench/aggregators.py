@@ -10,6 +10,13 @@ shared machine hits them alike:
 * median: `np.median`, `np.partition`, `torch.median`;
 * trimmed mean: `np.partition` and a full `torch.sort` of the columns, then the mean;
 * fedavg, sparsefed, robust_dpfl: `np.mean` / `torch.mean` over the rows (sparsefed: plus top-k).
+* norm_clipping, rlr, rfa, centered_clipping: the same maths written plainly in torch and in numpy,
+  whole-matrix expressions with full [n, d] temporaries (as ByzFL and FLPoison write them); rfa's
+  plain versions run the same algorithm (mean start, the same step count and stopping test).
+  For these rules each row also records the rule's operation count, as reads of the [n, d]
+  input (`passes`, the check for non-finite rows included), and the time of one read
+  (`torch.sum` of each row, the fastest read measured) in the same run: `x pass bound` = passes * one read /
+  rule time (1: as fast as that many reads).
 * prodigy: a direct numpy version (Gram distances, a stable sort per row, each neighbourhood's
   mean and std formed from its rows as the authors' code does), and the numpy Gram Krum scores
   (the distance work every such rule shares);
@@ -69,12 +76,12 @@ def rule_f(name: str, n: int) -> int:
     return max(2, byzantine_f(n)) if name == "prodigy" else byzantine_f(n)
 
 
-def make_rules(n: int, names=None) -> dict:
-    """Every registered rule (or those in `names`) at its default settings, with the largest f
-    Bulyan allows."""
+def make_rules(n: int, only: list[str] | None = None) -> dict:
+    """Every registered rule (or those named in `only`) at its default settings, with the
+    largest f Bulyan allows."""
     rules = {}
     for name, rule in AGGREGATORS.items():
-        if names is not None and name not in names:
+        if only and name not in only:
             continue
         settings = None if rule.settings is None else rule.settings()
         setup = ServerSetup(rule_f(name, n), n, n, byzantine_f(n), name)
@@ -219,7 +226,51 @@ def numpy_trimmed_mean(a: np.ndarray, t: int) -> np.ndarray:
 # makes two augmented copies ([n, d + 2] each), and the full sorts of the columns take minutes.
 BIG = 100_000_000
 NEEDS_COPIES = ("torch.cdist Krum scores", "torch.cdist + torch.sort Bulyan", "torch.sort trimmed mean",
+                "torch sign vote", "np sign vote", "torch Weiszfeld", "np Weiszfeld",
+                "torch centered clipping", "np centered clipping", "torch clip + mean", "np norms + matvec",
                 "sklearn cosine_distances + HDBSCAN FLAME", "sklearn cosine_similarity FoolsGold")
+
+
+def plain_weiszfeld(x, nu: float, steps: int, ftol: float, lib):
+    """The smoothed Weiszfeld loop of `sim.server.rfa` (mean start, stopping test), written with
+    whole-matrix temporaries; `lib` is torch or numpy."""
+    norm = (lambda a: a.norm(dim=1)) if lib is torch else (lambda a: np.linalg.norm(a, axis=1))
+    z = x.mean(0)
+    distances = norm(x - z)
+    objective = float(distances.mean())
+    for _ in range(steps):
+        weights = 1.0 / (distances.clamp(min=nu) if lib is torch else np.maximum(distances, nu))
+        z = (weights[:, None] * x).sum(0) / weights.sum()
+        distances = norm(x - z)
+        previous, objective = objective, float(distances.mean())
+        if abs(previous - objective) < ftol * objective:
+            break
+    return z
+
+
+def plain_centered_clipping(x, tau: float, steps: int, lib):
+    v = x[0] * 0
+    for _ in range(steps):
+        difference = x - v
+        norms = difference.norm(dim=1) if lib is torch else np.linalg.norm(difference, axis=1)
+        factors = (tau / norms).clamp(max=1.0) if lib is torch else np.minimum(1.0, tau / norms)
+        v = v + (difference * factors[:, None]).mean(0)
+    return v
+
+
+def input_passes(name: str, rule) -> int | None:
+    """The rule's operation count, as reads of the [n, d] input (see the module docstring). The
+    first read of every rule is the check for non-finite rows (`sim.server.aggregate.split_finite`,
+    a row sum), which the plain baselines do not make."""
+    if name == "norm_clipping":
+        return 1 + 2  # row norms, one matrix-vector product
+    if name == "rlr":
+        return 1 + 2  # the sign sum, the mean
+    if name == "rfa":
+        return 1 + 2 + 2 * rule.steps_run  # mean, first distances, then per step a product and distances
+    if name == "centered_clipping":
+        return 1 + 2 * rule.iterations  # per step: distances, one matrix-vector product
+    return None
 
 
 def baselines(name: str, x: torch.Tensor, on_cpu: bool, inputs: dict | None = None) -> dict:
@@ -274,6 +325,30 @@ def _baselines(name: str, x: torch.Tensor, on_cpu: bool, inputs: dict) -> dict:
         out["torch row means"] = lambda: x.mean(dim=1)
         if on_cpu:
             out["np row means"] = lambda: a.mean(axis=1)
+    elif name == "norm_clipping":
+        clip = 3.0
+        out["torch clip + mean"] = lambda: (x * (clip / x.norm(dim=1, keepdim=True)).clamp(max=1.0)).mean(dim=0)
+        if on_cpu:
+            out["np norms + matvec"] = lambda: np.minimum(1.0, clip / np.linalg.norm(a, axis=1)) @ a / n
+    elif name == "rlr":
+        threshold = byzantine_f(n) + 1
+        def torch_vote():
+            mean = x.mean(dim=0)
+            return torch.where(torch.sign(x).sum(dim=0).abs() >= threshold, mean, -mean)
+        out["torch sign vote"] = torch_vote
+        if on_cpu:
+            def numpy_vote():
+                mean = a.mean(axis=0)
+                return np.where(np.abs(np.sign(a).sum(axis=0)) >= threshold, mean, -mean)
+            out["np sign vote"] = numpy_vote
+    elif name == "rfa":
+        out["torch Weiszfeld"] = lambda: plain_weiszfeld(x, 1e-5, 4, 1e-6, torch)
+        if on_cpu:
+            out["np Weiszfeld"] = lambda: plain_weiszfeld(a, 1e-5, 4, 1e-6, np)
+    elif name == "centered_clipping":
+        out["torch centered clipping"] = lambda: plain_centered_clipping(x, 10.0, 1, torch)
+        if on_cpu:
+            out["np centered clipping"] = lambda: plain_centered_clipping(a, 10.0, 1, np)
     else:  # fedavg
         out["torch.mean"] = lambda: x.mean(dim=0)
         if on_cpu:
@@ -306,7 +381,7 @@ def timed(fns: dict, device: str, repeats: int, warm_up: bool = True) -> dict:
     return {name: {"best_s": min(v), "median_s": statistics.median(v)} for name, v in times.items()}
 
 
-def run_size(n: int, d: int, device: str, repeats: int, warm_up: bool, seed: int = 0, names=None) -> list[dict]:
+def run_size(n: int, d: int, device: str, repeats: int, warm_up: bool, seed: int = 0, only=None) -> list[dict]:
     generator = torch.Generator().manual_seed(seed)
     x = (torch.randn(n, d, generator=generator) * 0.01).to(device)
     x[: byzantine_f(n)] += 0.05  # a group of shifted rows, as an attack would send
@@ -315,7 +390,7 @@ def run_size(n: int, d: int, device: str, repeats: int, warm_up: bool, seed: int
         "global_params": (torch.randn(d, generator=generator) * 0.1).to(device),
         "reference_update": (x[byzantine_f(n):].mean(dim=0).cpu() + torch.randn(d, generator=generator) * 0.001).to(device),
     }
-    rules = make_rules(n, names)
+    rules = make_rules(n, only)
     rows = []
     for name, rule in rules.items():
         if name == "sparsefed":
@@ -329,8 +404,13 @@ def run_size(n: int, d: int, device: str, repeats: int, warm_up: bool, seed: int
             return rule(x, context)
 
         fns = {"rule": call, **baselines(name, x, device == "cpu", inputs)}
+        counted = input_passes(name, rule) is not None
+        if counted:
+            fns["one read (torch.sum over rows)"] = lambda: x.sum(dim=1)
         print(f"  {name} ...", file=sys.stderr, flush=True)
         measured = timed(fns, device, repeats, warm_up)
+        one_read = measured.pop("one read (torch.sum over rows)")["best_s"] if counted else None
+        passes = input_passes(name, rule)
         base = {k: v for k, v in measured.items() if k != "rule"}
         fastest = min(base, key=lambda k: base[k]["best_s"]) if base else None
         rows.append({
@@ -344,6 +424,13 @@ def run_size(n: int, d: int, device: str, repeats: int, warm_up: bool, seed: int
             "fastest_baseline": fastest,
             "x_fastest_baseline": base[fastest]["best_s"] / measured["rule"]["best_s"] if base else None,
         })
+        if counted:
+            rows[-1].update({
+                "input_passes": passes,
+                "one_read_s": one_read,
+                "x_pass_bound": passes * one_read / measured["rule"]["best_s"],
+                "effective_gb_s": passes * n * d * x.element_size() / measured["rule"]["best_s"] / 1e9,
+            })
     del x
     return rows
 
@@ -381,6 +468,22 @@ def markdown(result: dict) -> str:
         )
     if result["skipped"]:
         lines += ["", "Skipped:"] + [f"- n={s['clients']}, d={s['dim']:,}: {s['why']}" for s in result["skipped"]]
+    counted = [r for r in result["rows"] if r.get("input_passes") is not None]
+    if counted:
+        lines += [
+            "",
+            "Operation counts (reads of the [n, d] float32 input; one read timed as `torch.sum` of each row in the "
+            "same run):",
+            "",
+            "| clients | d | rule | passes | one read (ms) | passes x one read (ms) | rule (ms) | x pass bound | GB/s |",
+            "|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in counted:
+            lines.append(
+                f"| {r['clients']} | {r['dim']:,} | {r['rule']} | {r['input_passes']} | {r['one_read_s'] * 1e3:,.2f} | "
+                f"{r['input_passes'] * r['one_read_s'] * 1e3:,.1f} | {r['rule_s'] * 1e3:,.1f} | "
+                f"{r['x_pass_bound']:.2f} | {r['effective_gb_s']:.1f} |"
+            )
     lines += ["", "Targets:"] + [f"- {t}" for t in result["targets"]]
     return "\n".join(lines) + "\n"
 
@@ -406,10 +509,10 @@ def main(argv=None) -> int:
                         help="timed calls for sizes over 1e8 elements (on CPU: no warm-up call, copy-free baselines only)")
     parser.add_argument("--max-gb", type=float, default=5.0, help="largest update matrix to try, GiB")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--rules", default="", help="only these rules (comma-separated names; default: every one)")
     parser.add_argument("--quick", action="store_true", help="n = 10, 30 and d = 2,000 only: a smoke test")
     parser.add_argument("--out", default=str(REPO / "bench" / "results"))
     parser.add_argument("--tag", default="", help="suffix of the result files, e.g. n100 -> aggregators_cpu_n100.json")
-    parser.add_argument("--rules", default="", help="only these rules, comma-separated (default: every registered rule)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but no CUDA GPU is visible; run on a GPU machine or use --device cpu")
@@ -421,12 +524,12 @@ def main(argv=None) -> int:
         dims = [DIMS[v] if v in DIMS else int(v) for v in args.dims.split(",") if v]
     except ValueError as exc:
         parser.error(f"--clients takes integers and --dims names or integers: {exc}")
+    only = [name for name in args.rules.split(",") if name]
+    unknown = sorted(set(only) - set(AGGREGATORS))
+    if unknown:
+        parser.error(f"--rules: unknown rule(s) {', '.join(unknown)}; known: {', '.join(AGGREGATORS)}")
     if args.quick:
         clients, dims = [10, 30], [2_000]
-    names = [name for name in args.rules.split(",") if name] or None
-    unknown = sorted(set(names or ()) - set(AGGREGATORS))
-    if unknown:
-        parser.error(f"--rules {', '.join(unknown)}: not registered; allowed: {', '.join(AGGREGATORS)}")
     rows, skipped = [], []
     started = time.perf_counter()
     threads = (f", {torch.get_num_threads()} torch thread(s), numpy BLAS threads "
@@ -473,7 +576,7 @@ def main(argv=None) -> int:
             print(f"n={n}, d={d:,}", file=sys.stderr, flush=True)
             big = n * d > BIG
             repeats = args.big_repeats if big else args.mid_repeats if n * d > 10_000_000 else args.repeats
-            rows += run_size(n, d, args.device, repeats, warm_up=not (big and args.device == "cpu"), names=names)
+            rows += run_size(n, d, args.device, repeats, warm_up=not (big and args.device == "cpu"), only=only)
             write(final=False)
     md = write(final=True)
     print(md)

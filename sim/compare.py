@@ -39,7 +39,7 @@ from sim.data import check_data_files
 from sim.engines.distributed import broadcast_object, init_from_env, is_main_process, launched_with_several_ranks
 from sim import yaml_input
 from sim.errors import ConfigError
-from sim.io import CHECKPOINT_FILE, METRICS_FILE, SUMMARY_FILE, check_names, inside, lock_folder, read_json_file, write_atomic
+from sim.io import CHECKPOINT_FILE, COMPARE_INPUT_FILE, METRICS_FILE, SUMMARY_FILE, check_names, check_within, inside, lock_folder, read_json_file, write_atomic
 from sim.metrics import attack_metric_name
 from sim.jobs import LocalBackend, Trial, TrialResult, run_trials
 from sim.plots import plot_comparison, plot_comparison_bands
@@ -49,7 +49,7 @@ from sim.runner import run
 from sim.stats import count_of_seeds, mean_interval
 
 TABLE_FILE = "table.md"
-INPUT_FILE = "compare-input.yaml"  # the settings, variants and seeds, as a --config file
+INPUT_FILE = COMPARE_INPUT_FILE  # the settings, variants and seeds, as a --config file
 PLOT_FILE = "comparison.png"
 JSON_FILE = "comparison.json"
 
@@ -317,6 +317,8 @@ def _compare_locked(cfg, variants, configs, runs, out_dir, resume, progress, ech
                     writer) -> dict[str, Any]:
     summaries: dict[tuple[str, int | None], dict] = {}
     todo: list[tuple[_Run, bool]] = []  # (run, continue from its checkpoint?)
+    if writer:
+        check_within(out_dir, [item.folder for item in runs])
     for item in runs:
         run_dir = out_dir / item.folder
         # Decided on rank 0 alone (the folder may exist only there) and shared with every rank.

@@ -37,6 +37,7 @@ from sim.engines.batched import check_memory_format
 from sim.engines.registry import AUTO, ENGINES, resolve_engine
 from sim.engines.schedules import LR_SCHEDULES
 from sim import yaml_input
+from sim.io import COMPARE_INPUT_FILE
 from sim.errors import ConfigError
 from sim.presets import CONFIGS_DIR, _read_yaml, list_presets, preset_path  # noqa: F401
 from sim.settings import FLOAT32_MAX, check_value, is_int, is_setting, setting, show
@@ -277,12 +278,13 @@ def migrate_settings(raw: Any, source: str | None = None) -> Any:
     return migrated
 
 
-def migrate_pairs(pairs: list[tuple[str, Any]], source: str) -> list[tuple[str, Any]]:
+def migrate_pairs(pairs: list[tuple[str, Any]], source: str | None) -> list[tuple[str, Any]]:
     """`migrate_settings` for (dotted path, value) pairs, e.g. a compare variant's settings."""
     migrated = []
     for path, value in pairs:
         if path in MOVED_SETTINGS:
-            _notice(source, path, MOVED_SETTINGS[path])
+            if source is not None:
+                _notice(source, path, MOVED_SETTINGS[path])
             migrated.extend((new, value) for new in MOVED_SETTINGS[path])
         else:
             migrated.append((path, value))
@@ -365,12 +367,17 @@ def _unknown_key_error(path: str, cls: type, source: str) -> ConfigError:
     )
 
 
+def _short_repr(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... (a {type(value).__name__})"
+
+
 def _check_keys(raw: Any, cls: type, source: str, prefix: str = "") -> None:
     """Reject unknown keys and sections given as scalars, recursively."""
     where = prefix.rstrip(".") or "the top level"
     if not isinstance(raw, dict):
         raise ConfigError(
-            f"{where} in {source} must be a mapping of settings, got {raw!r}; "
+            f"{where} in {source} must be a mapping of settings, got {_short_repr(raw)}; "
             f"fix: write it as 'key: value' lines"
         )
     fields = _fields_by_name(cls)
@@ -450,6 +457,7 @@ class ConfigSource:
     description: str = ""
     compare: dict | None = None
     seeds: Any = None
+    saved: bool = False  # a comparison's own record, not a file a user wrote
 
 
 def read_source(path: Path, name: str) -> ConfigSource:
@@ -466,9 +474,12 @@ def read_source(path: Path, name: str) -> ConfigSource:
             f"'compare' in {name} must map each variant label to its settings, got {compare!r}; "
             "fix: e.g. compare: {leadfl: {client_defense.type: leadfl}}"
         )
-    raw = migrate_settings(raw, name)
+    # A comparison's own record (what `compare --resume` reads back) is migrated silently, as a
+    # run folder's config is: its author wrote the settings under the names of their time.
+    saved = path.name == COMPARE_INPUT_FILE
+    raw = migrate_settings(raw, None if saved else name)
     _check_keys(raw, Config, name)
-    return ConfigSource(name, raw, description, compare, seeds)
+    return ConfigSource(name, raw, description, compare, seeds, saved)
 
 
 def _sources(preset: str | None, path: str | Path | None) -> list[ConfigSource]:
@@ -570,9 +581,10 @@ def compare_variants(preset: str | None = None, path: str | Path | None = None) 
     """
     section = None
     source_name = ""
+    saved = False
     for source in _sources(preset, path):
         if source.compare is not None:
-            section, source_name = source.compare, source.name
+            section, source_name, saved = source.compare, source.name, source.saved
     if section is None:
         return {}
     variants = {}
@@ -591,7 +603,7 @@ def compare_variants(preset: str | None = None, path: str | Path | None = None) 
                 "text, so their runs would share one folder; fix: rename one of them"
             )
         seen[str(label)] = label
-        variants[str(label)] = migrate_pairs(_flatten(settings), f"compare.{label} in {source_name}")
+        variants[str(label)] = migrate_pairs(_flatten(settings), None if saved else f"compare.{label} in {source_name}")
     return variants
 
 

@@ -17,7 +17,7 @@ from sim.config import Config
 from sim.defenses.privacy import privacy_budget
 from sim.errors import ConfigError
 from sim.io import ATTACK_EFFECT_PLOT_FILE, MANIFEST_FILE, METRICS_FILE, PLOT_FILE, SUMMARY_FILE, write_atomic
-from sim.manifest import check_sealed, damaged, read_json
+from sim.manifest import check_sealed, damaged, read_json, write_manifest
 from sim.metrics import attack_metric_name
 from sim.plots import plot_attack_effect, plot_run
 from sim.records import METRIC_COLUMNS, TIMING_COLUMNS, RoundRecord, ids_text, metrics_csv_text, read_metrics  # noqa: F401
@@ -171,13 +171,24 @@ def plot_title(cfg: Config, label: str | None) -> str:
 def replot(out_dir: str | Path, label: str | None = None) -> list[Path]:
     """Redraws `accuracy.png` (and `attack_effect.png` when the run measured it) of the run in
     `out_dir` from its `metrics.csv` and `config.yaml` (`label`: the run's variant label in a
-    comparison); returns the paths drawn."""
+    comparison); returns the paths drawn.
+
+    A finished run is checked first (against its manifest, or its files against each other) and
+    refused if damaged; a sealed one is sealed again with the new plots' digests.
+    """
     out_dir = Path(out_dir)
+    sealed = (out_dir / MANIFEST_FILE).is_file()
+    if sealed:
+        check_sealed(out_dir, plots=False)
+    elif (out_dir / SUMMARY_FILE).is_file():
+        _check_unsealed(out_dir)
     rows, cfg = read_metrics(out_dir), load_run_config(out_dir)
     title = plot_title(cfg, label)
     paths = [plot_run(rows, out_dir / PLOT_FILE, title=title, metric=attack_metric_name(cfg.attack.type))]
     if cfg.metrics.attack_effect:
         paths.append(plot_attack_effect(rows, out_dir / ATTACK_EFFECT_PLOT_FILE, title=title))
+    if sealed:
+        write_manifest(out_dir, cfg.rounds)
     return paths
 
 

@@ -48,7 +48,7 @@ from typing import Any, Callable
 from sim import yaml_input
 from sim.config import MOVED_SETTINGS, CONFIGS_DIR, Config, apply_overrides, load_config, setting_paths, to_dict
 from sim.errors import ConfigError
-from sim.io import CHECKPOINT_FILE, FolderLock, check_names, inside, lock_folder, read_json_file, write_atomic
+from sim.io import CHECKPOINT_FILE, FolderLock, check_names, check_within, inside, lock_folder, read_json_file, write_atomic
 from sim.reporting import read_finished
 from sim.jobs import TRIAL_CONFIG_FILE, Trial, TrialResult, run_trials
 from sim.stats import mean_interval
@@ -474,6 +474,7 @@ def _sweep_locked(grid: Grid, trials: list[PlannedTrial], out_dir: Path, backend
             "this one would replace its record and drop finished trials; nothing was changed; fix: --grid "
             f"{saved_grid} to continue it, or choose another --out for the new grid"
         )
+    check_within(out_dir, [f"{TRIALS_DIR}/{t.name}" for t in trials])
     states, notes = {}, []
     for trial in trials:
         folder = out_dir / TRIALS_DIR / trial.name

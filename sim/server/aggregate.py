@@ -111,6 +111,32 @@ def pairwise_squared_distances(rows: Tensor) -> Tensor:
     return distances[index][:, index]
 
 
+def distances_to_point(rows: Tensor, point: Tensor) -> Tensor:
+    """Euclidean distance of every row to ``point`` ([d]), float64 [n].
+
+    Differences are taken a column chunk at a time in the rows' dtype, so no [n, d] copy is
+    made; each chunk's squared norms are summed in float64. A chunk whose float32 norms overflow
+    (differences beyond ~1e19) is taken again in float64."""
+    n, d = rows.shape
+    squared = torch.zeros(n, dtype=torch.float64, device=rows.device)
+    point = point.to(device=rows.device, dtype=rows.dtype)
+    starts, step = column_chunks(n, d)
+    for start in starts:
+        difference = rows[:, start : start + step] - point[start : start + step]
+        norms = torch.linalg.vector_norm(difference, dim=1)
+        if not bool(torch.isfinite(norms).all()):
+            norms = torch.linalg.vector_norm(difference.to(torch.float64), dim=1)
+        squared += norms.to(torch.float64).square()
+    return squared.sqrt()
+
+
+def weighted_row_sum(weights: Tensor, rows: Tensor) -> Tensor:
+    """``sum_i weights[i] * rows[i]`` ([d], the rows' dtype) for float64 ``weights`` [n], as one
+    matrix-vector product; for weights that sum to at most 1 (a convex combination, as the
+    clipping and Weiszfeld rules use) the result cannot overflow."""
+    return weights.to(device=rows.device, dtype=rows.dtype) @ rows
+
+
 def krum_neighbours(n: int, f: int) -> int:
     # n - f - 2 when n >= 2f + 3. Bulyan's last picks, and rounds with rejected rows, see fewer
     # rows; the count is then kept in [1, n - 1] so a rule still returns a row mid-run.

@@ -74,7 +74,7 @@ def majority_cluster(distances: np.ndarray, min_cluster_size: int) -> list[int]:
 
 
 class Flame(Aggregator):
-    """FLAME: cosine HDBSCAN filter, median-norm clipping, Gaussian noise (docs/algorithms.md §3.6)."""
+    """FLAME: cosine HDBSCAN filter, median-norm clipping, Gaussian noise (docs/algorithms.md §3.10)."""
 
     settings = FlameSettings
 

@@ -52,7 +52,7 @@ def trust_coefficients(updates: Tensor, reference: Tensor) -> Tensor:
 
 
 class FLTrust(Aggregator):
-    """FLTrust's trust-weighted, norm-rescaled mean against the server's own update (docs/algorithms.md §3.8)."""
+    """FLTrust's trust-weighted, norm-rescaled mean against the server's own update (docs/algorithms.md §3.12)."""
 
     settings = FLTrustSettings
     needs = frozenset({"reference_update"})

@@ -72,7 +72,7 @@ def foolsgold_weights(histories: Tensor, confidence: float = 1.0) -> Tensor:
 
 
 class FoolsGold(Aggregator):
-    """FoolsGold's similarity-weighted mean over clients' update histories (docs/algorithms.md §3.7)."""
+    """FoolsGold's similarity-weighted mean over clients' update histories (docs/algorithms.md §3.11)."""
 
     settings = FoolsGoldSettings
 

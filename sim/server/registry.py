@@ -11,6 +11,7 @@ from typing import Any
 
 from sim.errors import ConfigError
 from sim.server.base import Aggregator, ServerSetup, build_rule
+from sim.server.centered_clipping import CenteredClipping
 from sim.server.coordinatewise import Median, TrimmedMean
 from sim.server.fedavg import FedAvg
 from sim.server.flame import Flame
@@ -18,7 +19,10 @@ from sim.server.fltrust import FLTrust
 from sim.server.foolsgold import FoolsGold
 from sim.server.fltk import FltkBulyan, FltkMultiKrum
 from sim.server.krum import Bulyan, Krum, MultiKrum
+from sim.server.norm_clipping import NormClipping
 from sim.server.prodigy import Prodigy
+from sim.server.rfa import RFA
+from sim.server.rlr import RLR
 from sim.server.robust_dpfl import RobustDPFL
 from sim.server.sparsefed import SparseFed
 
@@ -33,6 +37,10 @@ AGGREGATORS: dict[str, type[Aggregator]] = {
     "fltk_multikrum": FltkMultiKrum,
     "fltk_bulyan": FltkBulyan,
     "robust_dpfl": RobustDPFL,
+    "norm_clipping": NormClipping,
+    "rlr": RLR,
+    "rfa": RFA,
+    "centered_clipping": CenteredClipping,
     "prodigy": Prodigy,
     "flame": Flame,
     "foolsgold": FoolsGold,

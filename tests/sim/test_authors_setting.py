@@ -307,3 +307,16 @@ def test_the_authors_preset_combines_every_option_and_compares_none_with_their_l
     assert (leadfl["client_defense.alpha"], leadfl["client_defense.q"]) == (0.4, 0.2)
     selector = Selector.from_config(cfg)
     assert [selector.malicious_count(r) for r in range(80)] == AUTHORS_MALICIOUS_PER_ROUND
+
+
+def test_a_comparisons_own_record_with_old_names_is_read_silently(tmp_path, capsys):
+    folder = tmp_path / "cmp"
+    folder.mkdir()
+    path = folder / "compare-input.yaml"  # what compare --resume reads back
+    path.write_text("server:\n  aggregator: fltk_multikrum\n  fltk_counters: true\n"
+                    "compare:\n  a: {server.fltk_counters: false}\n")
+    cfg = load_config(path=path)
+    variants = compare_variants(path=path)
+    assert cfg.server.fltk_multikrum.counters and cfg.server.fltk_bulyan.counters
+    assert variants["a"] == [("server.fltk_multikrum.counters", False), ("server.fltk_bulyan.counters", False)]
+    assert capsys.readouterr().err == ""
