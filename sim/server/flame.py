@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from sim.errors import ConfigError
-from sim.server.aggregate import gram_matrix, row_mean
+from sim.server.aggregate import gram_matrix, row_dots, weighted_rows
 from sim.server.base import AggregationContext, Aggregator, ServerSetup
 from sim.settings import setting
 
@@ -111,11 +111,12 @@ class Flame(Aggregator):
 
     def _aggregate(self, updates: Tensor, context: AggregationContext) -> tuple[Tensor, list[int]]:
         admitted = self.admitted(updates, context.global_params)
-        norms = updates.to(torch.float64).norm(dim=1)
+        norms = row_dots(updates, updates.new_zeros(updates.shape[1]))[1].sqrt()  # float64, no copy of the rows
         bound = float(np.median(norms.cpu().numpy()))
-        factors = torch.where(norms > bound, bound / norms, torch.ones_like(norms))[admitted]
-        rows = updates[admitted]
-        update = row_mean(rows * factors[:, None].to(rows.dtype))
+        factors = torch.where(norms > bound, bound / norms, torch.ones_like(norms))
+        coefficients = torch.zeros_like(factors)
+        coefficients[admitted] = factors[admitted] / len(admitted)
+        update = weighted_rows(coefficients[None, :], updates)[0]
         if self.noise > 0:
             if context.generator is None:
                 raise ValueError("flame needs the round's generator for its noise")
