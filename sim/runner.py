@@ -28,8 +28,9 @@ from sim.attack_effect import ShadowRun
 from sim.attacks.data.registry import trigger_pieces
 from sim.attacks.data_poisoning import stamp_trigger, trigger_values
 from sim.config import Config, to_dict, validate
-from sim.data import check_data_files, load_dataset, partition
+from sim.data import check_data_files, hold_out, load_dataset, partition
 from sim.engines import distributed
+from sim.engines.client_training import SERVER
 from sim.engines.registry import build_engine, describe_engine, resolve_engine
 from sim.errors import ConfigError
 from sim.io import (ATTACK_EFFECT_PLOT_FILE, CHECKPOINT_FILE, CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, PLOT_FILE,
@@ -81,19 +82,30 @@ class _Parts:
             synthetic_train_size=cfg.data.synthetic_train_size,
             synthetic_test_size=cfg.data.synthetic_test_size,
         )
+        self.aggregator = build_aggregator(
+            cfg.server, cfg.clients.clients_per_round, cfg.clients.num_clients, cfg.clients.num_malicious
+        )
+        # A rule that compares with an update of the server's own (FLTrust) gets a root set, held out
+        # of every client's data; the engine trains it as one more "client" (id num_clients).
+        labels, held, rest = self.dataset.train_y, None, None
+        if "reference_update" in self.aggregator.needs:
+            held, rest = hold_out(int(labels.shape[0]), self.aggregator.root_size, cfg.seed)
+            held, rest = held.to(labels.device), rest.to(labels.device)
+            labels = labels[rest]
         self.partitions = partition(
-            self.dataset.train_y,
+            labels,
             cfg.clients.num_clients,
             cfg.data.partition,
             cfg.seed,
             dirichlet_beta=cfg.data.dirichlet_beta,
             shards_per_client=cfg.data.shards_per_client,
         )
+        self.server_client = None
+        if held is not None:
+            self.partitions = [rest[part] for part in self.partitions] + [held]
+            self.server_client = cfg.clients.num_clients
         self.selector = Selector.from_config(cfg)
         self.malicious = list(self.selector.malicious)
-        self.aggregator = build_aggregator(
-            cfg.server, cfg.clients.clients_per_round, cfg.clients.num_clients, cfg.clients.num_malicious
-        )
         self.model = build_model(
             cfg.model, self.dataset.image_shape, self.dataset.num_classes, seed=cfg.seed
         ).to(device)
@@ -124,6 +136,7 @@ class _Parts:
                 reseed=lambda round_index: _seed_everything(cfg.seed, round_index),
                 counters=self.engine.batchnorm_counters,
                 seed=cfg.seed,
+                reference=self.reference_update if self.server_client is not None else None,
             )
 
     def scores(self, cfg: Config, params: torch.Tensor) -> dict[str, Any]:
@@ -141,7 +154,13 @@ class _Parts:
         return aggregation_context(self.aggregator, round=round_index, clients=selected, seed=cfg.seed,
                                    counters=lambda clients: self.engine.batchnorm_counters(clients),
                                    global_params=global_params,
-                                   last_global_update=self.uploads.last_global_update)
+                                   last_global_update=self.uploads.last_global_update,
+                                   reference_update=self.reference_update if self.server_client is not None else None)
+
+    def reference_update(self, round_index: int, global_params: torch.Tensor) -> torch.Tensor:
+        """The server's own update in round `round_index`: its root set trained from `global_params`
+        by the run's engine like a client's data, with no client defense and no attack."""
+        return self.engine.train_clients(global_params, [self.server_client], round_index, roles=[SERVER])[0]
 
     def stateful(self) -> dict[str, Any]:
         """The parts a checkpoint saves, by checkpoint key."""

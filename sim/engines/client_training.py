@@ -42,6 +42,9 @@ from sim.errors import ConfigError
 from sim.models import memory_format_of
 
 BENIGN = "benign"
+# The server training on data of its own (FLTrust's root set): plain local SGD, no client defense,
+# no attack, no boost.
+SERVER = "server"
 
 # Forward passes a client runs after its local training: the LeadFL code tests every client on
 # its local test shard (one batch) before it returns its state dict.
@@ -198,7 +201,7 @@ class ClientTraining:
         with torch.no_grad():
             torch.cat([p.reshape(n, -1) for p in params], dim=1, out=out)
             out.sub_(global_params)
-            boosted = [row for row, role in enumerate(roles) if role != BENIGN]
+            boosted = [row for row, role in enumerate(roles) if role not in (BENIGN, SERVER)]
             if boosted and self.attack.boost != 1:
                 index = torch.tensor(boosted, device=out.device)
                 out.index_copy_(0, index, out.index_select(0, index).mul_(float(self.attack.boost)))

@@ -29,13 +29,12 @@ rule then runs on the mixed rows, and ``kept`` lists the rows whose mixed row ha
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from sim.errors import ConfigError
-from sim.server.aggregate import column_chunks, pairwise_squared_distances
+from sim.server.aggregate import pairwise_squared_distances, row_dots, weighted_rows
 from sim.server.base import AggregationContext, Aggregator, ServerSetup
 from sim.server.krum import default_f
 from sim.settings import setting
@@ -67,24 +66,14 @@ def neighbourhoods(nearest: Tensor, count: int) -> Tensor:
 
 
 def mix(rows: Tensor, weights: Tensor) -> Tensor:
-    """``weights @ rows`` (``weights`` float64 ``[m, n]``), a column chunk at a time in float64,
-    returned in the rows' dtype."""
-    m, (n, d) = weights.shape[0], rows.shape
-    out = rows.new_empty(m, d)
-    starts, step = column_chunks(max(n, m), d)
-    for start in starts:
-        out[:, start : start + step] = (weights @ rows[:, start : start + step].to(torch.float64)).to(rows.dtype)
-    return out
+    """``weights @ rows`` (``weights`` float64 ``[m, n]``), accumulated in float64, returned in the
+    rows' dtype."""
+    return weighted_rows(weights, rows)
 
 
 def squared_norms(rows: Tensor) -> Tensor:
-    """``||row||^2`` per row in float64, a column chunk at a time."""
-    n, d = rows.shape
-    total = torch.zeros(n, dtype=torch.float64, device=rows.device)
-    starts, step = column_chunks(n, d)
-    for start in starts:
-        total += rows[:, start : start + step].to(torch.float64).square().sum(dim=1)
-    return total
+    """``||row||^2`` per row in float64."""
+    return row_dots(rows, rows.new_zeros(rows.shape[1]))[1]
 
 
 def nnm_weights(distances: Tensor, f: int) -> Tensor:

@@ -14,6 +14,9 @@ from sim.server.base import Aggregator, ServerSetup, build_rule
 from sim.server.centered_clipping import CenteredClipping
 from sim.server.coordinatewise import Median, TrimmedMean
 from sim.server.fedavg import FedAvg
+from sim.server.flame import Flame
+from sim.server.fltrust import FLTrust
+from sim.server.foolsgold import FoolsGold
 from sim.server.fltk import FltkBulyan, FltkMultiKrum
 from sim.server.krum import Bulyan, Krum, MultiKrum
 from sim.server.norm_clipping import NormClipping
@@ -39,6 +42,9 @@ AGGREGATORS: dict[str, type[Aggregator]] = {
     "rfa": RFA,
     "centered_clipping": CenteredClipping,
     "prodigy": Prodigy,
+    "flame": Flame,
+    "foolsgold": FoolsGold,
+    "fltrust": FLTrust,
 }
 
 

@@ -6,6 +6,10 @@ import torch
 from sim.server.centered_clipping import CenteredClipping
 from sim.server.coordinatewise import Median, TrimmedMean
 from sim.server.fedavg import FedAvg
+from sim.server.base import AggregationContext
+from sim.server.flame import Flame
+from sim.server.fltrust import FLTrust
+from sim.server.foolsgold import FoolsGold
 from sim.server.fltk import FltkBulyan, FltkMultiKrum
 from sim.server.krum import Bulyan, Krum, MultiKrum, default_f
 from sim.server.prodigy import Prodigy
@@ -254,6 +258,10 @@ def standard_instances():
         "rfa": RFA(),
         "centered_clipping": CenteredClipping(tau=1.0),
         "prodigy": Prodigy(f=2),
+        "flame": Flame(noise=0.0, cluster_on="update"),
+        "foolsgold": FoolsGold(),
+        # the server's own update: the all-ones direction, trusted by most rows of the cases here
+        "fltrust": lambda updates: FLTrust()(updates, AggregationContext(reference_update=torch.ones(updates.shape[1]))),
     }
 
 
