@@ -51,7 +51,7 @@ setup(
     packages=find_packages(include=["leadfl_ext", "leadfl_ext.*", "sim", "sim.*"]),
     python_requires=">=3.10",
     # torch is deliberately not listed: pip would resolve it to a multi-GB CUDA build.
-    install_requires=["numpy", "pyyaml", "tqdm", "matplotlib"],
+    install_requires=["numpy", "pyyaml", "tqdm", "matplotlib", "scikit-learn"],
     # `leadfl-sim sweep --ray`: trials as tasks on a Ray cluster (pip install -e .[ray]).
     extras_require={"ray": ["ray[default]>=2.9"]},
     ext_modules=[extension()],

@@ -10,6 +10,25 @@ shared machine hits them alike:
 * median: `np.median`, `np.partition`, `torch.median`;
 * trimmed mean: `np.partition` and a full `torch.sort` of the columns, then the mean;
 * fedavg, sparsefed, robust_dpfl: `np.mean` / `torch.mean` over the rows (sparsefed: plus top-k).
+* norm_clipping, rlr, rfa, centered_clipping: the same maths written plainly in torch and in numpy,
+  whole-matrix expressions with full [n, d] temporaries (as ByzFL and FLPoison write them); rfa's
+  plain versions run the same algorithm (mean start, the same step count and stopping test).
+  For these rules each row also records the rule's operation count, as reads of the [n, d]
+  input (`passes`, the check for non-finite rows included), and the time of one read
+  (`torch.sum` of each row, the fastest read measured) in the same run: `x pass bound` = passes * one read /
+  rule time (1: as fast as that many reads).
+* prodigy: a direct numpy version (Gram distances, a stable sort per row, each neighbourhood's
+  mean and std formed from its rows as the authors' code does), and the numpy Gram Krum scores
+  (the distance work every such rule shares);
+* flame: numpy chunked cosine Gram of the models + scikit-learn HDBSCAN + clipping and noise, and
+  scikit-learn's `cosine_distances` in place of the Gram below 1e8 elements;
+* foolsgold: scikit-learn `cosine_similarity` (below 1e8 elements) or a numpy chunked Gram, then
+  the pardoning and logit vectorised in numpy and the weighted sum;
+* fltrust: numpy dot products with the server's update, ReLU, the rescaled weighted sum.
+
+The rules that read a context get one per call: the round's generator, the global model (random,
+for flame's local models), client ids 0..n-1 (foolsgold, a first round) and a server update (the
+mean of the unshifted rows plus noise, for fltrust).
 
 The numpy baselines run on CPU only. A size is skipped when the updates would take more than
 `--max-gb` (several copies are alive at once: input, partitions, distances in chunks). Results:
@@ -41,7 +60,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bench.common import device_name  # noqa: E402
 from sim.server.registry import AGGREGATORS  # noqa: E402
-from sim.server.base import ServerSetup  # noqa: E402
+from sim.server.base import ServerSetup, aggregation_context  # noqa: E402
 
 DIMS = {"fmnist_cnn": 29_034, "resnet18": 11_689_512}
 KRUM_FAMILY = ("krum", "multikrum", "bulyan", "fltk_multikrum", "fltk_bulyan")
@@ -52,12 +71,20 @@ def byzantine_f(n: int) -> int:
     return max(0, (n - 3) // 4)
 
 
-def make_rules(n: int) -> dict:
-    """Every registered rule at its default settings, with the largest f Bulyan allows."""
+def rule_f(name: str, n: int) -> int:
+    """The f a rule is built with: Bulyan's largest, at least 2 for prodigy (its smallest)."""
+    return max(2, byzantine_f(n)) if name == "prodigy" else byzantine_f(n)
+
+
+def make_rules(n: int, only: list[str] | None = None) -> dict:
+    """Every registered rule (or those named in `only`) at its default settings, with the
+    largest f Bulyan allows."""
     rules = {}
     for name, rule in AGGREGATORS.items():
+        if only and name not in only:
+            continue
         settings = None if rule.settings is None else rule.settings()
-        setup = ServerSetup(byzantine_f(n), n, n, byzantine_f(n), name)
+        setup = ServerSetup(rule_f(name, n), n, n, byzantine_f(n), name)
         rules[name] = rule.from_config(settings, setup)
     return rules
 
@@ -106,6 +133,88 @@ def cdist_sort_bulyan(x: torch.Tensor, f: int) -> torch.Tensor:
     return selection.gather(0, closest).mean(dim=0)
 
 
+def numpy_gram(a: np.ndarray, offset: np.ndarray | None = None) -> np.ndarray:
+    """The float64 Gram matrix of the rows (plus `offset`), a column chunk at a time (no copy of a)."""
+    n, d = a.shape
+    step = max(1, (1 << 19) // n)
+    gram = np.zeros((n, n))
+    for start in range(0, d, step):
+        chunk = a[:, start : start + step].astype(np.float64)
+        if offset is not None:
+            chunk += offset[start : start + step]
+        gram += chunk @ chunk.T
+    return gram
+
+
+def numpy_prodigy(a: np.ndarray, f: int) -> np.ndarray:
+    """ProDiGy as the authors' code computes it, vectorised where numpy allows: the neighbourhood
+    of every row is gathered and its mean and std formed from the rows."""
+    n = a.shape[0]
+    gram = numpy_gram(a)
+    norms = np.diagonal(gram)
+    distances = np.maximum(norms[:, None] + norms[None, :] - 2 * gram, 0)
+    np.fill_diagonal(distances, np.inf)
+    order = np.argsort(distances, axis=1, kind="stable")[:, : n - 1]
+    ascending = np.take_along_axis(distances, order, axis=1)
+    scores = np.empty(n)
+    for i in range(n):
+        group = a[np.append(order[i, : f - 1], i)]
+        s1 = np.linalg.norm(group.std(axis=0)) / np.linalg.norm(group.mean(axis=0))
+        scores[i] = s1 / ascending[i, f - 1 : n - f - 1].sum()
+    scores[np.isin(scores, np.sort(scores)[:f])] = 0
+    return (scores / scores.sum()) @ a
+
+
+def numpy_flame(a: np.ndarray, global_params: np.ndarray, noise: float, seed: int, sklearn_distances: bool) -> np.ndarray:
+    from sklearn.cluster import HDBSCAN
+    from sklearn.metrics.pairwise import cosine_distances
+
+    n = a.shape[0]
+    if sklearn_distances:
+        distances = cosine_distances(a + global_params)
+    else:
+        gram = numpy_gram(a, global_params.astype(np.float64))
+        scale = 1 / np.sqrt(np.diagonal(gram))
+        distances = np.clip(1 - gram * scale[:, None] * scale[None, :], 0, 2)
+        np.fill_diagonal(distances, 0)
+    labels = HDBSCAN(min_cluster_size=n // 2 + 1, min_samples=1, metric="precomputed", allow_single_cluster=True,
+                     copy=True).fit(distances).labels_
+    admitted = np.flatnonzero(labels == 0) if (labels == 0).any() else np.arange(n)
+    norms = np.linalg.norm(a, axis=1)
+    bound = np.median(norms)
+    clipped = (np.minimum(1, bound / norms[admitted]) / len(admitted)) @ a[admitted]
+    return clipped + np.random.default_rng(seed).standard_normal(a.shape[1], dtype=np.float32) * (noise * bound)
+
+
+def numpy_foolsgold(a: np.ndarray, sklearn_similarity: bool) -> np.ndarray:
+    from sklearn.metrics.pairwise import cosine_similarity
+
+    n = a.shape[0]
+    if sklearn_similarity:
+        cs = cosine_similarity(a)
+    else:
+        gram = numpy_gram(a)
+        scale = 1 / np.sqrt(np.diagonal(gram))
+        cs = gram * scale[:, None] * scale[None, :]
+    np.fill_diagonal(cs, 0)
+    top = cs.max(axis=1)
+    pardon = top[:, None] < top[None, :]
+    cs = np.where(pardon, cs * top[:, None] / np.where(pardon, top[None, :], 1), cs)
+    wv = np.clip(1 - cs.max(axis=1), 0, 1)
+    wv /= wv.max()
+    wv[wv == 1] = 0.99
+    with np.errstate(divide="ignore"):
+        wv = np.clip(np.log(wv / (1 - wv)) + 0.5, 0, 1)
+    return (wv / wv.sum()) @ a
+
+
+def numpy_fltrust(a: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(a, axis=1)
+    reference_norm = np.linalg.norm(reference)
+    trust = np.maximum(a @ reference / (norms * reference_norm), 0)
+    return (trust * reference_norm / norms / trust.sum()) @ a
+
+
 def numpy_trimmed_mean(a: np.ndarray, t: int) -> np.ndarray:
     n = a.shape[0]
     if t == 0:
@@ -116,22 +225,82 @@ def numpy_trimmed_mean(a: np.ndarray, t: int) -> np.ndarray:
 # Above this many elements only the baselines that need no copy of the updates run: torch.cdist
 # makes two augmented copies ([n, d + 2] each), and the full sorts of the columns take minutes.
 BIG = 100_000_000
-NEEDS_COPIES = ("torch.cdist Krum scores", "torch.cdist + torch.sort Bulyan", "torch.sort trimmed mean")
+NEEDS_COPIES = ("torch.cdist Krum scores", "torch.cdist + torch.sort Bulyan", "torch.sort trimmed mean",
+                "torch sign vote", "np sign vote", "torch Weiszfeld", "np Weiszfeld",
+                "torch centered clipping", "np centered clipping", "torch clip + mean", "np norms + matvec",
+                "sklearn cosine_distances + HDBSCAN FLAME", "sklearn cosine_similarity FoolsGold")
 
 
-def baselines(name: str, x: torch.Tensor, on_cpu: bool) -> dict:
-    out = _baselines(name, x, on_cpu)
+def plain_weiszfeld(x, nu: float, steps: int, ftol: float, lib):
+    """The smoothed Weiszfeld loop of `sim.server.rfa` (mean start, stopping test), written with
+    whole-matrix temporaries; `lib` is torch or numpy."""
+    norm = (lambda a: a.norm(dim=1)) if lib is torch else (lambda a: np.linalg.norm(a, axis=1))
+    z = x.mean(0)
+    distances = norm(x - z)
+    objective = float(distances.mean())
+    for _ in range(steps):
+        weights = 1.0 / (distances.clamp(min=nu) if lib is torch else np.maximum(distances, nu))
+        z = (weights[:, None] * x).sum(0) / weights.sum()
+        distances = norm(x - z)
+        previous, objective = objective, float(distances.mean())
+        if abs(previous - objective) < ftol * objective:
+            break
+    return z
+
+
+def plain_centered_clipping(x, tau: float, steps: int, lib):
+    v = x[0] * 0
+    for _ in range(steps):
+        difference = x - v
+        norms = difference.norm(dim=1) if lib is torch else np.linalg.norm(difference, axis=1)
+        factors = (tau / norms).clamp(max=1.0) if lib is torch else np.minimum(1.0, tau / norms)
+        v = v + (difference * factors[:, None]).mean(0)
+    return v
+
+
+def input_passes(name: str, rule) -> int | None:
+    """The rule's operation count, as reads of the [n, d] input (see the module docstring). The
+    first read of every rule is the check for non-finite rows (`sim.server.aggregate.split_finite`,
+    a row sum), which the plain baselines do not make."""
+    if name == "norm_clipping":
+        return 1 + 2  # row norms, one matrix-vector product
+    if name == "rlr":
+        return 1 + 2  # the sign sum, the mean
+    if name == "rfa":
+        return 1 + 2 + 2 * rule.steps_run  # mean, first distances, then per step a product and distances
+    if name == "centered_clipping":
+        return 1 + 2 * rule.iterations  # per step: distances, one matrix-vector product
+    return None
+
+
+def baselines(name: str, x: torch.Tensor, on_cpu: bool, inputs: dict | None = None) -> dict:
+    out = _baselines(name, x, on_cpu, inputs or {})
     if x.numel() > BIG and on_cpu:
         out = {k: v for k, v in out.items() if k not in NEEDS_COPIES}
     return out
 
 
-def _baselines(name: str, x: torch.Tensor, on_cpu: bool) -> dict:
+def _baselines(name: str, x: torch.Tensor, on_cpu: bool, inputs: dict) -> dict:
     n = x.shape[0]
-    f = byzantine_f(n)
+    f = rule_f(name, n)
     a = x.numpy() if on_cpu else None
     out = {}
-    if name == "bulyan":  # the whole rule: Krum scores alone are a fraction of its work
+    if name in ("prodigy", "flame", "foolsgold", "fltrust") and not on_cpu:
+        return out  # their baselines are numpy versions
+    if name == "prodigy":
+        out["numpy direct ProDiGy"] = lambda: numpy_prodigy(a, f)
+        out["numpy Gram Krum scores"] = lambda: numpy_gram_krum_scores(a, f)
+    elif name == "flame":
+        g = inputs["global_params"].numpy()
+        out["sklearn cosine_distances + HDBSCAN FLAME"] = lambda: numpy_flame(a, g, 0.001, 0, True)
+        out["numpy Gram + HDBSCAN FLAME"] = lambda: numpy_flame(a, g, 0.001, 0, False)
+    elif name == "foolsgold":
+        out["sklearn cosine_similarity FoolsGold"] = lambda: numpy_foolsgold(a, True)
+        out["numpy Gram FoolsGold"] = lambda: numpy_foolsgold(a, False)
+    elif name == "fltrust":
+        reference = inputs["reference_update"].numpy()
+        out["numpy FLTrust"] = lambda: numpy_fltrust(a, reference)
+    elif name == "bulyan":  # the whole rule: Krum scores alone are a fraction of its work
         out["torch.cdist + torch.sort Bulyan"] = lambda: cdist_sort_bulyan(x, f)
     elif name in KRUM_FAMILY:
         out["torch.cdist Krum scores"] = lambda: cdist_krum_scores(x, f)
@@ -156,6 +325,30 @@ def _baselines(name: str, x: torch.Tensor, on_cpu: bool) -> dict:
         out["torch row means"] = lambda: x.mean(dim=1)
         if on_cpu:
             out["np row means"] = lambda: a.mean(axis=1)
+    elif name == "norm_clipping":
+        clip = 3.0
+        out["torch clip + mean"] = lambda: (x * (clip / x.norm(dim=1, keepdim=True)).clamp(max=1.0)).mean(dim=0)
+        if on_cpu:
+            out["np norms + matvec"] = lambda: np.minimum(1.0, clip / np.linalg.norm(a, axis=1)) @ a / n
+    elif name == "rlr":
+        threshold = byzantine_f(n) + 1
+        def torch_vote():
+            mean = x.mean(dim=0)
+            return torch.where(torch.sign(x).sum(dim=0).abs() >= threshold, mean, -mean)
+        out["torch sign vote"] = torch_vote
+        if on_cpu:
+            def numpy_vote():
+                mean = a.mean(axis=0)
+                return np.where(np.abs(np.sign(a).sum(axis=0)) >= threshold, mean, -mean)
+            out["np sign vote"] = numpy_vote
+    elif name == "rfa":
+        out["torch Weiszfeld"] = lambda: plain_weiszfeld(x, 1e-5, 4, 1e-6, torch)
+        if on_cpu:
+            out["np Weiszfeld"] = lambda: plain_weiszfeld(a, 1e-5, 4, 1e-6, np)
+    elif name == "centered_clipping":
+        out["torch centered clipping"] = lambda: plain_centered_clipping(x, 10.0, 1, torch)
+        if on_cpu:
+            out["np centered clipping"] = lambda: plain_centered_clipping(a, 10.0, 1, np)
     else:  # fedavg
         out["torch.mean"] = lambda: x.mean(dim=0)
         if on_cpu:
@@ -188,36 +381,56 @@ def timed(fns: dict, device: str, repeats: int, warm_up: bool = True) -> dict:
     return {name: {"best_s": min(v), "median_s": statistics.median(v)} for name, v in times.items()}
 
 
-def run_size(n: int, d: int, device: str, repeats: int, warm_up: bool, seed: int = 0) -> list[dict]:
+def run_size(n: int, d: int, device: str, repeats: int, warm_up: bool, seed: int = 0, only=None) -> list[dict]:
     generator = torch.Generator().manual_seed(seed)
     x = (torch.randn(n, d, generator=generator) * 0.01).to(device)
     x[: byzantine_f(n)] += 0.05  # a group of shifted rows, as an attack would send
-    rules = make_rules(n)
+    # what the context-reading rules get: a global model, and a server update near the benign mean
+    inputs = {
+        "global_params": (torch.randn(d, generator=generator) * 0.1).to(device),
+        "reference_update": (x[byzantine_f(n):].mean(dim=0).cpu() + torch.randn(d, generator=generator) * 0.001).to(device),
+    }
+    rules = make_rules(n, only)
     rows = []
     for name, rule in rules.items():
         if name == "sparsefed":
             rule.error = None
 
         def call(rule=rule, first_round=rule.state_dict()):
-            rule.load_state_dict(first_round)  # every call a first round (SparseFed's accumulator)
-            return rule(x)
+            rule.load_state_dict(first_round)  # every call a first round (SparseFed's accumulator, FoolsGold's history)
+            context = aggregation_context(rule, round=0, clients=list(range(n)), seed=seed,
+                                          global_params=inputs["global_params"],
+                                          reference_update=lambda round, params: inputs["reference_update"])
+            return rule(x, context)
 
-        fns = {"rule": call, **baselines(name, x, device == "cpu")}
+        fns = {"rule": call, **baselines(name, x, device == "cpu", inputs)}
+        counted = input_passes(name, rule) is not None
+        if counted:
+            fns["one read (torch.sum over rows)"] = lambda: x.sum(dim=1)
         print(f"  {name} ...", file=sys.stderr, flush=True)
         measured = timed(fns, device, repeats, warm_up)
+        one_read = measured.pop("one read (torch.sum over rows)")["best_s"] if counted else None
+        passes = input_passes(name, rule)
         base = {k: v for k, v in measured.items() if k != "rule"}
         fastest = min(base, key=lambda k: base[k]["best_s"]) if base else None
         rows.append({
             "rule": name,
             "clients": n,
             "dim": d,
-            "f": byzantine_f(n) if hasattr(AGGREGATORS[name], "resolve_f") else None,
+            "f": rule_f(name, n) if hasattr(AGGREGATORS[name], "resolve_f") or name == "prodigy" else None,
             "rule_s": measured["rule"]["best_s"],
             "rule_median_s": measured["rule"]["median_s"],
             "baselines": base,
             "fastest_baseline": fastest,
             "x_fastest_baseline": base[fastest]["best_s"] / measured["rule"]["best_s"] if base else None,
         })
+        if counted:
+            rows[-1].update({
+                "input_passes": passes,
+                "one_read_s": one_read,
+                "x_pass_bound": passes * one_read / measured["rule"]["best_s"],
+                "effective_gb_s": passes * n * d * x.element_size() / measured["rule"]["best_s"] / 1e9,
+            })
     del x
     return rows
 
@@ -255,6 +468,22 @@ def markdown(result: dict) -> str:
         )
     if result["skipped"]:
         lines += ["", "Skipped:"] + [f"- n={s['clients']}, d={s['dim']:,}: {s['why']}" for s in result["skipped"]]
+    counted = [r for r in result["rows"] if r.get("input_passes") is not None]
+    if counted:
+        lines += [
+            "",
+            "Operation counts (reads of the [n, d] float32 input; one read timed as `torch.sum` of each row in the "
+            "same run):",
+            "",
+            "| clients | d | rule | passes | one read (ms) | passes x one read (ms) | rule (ms) | x pass bound | GB/s |",
+            "|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in counted:
+            lines.append(
+                f"| {r['clients']} | {r['dim']:,} | {r['rule']} | {r['input_passes']} | {r['one_read_s'] * 1e3:,.2f} | "
+                f"{r['input_passes'] * r['one_read_s'] * 1e3:,.1f} | {r['rule_s'] * 1e3:,.1f} | "
+                f"{r['x_pass_bound']:.2f} | {r['effective_gb_s']:.1f} |"
+            )
     lines += ["", "Targets:"] + [f"- {t}" for t in result["targets"]]
     return "\n".join(lines) + "\n"
 
@@ -280,6 +509,7 @@ def main(argv=None) -> int:
                         help="timed calls for sizes over 1e8 elements (on CPU: no warm-up call, copy-free baselines only)")
     parser.add_argument("--max-gb", type=float, default=5.0, help="largest update matrix to try, GiB")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--rules", default="", help="only these rules (comma-separated names; default: every one)")
     parser.add_argument("--quick", action="store_true", help="n = 10, 30 and d = 2,000 only: a smoke test")
     parser.add_argument("--out", default=str(REPO / "bench" / "results"))
     parser.add_argument("--tag", default="", help="suffix of the result files, e.g. n100 -> aggregators_cpu_n100.json")
@@ -294,6 +524,10 @@ def main(argv=None) -> int:
         dims = [DIMS[v] if v in DIMS else int(v) for v in args.dims.split(",") if v]
     except ValueError as exc:
         parser.error(f"--clients takes integers and --dims names or integers: {exc}")
+    only = [name for name in args.rules.split(",") if name]
+    unknown = sorted(set(only) - set(AGGREGATORS))
+    if unknown:
+        parser.error(f"--rules: unknown rule(s) {', '.join(unknown)}; known: {', '.join(AGGREGATORS)}")
     if args.quick:
         clients, dims = [10, 30], [2_000]
     rows, skipped = [], []
@@ -312,7 +546,9 @@ def main(argv=None) -> int:
             "numpy": np.__version__,
             "what": (
                 "Random float32 updates (N(0, 0.01^2), the first f rows shifted by 0.05); f = floor((n-3)/4) for krum, "
-                "multikrum, bulyan and the Krum baselines; trimmed_mean beta 0.1; sparsefed k 0.1, clip 1. Best of "
+                "multikrum, bulyan and the Krum baselines (at least 2 for prodigy); trimmed_mean beta 0.1; sparsefed k 0.1, "
+                "clip 1; flame lambda 0.001 on local models (global N(0, 0.1^2)); foolsgold in a first round; fltrust "
+                "against the mean of the unshifted rows plus N(0, 0.001^2). Best of "
                 f"{args.repeats} interleaved calls after one warm-up call ({args.mid_repeats} from 1e7 elements; "
                 f"{args.big_repeats} above 1e8, where on CPU there is no warm-up call and only the baselines that need no "
                 "copy of the updates run: torch.cdist makes two [n, d+2] copies, full column sorts take minutes). "
@@ -340,7 +576,7 @@ def main(argv=None) -> int:
             print(f"n={n}, d={d:,}", file=sys.stderr, flush=True)
             big = n * d > BIG
             repeats = args.big_repeats if big else args.mid_repeats if n * d > 10_000_000 else args.repeats
-            rows += run_size(n, d, args.device, repeats, warm_up=not (big and args.device == "cpu"))
+            rows += run_size(n, d, args.device, repeats, warm_up=not (big and args.device == "cpu"), only=only)
             write(final=False)
     md = write(final=True)
     print(md)

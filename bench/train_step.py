@@ -58,7 +58,7 @@ ROLES = {
     "benign, leadfl hessian": (["client_defense.type=leadfl", "client_defense.variant=hessian"], False),
     "benign, leadfl paper": (["client_defense.type=leadfl", "client_defense.variant=paper"], False),
     "benign, leadfl original": (["client_defense.type=leadfl", "client_defense.variant=original"], False),
-    "malicious, backdoor mgda": (["attack.type=backdoor", "attack.blend=mgda"], True),
+    "malicious, backdoor mgda": (["attack.type=backdoor", "attack.backdoor.blend=mgda"], True),
 }
 # Gradient evaluations per step, for the per-gradient column.
 GRADIENTS_PER_STEP = {"benign, leadfl hessian": 2, "malicious, backdoor mgda": 2}

@@ -123,7 +123,7 @@ SET_PATHS: list[tuple[tuple[str, ...], list[str]]] = [
     (("privacy.rdp_order",), ["privacy.type=gaussian"]),
     (("attack.boost",), []),
     (("attack.target_label",), []),
-    (("attack.blend_weight",), ["attack.blend=fixed"]),
+    (("attack.backdoor.blend_weight",), ["attack.backdoor.blend=fixed"]),
     (("eval.batch_size",), []),
     (("eval.test_size",), []),
     (("data.synthetic_train_size",), []),
@@ -338,7 +338,7 @@ LONG_NAME = "n" * 300
 
 def _grid_of(axes: int) -> str:
     names = ["seed", "training.lr", "training.momentum", "client_defense.alpha", "attack.boost", "privacy.clip",
-             "privacy.epsilon", "client_defense.q", "client_defense.noise_scale", "attack.blend_weight",
+             "privacy.epsilon", "client_defense.q", "client_defense.noise_scale", "attack.backdoor.blend_weight",
              "training.lr_gamma", "data.dirichlet_beta"][:axes]
     lines = ["settings:"] + ["  " + line for line in TINY_YAML.splitlines()] + ["axes:"]
     for name in names:

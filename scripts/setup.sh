@@ -12,8 +12,8 @@ ROOT=$(pwd -P)
 
 PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
-PIP_PACKAGES=(numpy pyyaml tqdm matplotlib pytest expecttest ninja)
-PIP_MODULES=(numpy yaml tqdm matplotlib pytest expecttest ninja)  # their import names
+PIP_PACKAGES=(numpy pyyaml tqdm matplotlib scikit-learn pytest expecttest ninja)
+PIP_MODULES=(numpy yaml tqdm matplotlib sklearn pytest expecttest ninja)  # their import names
 DATASET_DIR=${LEADFL_DATASET_DIR:-/usr/share/datasets/fashion-mnist}  # settable for the tests
 DATASET_PACKAGE=dataset-fashion-mnist
 STAMP=build/setup-stamp

@@ -62,7 +62,8 @@ class ShadowRun:
 
     def __init__(self, engine, uploads, aggregator, initial_params: Tensor, sizes: Sequence[int],
                  score: Callable[[Tensor], float], reseed: Callable[[int], None],
-                 counters: Callable[..., Tensor] | None = None, seed: int = 0):
+                 counters: Callable[..., Tensor] | None = None, seed: int = 0,
+                 reference: Callable[[int, Tensor], Tensor] | None = None):
         self.engine = engine
         self.uploads = uploads
         self.aggregator = aggregator
@@ -74,11 +75,21 @@ class ShadowRun:
         # `counters(clients, roles)`: the BatchNorm counters, for a rule that asks for them
         self.counters = counters
         self.seed = int(seed)
+        # `reference(round, params)`: the server's own update (FLTrust), for a rule that asks for it
+        self.reference = reference
         # The shadow's own last global update, kept only for a rule that reads it.
         self.last_update: Tensor | None = None
         # The client defense's per-client state kept across rounds (momentum_reset: never) is the
         # shadow's own: the engine holds the run's, swapped out around the shadow's training.
         self.client_state: dict | None = None
+
+    def _reference(self, round: int, params: Tensor) -> Tensor:
+        # The server's training on the shadow's model, with the shadow's client-defense state.
+        run_state = self._swap_client_state(self.client_state)
+        try:
+            return self.reference(round, params)
+        finally:
+            self.client_state = self._swap_client_state(run_state)
 
     def step(self, global_params: Tensor, clients: list[int], round: int, *, scored: bool = True) -> dict[str, Any]:
         """Advances the shadow through round `round` (after the run's own round, whose new
@@ -93,7 +104,8 @@ class ShadowRun:
         updates = self.uploads.benign(updates, clients, round)
         counters = None if self.counters is None else (lambda ids: self.counters(ids, roles))
         context = aggregation_context(self.aggregator, round=round, clients=clients, seed=self.seed, counters=counters,
-                                      global_params=params, last_global_update=self.last_update)
+                                      global_params=params, last_global_update=self.last_update,
+                                      reference_update=None if self.reference is None else self._reference)
         aggregation = self.aggregator(updates, context)
         update = aggregation.update.to(device=params.device, dtype=params.dtype)
         self.params = params + update

@@ -39,7 +39,8 @@ from sim.data import check_data_files
 from sim.engines.distributed import broadcast_object, init_from_env, is_main_process, launched_with_several_ranks
 from sim import yaml_input
 from sim.errors import ConfigError
-from sim.io import CHECKPOINT_FILE, METRICS_FILE, SUMMARY_FILE, check_names, inside, lock_folder, read_json_file, write_atomic
+from sim.io import CHECKPOINT_FILE, COMPARE_INPUT_FILE, METRICS_FILE, SUMMARY_FILE, check_names, check_within, inside, lock_folder, read_json_file, write_atomic
+from sim.attacks.data.registry import description as attack_description
 from sim.metrics import attack_metric_name
 from sim.jobs import LocalBackend, Trial, TrialResult, run_trials
 from sim.plots import plot_comparison, plot_comparison_bands
@@ -47,9 +48,10 @@ from sim.reporting import read_finished, read_metrics
 from sim.resume import load_checkpoint, refuse_overwrite
 from sim.runner import run
 from sim.stats import count_of_seeds, mean_interval
+from sim.tables import estimate_text, percent, table_head, table_row
 
 TABLE_FILE = "table.md"
-INPUT_FILE = "compare-input.yaml"  # the settings, variants and seeds, as a --config file
+INPUT_FILE = COMPARE_INPUT_FILE  # the settings, variants and seeds, as a --config file
 PLOT_FILE = "comparison.png"
 JSON_FILE = "comparison.json"
 
@@ -91,10 +93,6 @@ def _override_text(item: str | tuple[str, Any]) -> str:
     return f"{path}={json.dumps(value) if not isinstance(value, str) else value}"
 
 
-def _percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1f}"
-
-
 def table_markdown(
     summaries: dict[str, dict[str, Any]], caption: str = "", baselines: dict[str, str | None] | None = None,
     metric: str = "backdoor accuracy",
@@ -107,22 +105,18 @@ def table_markdown(
     lines = []
     if caption:
         lines += [caption, ""]
-    header = f"| variant | main accuracy, final (%) | {metric}, average (%) | {metric}, final (%) |"
-    rule = "| --- | ---: | ---: | ---: |"
+    header = ["variant", "main accuracy, final (%)", f"{metric}, average (%)", f"{metric}, final (%)"]
     if baselines:
-        header += " main accuracy loss vs clean run (points) |"
-        rule += " ---: |"
-    lines += [header, rule]
+        header.append("main accuracy loss vs clean run (points)")
+    lines += table_head(header)
     for label, summary in summaries.items():
-        line = (
-            f"| {label} | {_percent(summary['final_main_accuracy'])} | "
-            f"{_percent(summary['mean_backdoor_accuracy'])} | {_percent(summary['final_backdoor_accuracy'])} |"
-        )
+        cells = [label, percent(summary["final_main_accuracy"]), percent(summary["mean_backdoor_accuracy"]),
+                 percent(summary["final_backdoor_accuracy"])]
         if baselines:
             clean = baselines.get(label)
             loss = main_accuracy_loss(summary, summaries[clean]) if clean else None
-            line += f" {_percent(loss)}{f' (vs {clean})' if clean else ''} |"
-        lines.append(line)
+            cells.append(f"{percent(loss)}{f' (vs {clean})' if clean else ''}")
+        lines.append(table_row(cells))
     return "\n".join(lines) + "\n"
 
 
@@ -168,7 +162,7 @@ def seeds_text(seeds: list[int]) -> str:
 
 def caption_for(cfg: Config, seeds: list[int] | None = None) -> str:
     """What every variant shares, in one sentence above the table."""
-    attack = {"backdoor": "9-pixel backdoor", "label_flip": "label flipping", "none": "no attack"}[cfg.attack.type]
+    attack = attack_description(cfg.attack.type)
     if cfg.model_poisoning.type != "none":
         attack = f"model poisoning {cfg.model_poisoning.type}" + (f" with {attack}" if cfg.attack.type != "none" else "")
     if cfg.privacy.type != "none":
@@ -317,6 +311,8 @@ def _compare_locked(cfg, variants, configs, runs, out_dir, resume, progress, ech
                     writer) -> dict[str, Any]:
     summaries: dict[tuple[str, int | None], dict] = {}
     todo: list[tuple[_Run, bool]] = []  # (run, continue from its checkpoint?)
+    if writer:
+        check_within(out_dir, [item.folder for item in runs])
     for item in runs:
         run_dir = out_dir / item.folder
         # Decided on rank 0 alone (the folder may exist only there) and shared with every rank.
@@ -367,8 +363,8 @@ def _run_processes(out_dir: Path, todo: list[tuple[_Run, bool]], jobs: int, echo
         if result.ok:
             summary = json.loads((trial.out_dir / SUMMARY_FILE).read_text())
             summaries[item.label, item.seed] = _labelled(summary, item.label)
-            echo(f"[{done}/{len(trials)}] {trial.name}: main {_percent(summary['final_main_accuracy'])}%, "
-                 f"backdoor (avg) {_percent(summary['mean_backdoor_accuracy'])}%, {result.elapsed_s:.0f} s")
+            echo(f"[{done}/{len(trials)}] {trial.name}: main {percent(summary['final_main_accuracy'], '%')}, "
+                 f"backdoor (avg) {percent(summary['mean_backdoor_accuracy'], '%')}, {result.elapsed_s:.0f} s")
         else:
             failed.append(f"{trial.name} (exit {result.returncode}: {result.log_tail}; see {trial.out_dir / 'log.txt'})")
             echo(f"[{done}/{len(trials)}] {trial.name} FAILED: {failed[-1]}")
@@ -472,20 +468,13 @@ def _many_seed_record(cfg, configs, variants, summaries, seeds) -> dict[str, Any
     return {"caption": caption_for(cfg, seeds), "base_config": to_dict(cfg), "seeds": list(seeds), "variants": entries}
 
 
-def _estimate_text(record: dict[str, Any] | None, signed: bool = False, digits: int = 1) -> str:
-    if record is None:
-        return "n/a"
-    mean = f"{record['mean']:+.{digits}f}" if signed else f"{record['mean']:.{digits}f}"
-    return mean if record["half_width"] is None else f"{mean} ± {record['half_width']:.{digits}f}"
-
-
 def _attack_effect_table(entries: dict[str, Any], seeds: int) -> list[str]:
     """The attack effect's figures over the `seeds` seeds (runs with metrics.attack_effect), as
     table rows; a figure that fewer seeds have (a run without benign rounds has no decay ratio)
     names its n."""
 
     def text(record, signed=False, digits=1):
-        out = _estimate_text(record, signed, digits)
+        out = estimate_text(record, signed, digits)
         return out if record is None or record["n"] == seeds else f"{out} (n {record['n']})"
 
     labels = list(entries)
@@ -493,15 +482,14 @@ def _attack_effect_table(entries: dict[str, Any], seeds: int) -> list[str]:
     for _, title, _ in ATTACK_EFFECT_METRICS:
         header += [title, "Δ"]
     lines = ["", f"Attack effect (`metrics.attack_effect`, docs/algorithms.md §6), over the same seeds; Δ: the "
-             f"difference to {labels[0]}, seed by seed.", "",
-             "| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
+             f"difference to {labels[0]}, seed by seed.", "", *table_head(header)]
     for label, entry in entries.items():
         cells = [label]
         for metric, _, digits in ATTACK_EFFECT_METRICS:
             difference = entry.get("attack_effect_differences", {}).get(metric)
             cells += [text(entry["attack_effect"][metric], digits=digits),
                       "" if label == labels[0] else text(difference, True, digits)]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(table_row(cells))
     return lines
 
 
@@ -524,19 +512,18 @@ def seeds_table_markdown(comparison: dict[str, Any]) -> str:
         header += [title.replace("backdoor accuracy", _metric(comparison)), "Δ"]
     if with_loss:
         header.append("main accuracy loss vs clean run (points)")
-    lines.append("| " + " | ".join(header) + " |")
-    lines.append("| --- | ---: |" + " ---: |" * (len(header) - 2))
+    lines += table_head(header)
     for label, entry in entries.items():
         estimates = entry["estimates"]
         n = max((record["n"] for record in estimates.values() if record), default=0)
         cells = [label, str(n)]
         for metric, _ in SEED_METRICS:
             difference = entry.get("differences", {}).get(metric)
-            cells += [_estimate_text(estimates[metric]), "" if label == labels[0] else _estimate_text(difference, True)]
+            cells += [estimate_text(estimates[metric]), "" if label == labels[0] else estimate_text(difference, True)]
         if with_loss:
             clean = entry.get("clean_baseline")
-            cells.append(f"{_estimate_text(entry.get('main_accuracy_loss'))} (vs {clean})" if clean else "n/a")
-        lines.append("| " + " | ".join(cells) + " |")
+            cells.append(f"{estimate_text(entry.get('main_accuracy_loss'))} (vs {clean})" if clean else "n/a")
+        lines.append(table_row(cells))
     if any("attack_effect" in entry for entry in entries.values()):
         lines += _attack_effect_table(entries, len(seeds))
     return "\n".join(lines) + "\n"

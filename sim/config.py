@@ -27,19 +27,21 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 
-from sim.attacks.data_poisoning import ATTACK_TYPES, BLEND_RULES, TRIGGER_VALUES
+from sim.attacks.data.registry import DATA_POISONING
+from sim.attacks.data_poisoning import TRIGGER_VALUES
 from sim.attacks.model_poisoning import MODEL_POISONING
 from sim.data import DATASET_NAMES, PARTITION_SCHEMES, check_synthetic_size
-from sim.defenses.client import CLIENT_DEFENSES, LEADFL_VARIANTS, MOMENTUM_RESETS, check_client_defense
+from sim.defenses.client import CLIENT_DEFENSES, check_client_defense, client_defense_class
 from sim.defenses.privacy import PRIVACY_TYPES, build_privacy
 from sim.engines.client_training import check_training_settings
 from sim.engines.batched import check_memory_format
 from sim.engines.registry import AUTO, ENGINES, resolve_engine
 from sim.engines.schedules import LR_SCHEDULES
 from sim import yaml_input
+from sim.io import COMPARE_INPUT_FILE
 from sim.errors import ConfigError
 from sim.presets import CONFIGS_DIR, _read_yaml, list_presets, preset_path  # noqa: F401
-from sim.settings import FLOAT32_MAX, check_value, is_int, is_setting, setting, show
+from sim.settings import check_value, is_int, is_setting, setting, show
 from sim.models import MEMORY_FORMATS, MODELS
 from sim.selection import SCHEDULES as SELECTION_SCHEDULES
 from sim.selection import SELECTION_RNGS, Selector
@@ -56,10 +58,8 @@ PARTITIONS = tuple(PARTITION_SCHEMES)
 MODEL_NAMES = tuple(MODELS)
 ENGINE_NAMES = (*ENGINES, AUTO)
 SCHEDULES = tuple(SELECTION_SCHEDULES)
-ATTACKS = tuple(ATTACK_TYPES)
-BLENDS = tuple(BLEND_RULES)
+ATTACKS = tuple(DATA_POISONING)
 CLIENT_DEFENSE_NAMES = tuple(CLIENT_DEFENSES)
-LEADFL_VARIANT_NAMES = tuple(LEADFL_VARIANTS)
 AGGREGATOR_NAMES = tuple(AGGREGATORS)
 MODEL_POISONING_TYPES = tuple(MODEL_POISONING)
 PRIVACY_NAMES = tuple(PRIVACY_TYPES)
@@ -84,6 +84,29 @@ def component_section(name: str, shared: list[tuple[str, Any, Any]], registry: d
         settings_class = getattr(cls, "settings", None)
         if settings_class is not None:
             fields.append((component, settings_class, field(default_factory=settings_class)))
+    return dataclasses.make_dataclass(name, fields)
+
+
+def _copy_field(declared: dataclasses.Field) -> Any:
+    if declared.default_factory is not dataclasses.MISSING:
+        return field(default_factory=declared.default_factory, metadata=declared.metadata)
+    return field(default=declared.default, metadata=declared.metadata)
+
+
+def flat_section(name: str, shared: list[tuple[str, Any, Any]], registry: dict[str, Any]) -> type:
+    """A config section: its shared settings, then every setting the registered components declare,
+    in registry order, in the section itself (`client_defense.alpha`): a family of components that
+    share their settings. A name declared twice must be declared alike."""
+    fields = list(shared)
+    seen: dict[str, dataclasses.Field] = {}
+    for component, cls in registry.items():
+        for declared_field in dataclasses.fields(cls.settings) if getattr(cls, "settings", None) else ():
+            earlier = seen.get(declared_field.name)
+            if earlier is None:
+                seen[declared_field.name] = declared_field
+                fields.append((declared_field.name, declared_field.type, _copy_field(declared_field)))
+            elif (earlier.default, dict(earlier.metadata)) != (declared_field.default, dict(declared_field.metadata)):
+                raise TypeError(f"{name}: {component} declares {declared_field.name!r} unlike an earlier component")
     return dataclasses.make_dataclass(name, fields)
 
 
@@ -140,29 +163,26 @@ class TrainingConfig:
     memory_format: str = setting("contiguous", "str", choices=tuple(MEMORY_FORMATS))
 
 
-@dataclass
-class AttackConfig:
-    type: str = setting("backdoor", "str", choices=ATTACKS)
-    target_label: int = setting(8, "int", low=0)
-    blend: str = setting("mgda", "str", choices=BLENDS)
-    blend_weight: float = setting(0.5, "float", low=0, high=1)
-    boost: float = setting(1.0, "float", low=0, low_open=True)
+# The data-poisoning attack of the malicious clients (sim.attacks.data): shared settings, then each
+# attack's own under its name (`attack.backdoor.blend`).
+AttackConfig = component_section("AttackConfig", [
+    ("type", str, setting("backdoor", "str", choices=ATTACKS)),
+    # The class the triggered test set is scored against (under every attack, sim.metrics).
+    ("target_label", int, setting(8, "int", low=0)),
+    # Malicious update scale factor.
+    ("boost", float, setting(1.0, "float", low=0, low_open=True)),
     # data_range: the trigger takes the data's max/min; authors: the LeadFL code's normalised values.
-    trigger_values: str = setting("data_range", "str", choices=TRIGGER_VALUES)
+    ("trigger_values", str, setting("data_range", "str", choices=TRIGGER_VALUES)),
+    # The malicious clients run the client defense too, while they poison (sim.engines.client_training).
+    ("follow_client_defense", bool, setting(False, "bool")),
+], {name: cls for name, cls in DATA_POISONING.items() if cls is not None})
 
 
-@dataclass
-class ClientDefenseConfig:
-    type: str = setting("none", "str", choices=CLIENT_DEFENSE_NAMES)
-    noise_scale: float = setting(0.2, "float", low=0)
-    variant: str = setting("hessian", "str", choices=LEADFL_VARIANT_NAMES)
-    alpha: float = setting(0.4, "float", low=0)
-    q: float = setting(0.2, "float", low=0, low_open=True)
-    # Tensors a LeadFL variant regularises: all | weight | conv | a list of parameter names; null:
-    # the variant's own (weight for original, all for the others). sim.defenses.client.scope_flags
-    scope: str | list[str] | None = setting(None, "str_or_list", nullable=True)
-    # original: round (momentum fresh every round) | never (kept per client across rounds, as the authors' code)
-    momentum_reset: str = setting("round", "str", choices=MOMENTUM_RESETS)
+# The client defense of the protocol-following clients (sim.defenses.client): its type, then the
+# settings each rule declares, in one flat section (`client_defense.alpha`).
+ClientDefenseConfig = flat_section("ClientDefenseConfig", [
+    ("type", str, setting("none", "str", choices=CLIENT_DEFENSE_NAMES)),
+], CLIENT_DEFENSES)
 
 
 # Replaces the selected malicious clients' uploads (sim.attacks.model_poisoning); none = off.
@@ -237,6 +257,8 @@ class Config:
 # folder's config.yaml, a compare section) that uses an old name is read under the new one, with
 # a notice for files a user writes; `--set` with an old name is refused, naming the new one.
 MOVED_SETTINGS: dict[str, tuple[str, ...]] = {
+    "attack.blend": ("attack.backdoor.blend",),
+    "attack.blend_weight": ("attack.backdoor.blend_weight",),
     "server.m": ("server.multikrum.m",),
     "server.trim_beta": ("server.trimmed_mean.beta",),
     "server.sparsefed_k": ("server.sparsefed.k",),
@@ -281,12 +303,13 @@ def migrate_settings(raw: Any, source: str | None = None) -> Any:
     return migrated
 
 
-def migrate_pairs(pairs: list[tuple[str, Any]], source: str) -> list[tuple[str, Any]]:
+def migrate_pairs(pairs: list[tuple[str, Any]], source: str | None) -> list[tuple[str, Any]]:
     """`migrate_settings` for (dotted path, value) pairs, e.g. a compare variant's settings."""
     migrated = []
     for path, value in pairs:
         if path in MOVED_SETTINGS:
-            _notice(source, path, MOVED_SETTINGS[path])
+            if source is not None:
+                _notice(source, path, MOVED_SETTINGS[path])
             migrated.extend((new, value) for new in MOVED_SETTINGS[path])
         else:
             migrated.append((path, value))
@@ -369,12 +392,17 @@ def _unknown_key_error(path: str, cls: type, source: str) -> ConfigError:
     )
 
 
+def _short_repr(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... (a {type(value).__name__})"
+
+
 def _check_keys(raw: Any, cls: type, source: str, prefix: str = "") -> None:
     """Reject unknown keys and sections given as scalars, recursively."""
     where = prefix.rstrip(".") or "the top level"
     if not isinstance(raw, dict):
         raise ConfigError(
-            f"{where} in {source} must be a mapping of settings, got {raw!r}; "
+            f"{where} in {source} must be a mapping of settings, got {_short_repr(raw)}; "
             f"fix: write it as 'key: value' lines"
         )
     fields = _fields_by_name(cls)
@@ -454,6 +482,7 @@ class ConfigSource:
     description: str = ""
     compare: dict | None = None
     seeds: Any = None
+    saved: bool = False  # a comparison's own record, not a file a user wrote
 
 
 def read_source(path: Path, name: str) -> ConfigSource:
@@ -470,9 +499,12 @@ def read_source(path: Path, name: str) -> ConfigSource:
             f"'compare' in {name} must map each variant label to its settings, got {compare!r}; "
             "fix: e.g. compare: {leadfl: {client_defense.type: leadfl}}"
         )
-    raw = migrate_settings(raw, name)
+    # A comparison's own record (what `compare --resume` reads back) is migrated silently, as a
+    # run folder's config is: its author wrote the settings under the names of their time.
+    saved = path.name == COMPARE_INPUT_FILE
+    raw = migrate_settings(raw, None if saved else name)
     _check_keys(raw, Config, name)
-    return ConfigSource(name, raw, description, compare, seeds)
+    return ConfigSource(name, raw, description, compare, seeds, saved)
 
 
 def _sources(preset: str | None, path: str | Path | None) -> list[ConfigSource]:
@@ -574,9 +606,10 @@ def compare_variants(preset: str | None = None, path: str | Path | None = None) 
     """
     section = None
     source_name = ""
+    saved = False
     for source in _sources(preset, path):
         if source.compare is not None:
-            section, source_name = source.compare, source.name
+            section, source_name, saved = source.compare, source.name, source.saved
     if section is None:
         return {}
     variants = {}
@@ -595,7 +628,7 @@ def compare_variants(preset: str | None = None, path: str | Path | None = None) 
                 "text, so their runs would share one folder; fix: rename one of them"
             )
         seen[str(label)] = label
-        variants[str(label)] = migrate_pairs(_flatten(settings), f"compare.{label} in {source_name}")
+        variants[str(label)] = migrate_pairs(_flatten(settings), None if saved else f"compare.{label} in {source_name}")
     return variants
 
 
@@ -729,12 +762,9 @@ def validate(cfg: Config) -> Config:
 
 def _check_limits(cfg: Config) -> None:
     """Settings valid one by one whose combination torch or float32 cannot hold."""
-    training, defense = cfg.training, cfg.client_defense
-    if defense.type == "leadfl" and training.lr * defense.alpha > FLOAT32_MAX:
-        raise ConfigError(
-            f"training.lr * client_defense.alpha = {training.lr:g} * {defense.alpha:g} is beyond float32's largest "
-            f"value ({FLOAT32_MAX:.4g}): every defended update would be Inf; fix: --set client_defense.alpha=0.4"
-        )
+    rule = client_defense_class(cfg.client_defense)
+    if hasattr(rule, "check_with"):
+        rule.check_with(cfg.client_defense, cfg.training)
     if cfg.data.dataset == "synthetic":
         check_synthetic_size(cfg.data.synthetic_train_size, cfg.data.synthetic_test_size)
 

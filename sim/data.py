@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from sim.errors import ConfigError
+from sim.rng import ROOT_SET
 
 DATASET_NAMES = ("fashion_mnist", "mnist", "cifar10", "synthetic")
 PARTITION_SCHEMES = ("iid", "dirichlet", "shards")
@@ -382,6 +383,22 @@ def make_synthetic_dataset(
 
 # --------------------------------------------------------------------------------------------
 # Partitions
+
+
+def hold_out(total: int, size: int, seed: int) -> tuple[Tensor, Tensor]:
+    """A seeded draw of `size` of the sample indices `0..total-1` for the server's own training
+    (FLTrust's root set) and the indices left for the clients: two sorted int64 tensors.
+
+    The draw depends only on `(seed, sim.rng.ROOT_SET)`, so a resumed run holds out the same samples."""
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size < total:
+        raise ConfigError(
+            f"the server's root set of {size!r} samples cannot be held out of {total} training samples: it must "
+            f"be an integer in 1..{total - 1}; fix: lower server.fltrust.root_size (e.g. --set server.fltrust.root_size=100)"
+        )
+    order = np.random.default_rng([int(seed), ROOT_SET]).permutation(total)
+    held = torch.from_numpy(np.sort(order[:size]))
+    rest = torch.from_numpy(np.sort(order[size:]))
+    return held, rest
 
 
 def partition(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterable
 
 CONFIG_FILE = "config.yaml"  # the resolved configuration (written once at the start)
 METRICS_FILE = "metrics.csv"  # one row per finished round (sim.reporting.RoundRecord)
@@ -15,6 +16,7 @@ PLOT_FILE = "accuracy.png"  # accuracies per round, once the last round is done
 ATTACK_EFFECT_PLOT_FILE = "attack_effect.png"  # with metrics.attack_effect, once the last round is done
 CHECKPOINT_FILE = "checkpoint.pt"  # what a resumed run continues from (sim.state)
 MANIFEST_FILE = "manifest.json"  # written last: the finished run's files and their digests (sim.manifest)
+COMPARE_INPUT_FILE = "compare-input.yaml"  # a comparison's settings, variants and seeds, as a --config file
 
 
 def _file_mode() -> int:
@@ -186,6 +188,20 @@ def inside(base: str | Path, relative: object, where: str) -> Path:
         raise ConfigError(f"{where} names the folder {relative!r}, which leads outside {base}; nothing was read or "
                           "written; fix: restore that file from a copy")
     return path
+
+
+def check_within(base: str | Path, folders: Iterable[str | Path]) -> None:
+    """Refuse, before anything runs, a run folder under `base` that a link (the folder itself or
+    one above it) leads outside `base`: a run would otherwise write into whatever it points at."""
+    from sim.errors import ConfigError
+
+    base = Path(base)
+    root = base.resolve()
+    for folder in folders:
+        path = base / folder
+        if not path.resolve().is_relative_to(root):
+            raise ConfigError(f"{path} leads outside {base} (a link to {path.resolve()}); a run folder must lie inside "
+                              "it; nothing was run or written; fix: remove the link, or choose another --out")
 
 
 def read_json_file(path: Path, what: str, fix: str) -> object:

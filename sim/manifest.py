@@ -54,9 +54,13 @@ def read_json(path: Path, out_dir: Path) -> Any:
         raise damaged(out_dir, f"{path.name} cannot be read ({type(error).__name__})") from None
 
 
-def check_sealed(out_dir: Path) -> dict[str, Any]:
+PLOT_FILES = (PLOT_FILE, ATTACK_EFFECT_PLOT_FILE)
+
+
+def check_sealed(out_dir: Path, plots: bool = True) -> dict[str, Any]:
     """The summary of the finished run sealed in `out_dir`, after checking every file against the
-    manifest; ConfigError naming the first disagreement."""
+    manifest (the plots too, unless `plots` is False: they are drawn from the others);
+    ConfigError naming the first disagreement."""
     manifest = read_json(out_dir / MANIFEST_FILE, out_dir)
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT or not isinstance(
             manifest.get("files"), dict):
@@ -68,6 +72,8 @@ def check_sealed(out_dir: Path) -> dict[str, Any]:
         if name not in SEALED_FILES:
             raise damaged(out_dir, f"{MANIFEST_FILE} lists {name!r}, which is not a run file")
         path = out_dir / name
+        if not plots and name in PLOT_FILES:
+            continue
         if not path.is_file():
             raise damaged(out_dir, f"{name} is missing")
         if _digest(path) != digest:

@@ -11,15 +11,18 @@ counts stay on the device until one read at the end of a scoring.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sim.attacks.data.registry import metric_name
 from sim.models import load_flat_parameters_, scoring_copy
 
-__all__ = ["Scorer", "TestSet", "attack_metric_name", "evaluate", "is_scored_round", "score"]
+__all__ = ["Scorer", "TestSet", "attack_metric_name", "evaluate", "is_scored_round", "score",
+           "trigger_to_target_rate"]
 
 
 def is_scored_round(round_index: int, rounds: int, every: int) -> bool:
@@ -30,9 +33,9 @@ def is_scored_round(round_index: int, rounds: int, every: int) -> bool:
 
 def attack_metric_name(attack_type: str) -> str:
     """What the `backdoor_accuracy` score measures under `attack.type`, for tables and plots: the
-    triggered images sent to the target label are a backdoor's success only when a backdoor is
-    trained (under label flipping or no attack it is the clean model's trigger-to-target rate)."""
-    return "backdoor accuracy" if attack_type == "backdoor" else "trigger-to-target rate (no backdoor trained)"
+    triggered images sent to the target label are a backdoor's success only when the attack trains
+    one (`DataPoisoningAttack.trains_backdoor`); otherwise it is the model's trigger-to-target rate."""
+    return metric_name(attack_type)
 
 
 def _check_batch_size(batch_size: int) -> None:
@@ -45,14 +48,17 @@ class TestSet:
 
     ``clean`` holds the (images, labels) batches of ``batch_size`` consecutive test images;
     ``triggered`` the batches of the images whose label is not ``target_label``, in test-set
-    order, ``batch_size`` at a time, each batch passed through ``stamp``. The simulator's models
-    use batch-statistics BatchNorm, so the scores depend on exactly these batches.
+    order, ``batch_size`` at a time, each batch passed through ``stamp``; ``pieces`` the same
+    batches passed through each of ``piece_stamps`` (parts of the trigger the attack is also
+    scored by, DBA's pieces). The simulator's models use batch-statistics BatchNorm, so the scores
+    depend on exactly these batches.
     """
 
     __test__ = False  # not a pytest class
 
     def __init__(self, x: Tensor, y: Tensor, *, target_label: int | None = None,
-                 stamp: Callable[[Tensor], Tensor] | None = None, batch_size: int = 1000):
+                 stamp: Callable[[Tensor], Tensor] | None = None, batch_size: int = 1000,
+                 piece_stamps: Sequence[Callable[[Tensor], Tensor]] = ()):
         _check_batch_size(batch_size)
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"x has {x.shape[0]} images but y has {y.shape[0]} labels; pass matching test tensors")
@@ -65,12 +71,19 @@ class TestSet:
         self.clean = [(x[start : start + batch_size], y[start : start + batch_size])
                       for start in range(0, x.shape[0], batch_size)]
         self.triggered: list[Tensor] = []
+        self.pieces: list[list[Tensor]] = []
         self.num_triggered = 0
+        if target_label is None and piece_stamps:
+            raise ValueError("piece_stamps are set but target_label is None; pass the target label")
         if target_label is not None:
             others = x[y != target_label]
             self.num_triggered = int(others.shape[0])
-            self.triggered = [stamp(others[start : start + batch_size])
-                              for start in range(0, others.shape[0], batch_size)]
+
+            def stamped(stamp_batch):
+                return [stamp_batch(others[start : start + batch_size]) for start in range(0, others.shape[0], batch_size)]
+
+            self.triggered = stamped(stamp)
+            self.pieces = [stamped(piece) for piece in piece_stamps]
 
 
 @torch.inference_mode()
@@ -82,30 +95,31 @@ def score(model: nn.Module, test_set: TestSet) -> dict[str, float | None]:
     whose true label is not the target that the model assigns to the target once triggered.
     Images of the target class are left out of that share, since calling them the target would
     be correct. ``backdoor_accuracy`` is None without a target label or when no test image has
-    another label.
+    another label. With the test set's ``pieces``, ``backdoor_accuracy_pieces`` lists the same
+    rate for each piece of the trigger alone.
     """
-    losses, correct, hits = [], [], []
+    losses, correct = [], []
     for images, labels in test_set.clean:
         logits = model(images)
         losses.append(F.cross_entropy(logits, labels, reduction="sum"))
         correct.append((logits.argmax(dim=1) == labels).sum())
-    for triggered in test_set.triggered:
-        hits.append((model(triggered).argmax(dim=1) == test_set.target_label).sum())
+    hits = [[(model(triggered).argmax(dim=1) == test_set.target_label).sum() for triggered in batches]
+            for batches in [test_set.triggered, *test_set.pieces] if batches]
     # One read from the device. The loss is summed as a Python float, batch by batch in order,
     # as the per-batch loop did (Python's sum() would compensate, and round differently).
     batch_losses = torch.stack(losses).tolist()
-    sums = [torch.stack(correct).sum()] + ([torch.stack(hits).sum()] if hits else [])
-    counts = torch.stack(sums).tolist()
+    counts = torch.stack([torch.stack(correct).sum(), *(torch.stack(batches).sum() for batches in hits)]).tolist()
     loss_sum = 0.0
     for value in batch_losses:
         loss_sum += value
-    results: dict[str, float | None] = {
+    rates = [100.0 * count / test_set.num_triggered for count in counts[1:]]
+    results: dict[str, Any] = {
         "main_accuracy": 100.0 * counts[0] / test_set.num_clean,
         "test_loss": loss_sum / test_set.num_clean,
-        "backdoor_accuracy": None,
+        "backdoor_accuracy": rates[0] if rates else None,
     }
-    if test_set.num_triggered > 0:
-        results["backdoor_accuracy"] = 100.0 * counts[1] / test_set.num_triggered
+    if test_set.pieces:
+        results["backdoor_accuracy_pieces"] = rates[1:] if rates else [None] * len(test_set.pieces)
     return results
 
 
@@ -124,6 +138,20 @@ def evaluate(
     return score(model, TestSet(x, y, target_label=target_label, stamp=stamp, batch_size=batch_size))
 
 
+def trigger_to_target_rate(model: nn.Module, x: Tensor, y: Tensor, target_label: int,
+                           stamp: Callable[[Tensor], Tensor], batch_size: int = 1000) -> float | None:
+    """The percent of test images whose true label is not `target_label` that `model` assigns to
+    `target_label` once `stamp` has added a trigger (None when no image has another label); the
+    triggered batches hold only non-target images."""
+    others = x[y != target_label]
+    if others.shape[0] == 0:
+        return None
+    with torch.inference_mode():
+        hits = sum(int((model(stamp(others[start : start + batch_size])).argmax(dim=1) == target_label).sum())
+                   for start in range(0, others.shape[0], batch_size))
+    return 100.0 * hits / others.shape[0]
+
+
 class Scorer:
     """Scores flat parameter vectors of ``model``'s shape on ``test_set``, round after round.
 
@@ -135,6 +163,6 @@ class Scorer:
         self.model = scoring_copy(model)
         self.test_set = test_set
 
-    def __call__(self, params: Tensor) -> dict[str, float | None]:
+    def __call__(self, params: Tensor) -> dict[str, Any]:
         load_flat_parameters_(self.model, params)
-        return score(self.model, self.test_set)
+        return {"backdoor_accuracy_pieces": [], **score(self.model, self.test_set)}

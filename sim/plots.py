@@ -1,4 +1,4 @@
-"""Figures of a run and of a comparison, drawn with matplotlib's Agg canvas.
+"""Figures of a run, of a comparison and of a sweep, drawn with matplotlib's Agg canvas.
 
 Figures are built as `matplotlib.figure.Figure` objects without pyplot, so plotting never opens
 a window, needs no display, and does not change the backend of a session that imports `sim`.
@@ -276,4 +276,54 @@ def plot_frontier(families: dict[str, list[tuple[Any, float, float | None, float
     if title:
         axes.set_title(textwrap.fill(title, 90), fontsize="medium")
     _save(figure, path)
+    return path
+
+
+def plot_levels(estimates: dict[tuple, Any], axes: dict[str, list[str]], x_axis: str, panel_axis: str | None,
+                line_axes: Sequence[str], panels: Sequence[Any], *, ylabel: str, title: str, path: str | Path) -> Path:
+    """A figure over a grid of settings (a sweep's report): one panel per level in `panels` of
+    `panel_axis`, in each one line per combination of the `line_axes` levels, the estimate (mean
+    and 95% half-width as error bars) against the levels of `x_axis`. `estimates` maps the levels
+    of a point, as a tuple of (axis, level) pairs in `axes` order, to its estimate (`.mean`,
+    `.half_width`); a point without one is left out."""
+    import itertools
+    import math
+
+    path = Path(path)
+    xs = axes[x_axis]
+    by_levels = {frozenset(key): estimate for key, estimate in estimates.items()}
+    columns = min(len(panels), 4)
+    rows_of_panels = math.ceil(len(panels) / columns)
+    figure = Figure(figsize=(4.2 * columns, 3.4 * rows_of_panels + 0.6))
+    FigureCanvasAgg(figure)
+    line_levels = list(itertools.product(*(axes[a] for a in line_axes))) or [()]
+    for index, panel in enumerate(panels):
+        ax = figure.add_subplot(rows_of_panels, columns, index + 1)
+        for offset, line in enumerate(line_levels):
+            points = []
+            for position, x in enumerate(xs):
+                levels = {x_axis: x, **dict(zip(line_axes, line))}
+                if panel_axis:
+                    levels[panel_axis] = panel
+                estimate = by_levels.get(frozenset(levels.items()))
+                if estimate is not None:
+                    shift = (offset - (len(line_levels) - 1) / 2) * 0.08
+                    points.append((position + shift, estimate.mean, estimate.half_width or 0.0))
+            if points:
+                label = ", ".join(f"{a}={v}" for a, v in zip(line_axes, line)) or None
+                ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
+                            marker="o", capsize=3, linestyle="-", label=label)
+        ax.set_xlim(-0.5, len(xs) - 0.5)
+        ax.set_xticks(range(len(xs)))
+        ax.set_xticklabels(xs, rotation=35, ha="right", fontsize=8)
+        ax.set_title(f"{panel_axis}={panel}" if panel_axis else "", fontsize=9)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.grid(alpha=0.3)
+        if index == 0 and line_axes:
+            ax.legend(fontsize=7)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    write_atomic(path, buffer.getvalue())
     return path

@@ -44,5 +44,6 @@ def _read_yaml(path: Path, source: str) -> dict:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source} at {path} must be a mapping of settings, got {type(raw).__name__}")
+        raise ConfigError(f"{source} at {path} must be a mapping of settings, got a {type(raw).__name__}; "
+                          "fix: write it as 'section:' and 'key: value' lines (see configs/demo.yaml)")
     return raw

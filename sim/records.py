@@ -40,6 +40,9 @@ class RoundRecord:
     attack_effect_rest: float | None = None
     attack_effect_ratio: float | None = None
     shadow_main_accuracy: float | None = None
+    # With an attack scored by parts of its trigger too (DBA), else empty: the trigger-to-target
+    # rate of each part alone, in the attack's order, space-separated.
+    backdoor_accuracy_pieces: str = ""
 
     def as_row(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -89,7 +92,14 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise ConfigError(f"no {METRICS_FILE} at {path}; fix: point at the folder of a run")
     kinds = {field.name: str(field.type) for field in dataclasses.fields(RoundRecord)}
+    rows = []
     with open(path, newline="") as stream:
-        # A column the file lacks (written before it existed) reads as empty.
-        return [{name: _parse(record.get(name) or "", kind) for name, kind in kinds.items()}
-                for record in csv.DictReader(stream)]
+        for line, record in enumerate(csv.DictReader(stream), start=2):
+            # A row with fewer or more cells than the header was cut short or joined: refuse it
+            # rather than read its missing cells as empty.
+            if None in record or None in record.values():
+                raise ConfigError(f"{path} line {line} does not have one cell per column (the file was cut short "
+                                  "or edited); fix: restore it from a copy, or run the run again")
+            # A column the file lacks (written before it existed) reads as empty.
+            rows.append({name: _parse(record.get(name) or "", kind) for name, kind in kinds.items()})
+    return rows

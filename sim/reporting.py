@@ -14,10 +14,11 @@ from typing import Any
 
 from sim.attack_effect import summarize_attack_effect
 from sim.config import Config
+from sim.defenses.client import client_defense_class
 from sim.defenses.privacy import privacy_budget
 from sim.errors import ConfigError
 from sim.io import ATTACK_EFFECT_PLOT_FILE, MANIFEST_FILE, METRICS_FILE, PLOT_FILE, SUMMARY_FILE, write_atomic
-from sim.manifest import check_sealed, damaged, read_json
+from sim.manifest import check_sealed, damaged, read_json, write_manifest
 from sim.metrics import attack_metric_name
 from sim.plots import plot_attack_effect, plot_run
 from sim.records import METRIC_COLUMNS, TIMING_COLUMNS, RoundRecord, ids_text, metrics_csv_text, read_metrics  # noqa: F401
@@ -51,16 +52,14 @@ def key_settings(cfg: Config) -> dict[str, Any]:
     }
     if cfg.eval.every != 1:
         settings["eval.every"] = cfg.eval.every
-    if cfg.client_defense.type == "leadfl":
-        settings["client_defense.variant"] = cfg.client_defense.variant
-        settings["client_defense.alpha"] = cfg.client_defense.alpha
-        settings["client_defense.q"] = cfg.client_defense.q
-        if cfg.client_defense.scope is not None:
-            settings["client_defense.scope"] = cfg.client_defense.scope
-        if cfg.client_defense.momentum_reset != "round":
-            settings["client_defense.momentum_reset"] = cfg.client_defense.momentum_reset
-    elif cfg.client_defense.type in ("ldp", "flwbc"):
-        settings["client_defense.noise_scale"] = cfg.client_defense.noise_scale
+    # The client defense's own settings: those it reports always, the others off their defaults.
+    defense = client_defense_class(cfg.client_defense)
+    if defense.settings is not None:
+        defaults = defense.settings()
+        for name in (f.name for f in dataclasses.fields(defense.settings)):
+            value = getattr(cfg.client_defense, name)
+            if name in defense.reported or value != getattr(defaults, name):
+                settings[f"client_defense.{name}"] = value
     rule = AGGREGATORS[cfg.server.aggregator]
     if hasattr(rule, "resolve_f"):  # the rules that assume f Byzantine rows
         settings["server.f (resolved)"] = byzantine_f(
@@ -79,15 +78,19 @@ def key_settings(cfg: Config) -> dict[str, Any]:
     if cfg.selection.override_rounds:
         settings["selection.override_rounds"] = list(cfg.selection.override_rounds)
         settings["selection.override_malicious"] = cfg.selection.override_malicious
+    if cfg.attack.follow_client_defense:
+        settings["attack.follow_client_defense"] = True
     if cfg.attack.trigger_values != "data_range":
         settings["attack.trigger_values"] = cfg.attack.trigger_values
-    # The chosen rule's own settings, where they are off their defaults.
-    rule_settings = getattr(cfg.server, cfg.server.aggregator, None)
-    if rule_settings is not None:
-        defaults = type(rule_settings)()
-        for name, value in dataclasses.asdict(rule_settings).items():
-            if value != getattr(defaults, name):
-                settings[f"server.{cfg.server.aggregator}.{name}"] = value
+    # The chosen rule's and attack's own settings, where they are off their defaults.
+    for section, chosen in ((cfg.server, cfg.server.aggregator), (cfg.attack, cfg.attack.type)):
+        own = getattr(section, chosen, None)
+        if dataclasses.is_dataclass(own):
+            defaults = type(own)()
+            prefix = "server" if section is cfg.server else "attack"
+            for name, value in dataclasses.asdict(own).items():
+                if value != getattr(defaults, name):
+                    settings[f"{prefix}.{chosen}.{name}"] = value
     return settings
 
 
@@ -158,9 +161,7 @@ def write_outputs(
 
 
 def plot_title(cfg: Config, label: str | None) -> str:
-    defense = cfg.client_defense.type
-    if defense == "leadfl":
-        defense = f"leadfl ({cfg.client_defense.variant}, alpha {cfg.client_defense.alpha:g})"
+    defense = client_defense_class(cfg.client_defense).title(cfg.client_defense)
     title = f"{cfg.data.dataset}, {cfg.server.aggregator}, client defense {defense}, {cfg.selection.schedule} selection"
     if cfg.model_poisoning.type != "none":
         title += f", model poisoning {cfg.model_poisoning.type}"
@@ -173,13 +174,24 @@ def plot_title(cfg: Config, label: str | None) -> str:
 def replot(out_dir: str | Path, label: str | None = None) -> list[Path]:
     """Redraws `accuracy.png` (and `attack_effect.png` when the run measured it) of the run in
     `out_dir` from its `metrics.csv` and `config.yaml` (`label`: the run's variant label in a
-    comparison); returns the paths drawn."""
+    comparison); returns the paths drawn.
+
+    A finished run is checked first (against its manifest, or its files against each other) and
+    refused if damaged; a sealed one is sealed again with the new plots' digests.
+    """
     out_dir = Path(out_dir)
+    sealed = (out_dir / MANIFEST_FILE).is_file()
+    if sealed:
+        check_sealed(out_dir, plots=False)
+    elif (out_dir / SUMMARY_FILE).is_file():
+        _check_unsealed(out_dir)
     rows, cfg = read_metrics(out_dir), load_run_config(out_dir)
     title = plot_title(cfg, label)
     paths = [plot_run(rows, out_dir / PLOT_FILE, title=title, metric=attack_metric_name(cfg.attack.type))]
     if cfg.metrics.attack_effect:
         paths.append(plot_attack_effect(rows, out_dir / ATTACK_EFFECT_PLOT_FILE, title=title))
+    if sealed:
+        write_manifest(out_dir, cfg.rounds)
     return paths
 
 

@@ -20,6 +20,7 @@ AGGREGATION = 10  # (seed, round): the draws of an aggregation rule that asks fo
 # numpy streams, keyed by default_rng([seed, ..., tag])
 MALICIOUS_SET = 1  # [seed, tag]: which clients are malicious
 SELECTION_ROUND = 2  # [seed, round, tag]: the clients selected in a round
+ROOT_SET = 3  # [seed, tag]: the server's own training samples (FLTrust's root set), held out of every client
 
 
 def derive_seed(*words: int) -> int:

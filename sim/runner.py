@@ -25,10 +25,12 @@ import yaml
 from tqdm.auto import tqdm
 
 from sim.attack_effect import ShadowRun
+from sim.attacks.data.registry import trigger_pieces
 from sim.attacks.data_poisoning import stamp_trigger, trigger_values
 from sim.config import Config, to_dict, validate
-from sim.data import check_data_files, load_dataset, partition
+from sim.data import check_data_files, hold_out, load_dataset, partition
 from sim.engines import distributed
+from sim.engines.client_training import SERVER
 from sim.engines.registry import build_engine, describe_engine, resolve_engine
 from sim.errors import ConfigError
 from sim.io import (ATTACK_EFFECT_PLOT_FILE, CHECKPOINT_FILE, CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, PLOT_FILE,
@@ -80,34 +82,51 @@ class _Parts:
             synthetic_train_size=cfg.data.synthetic_train_size,
             synthetic_test_size=cfg.data.synthetic_test_size,
         )
+        self.aggregator = build_aggregator(
+            cfg.server, cfg.clients.clients_per_round, cfg.clients.num_clients, cfg.clients.num_malicious
+        )
+        # A rule that compares with an update of the server's own (FLTrust) gets a root set, held out
+        # of every client's data; the engine trains it as one more "client" (id num_clients).
+        labels, held, rest = self.dataset.train_y, None, None
+        if "reference_update" in self.aggregator.needs:
+            held, rest = hold_out(int(labels.shape[0]), self.aggregator.root_size, cfg.seed)
+            held, rest = held.to(labels.device), rest.to(labels.device)
+            labels = labels[rest]
         self.partitions = partition(
-            self.dataset.train_y,
+            labels,
             cfg.clients.num_clients,
             cfg.data.partition,
             cfg.seed,
             dirichlet_beta=cfg.data.dirichlet_beta,
             shards_per_client=cfg.data.shards_per_client,
         )
+        self.server_client = None
+        if held is not None:
+            self.partitions = [rest[part] for part in self.partitions] + [held]
+            self.server_client = cfg.clients.num_clients
         self.selector = Selector.from_config(cfg)
         self.malicious = list(self.selector.malicious)
-        self.aggregator = build_aggregator(
-            cfg.server, cfg.clients.clients_per_round, cfg.clients.num_clients, cfg.clients.num_malicious
-        )
         self.model = build_model(
             cfg.model, self.dataset.image_shape, self.dataset.num_classes, seed=cfg.seed
         ).to(device)
         self.initial_params = flatten_parameters(self.model)
         self.engine = build_engine(cfg, self.dataset, self.partitions, self.malicious)
         self.uploads = UploadPipeline(cfg, self.malicious, self.initial_params.numel())
-        self.uploads.keep_global_update = "last_global_update" in self.aggregator.needs
+        # Kept (and checkpointed) when the aggregator or the data-poisoning attack reads it.
+        self.engine_reads_update = bool(getattr(self.engine, "needs_last_global_update", False))
+        self.uploads.keep_global_update = "last_global_update" in self.aggregator.needs or self.engine_reads_update
         test_size = cfg.eval.test_size
         test_x = self.dataset.test_x[:test_size] if test_size else self.dataset.test_x
         test_y = self.dataset.test_y[:test_size] if test_size else self.dataset.test_y
         hi, lo = trigger_values(self.dataset, cfg.attack.trigger_values)
         self.stamp = lambda images: stamp_trigger(images, hi, lo)
+        # Parts of the trigger the attack is also scored by (DBA's pieces), each alone.
+        self.piece_stamps = [lambda images, pixels=pixels: stamp_trigger(images, hi, lo, pixels)
+                             for pixels in trigger_pieces(cfg.attack)]
         # The batches are cut and stamped once per run; every scoring reuses them.
         self.scorer = Scorer(self.model, TestSet(test_x, test_y, target_label=cfg.attack.target_label,
-                                                 stamp=self.stamp, batch_size=cfg.eval.batch_size))
+                                                 stamp=self.stamp, batch_size=cfg.eval.batch_size,
+                                                 piece_stamps=self.piece_stamps))
         self.shadow = None
         if cfg.metrics.attack_effect:
             self.shadow = ShadowRun(
@@ -121,6 +140,7 @@ class _Parts:
                 reseed=lambda round_index: _seed_everything(cfg.seed, round_index),
                 counters=self.engine.batchnorm_counters,
                 seed=cfg.seed,
+                reference=self.reference_update if self.server_client is not None else None,
             )
 
     def scores(self, cfg: Config, params: torch.Tensor) -> dict[str, Any]:
@@ -132,7 +152,13 @@ class _Parts:
         return aggregation_context(self.aggregator, round=round_index, clients=selected, seed=cfg.seed,
                                    counters=lambda clients: self.engine.batchnorm_counters(clients),
                                    global_params=global_params,
-                                   last_global_update=self.uploads.last_global_update)
+                                   last_global_update=self.uploads.last_global_update,
+                                   reference_update=self.reference_update if self.server_client is not None else None)
+
+    def reference_update(self, round_index: int, global_params: torch.Tensor) -> torch.Tensor:
+        """The server's own update in round `round_index`: its root set trained from `global_params`
+        by the run's engine like a client's data, with no client defense and no attack."""
+        return self.engine.train_clients(global_params, [self.server_client], round_index, roles=[SERVER])[0]
 
     def stateful(self) -> dict[str, Any]:
         """The parts a checkpoint saves, by checkpoint key."""
@@ -214,6 +240,8 @@ def _run_locked(cfg: Config, out_dir: Path, resume: bool, progress: bool, label:
                 f"{parts.initial_params.numel()}; nothing was changed; fix: start the run again in another --out"
             )
         restore_parts(checkpoint, parts.stateful())
+        if parts.engine_reads_update:
+            parts.engine.observe_global_update(parts.uploads.last_global_update)
     if writer:
         # The manifest goes first: from here on the folder holds no finished run until the end.
         (out_dir / MANIFEST_FILE).unlink(missing_ok=True)
@@ -280,11 +308,14 @@ def _round(cfg: Config, parts: _Parts, global_params: torch.Tensor, round_index:
     else:
         global_params = candidate
     parts.uploads.observe(update)
+    if parts.engine_reads_update:
+        parts.engine.observe_global_update(parts.uploads.last_global_update)
     # The shadow step comes after everything of the run's own round, so it changes nothing of it.
     effect = {} if parts.shadow is None else parts.shadow.step(global_params, selected, round_index, scored=scored)
     malicious = set(parts.malicious)
     malicious_in_round = [c for c in selected if c in malicious]
-    scores = scores or {"main_accuracy": None, "backdoor_accuracy": None, "test_loss": None}  # an unscored round
+    scores = scores or {"main_accuracy": None, "backdoor_accuracy": None, "test_loss": None,  # an unscored round
+                        "backdoor_accuracy_pieces": []}
     return global_params, RoundRecord(
         round=round_index,
         main_accuracy=_float_or_none(scores["main_accuracy"]),
@@ -296,6 +327,8 @@ def _round(cfg: Config, parts: _Parts, global_params: torch.Tensor, round_index:
         kept=ids_text([selected[i] for i in aggregation.kept]),
         rejected_nonfinite=ids_text([selected[i] for i in aggregation.rejected_nonfinite]),
         aggregate_rejected=int(rejected),
+        backdoor_accuracy_pieces=" ".join(repr(float(rate)) if rate is not None else "-"
+                                          for rate in scores["backdoor_accuracy_pieces"]),
         wall_time_s=round(time.perf_counter() - started, 4),
         **effect,
     )

@@ -46,12 +46,15 @@ from typing import Any, Callable
 
 
 from sim import yaml_input
+from sim.attacks.data.registry import training_cost as attack_training_cost
+from sim.defenses.client import client_defense_class
 from sim.config import MOVED_SETTINGS, CONFIGS_DIR, Config, apply_overrides, load_config, setting_paths, to_dict
 from sim.errors import ConfigError
-from sim.io import CHECKPOINT_FILE, FolderLock, check_names, inside, lock_folder, read_json_file, write_atomic
+from sim.io import CHECKPOINT_FILE, FolderLock, check_names, check_within, inside, lock_folder, read_json_file, write_atomic
 from sim.reporting import read_finished
 from sim.jobs import TRIAL_CONFIG_FILE, Trial, TrialResult, run_trials
 from sim.stats import mean_interval
+from sim.tables import estimate_text, percent, table_head, table_row
 
 GRIDS_DIR = CONFIGS_DIR / "grids"
 GRID_KEYS = ("description", "preset", "config", "settings", "axes", "exclude", "report")
@@ -374,8 +377,9 @@ def trial_cost(config: Config) -> float:
         malicious = min(config.selection.fixed_malicious, per_round_clients)
     else:
         malicious = per_round_clients * config.clients.num_malicious / config.clients.num_clients
-    benign_passes = 6 if config.client_defense.type == "leadfl" and config.client_defense.variant == "hessian" else 3
-    malicious_passes = 6 if config.attack.type == "backdoor" and config.attack.blend == "mgda" else 3
+    # A rule that differentiates at the lookahead point runs a second forward and backward pass.
+    benign_passes = 6 if client_defense_class(config.client_defense).needs_lookahead else 3
+    malicious_passes = attack_training_cost(config.attack)
     samples = steps * config.training.batch_size
     test_size = config.eval.test_size or (10000 if config.data.dataset != "synthetic" else
                                           config.data.synthetic_test_size)
@@ -474,6 +478,7 @@ def _sweep_locked(grid: Grid, trials: list[PlannedTrial], out_dir: Path, backend
             "this one would replace its record and drop finished trials; nothing was changed; fix: --grid "
             f"{saved_grid} to continue it, or choose another --out for the new grid"
         )
+    check_within(out_dir, [f"{TRIALS_DIR}/{t.name}" for t in trials])
     states, notes = {}, []
     for trial in trials:
         folder = out_dir / TRIALS_DIR / trial.name
@@ -505,7 +510,7 @@ def _sweep_locked(grid: Grid, trials: list[PlannedTrial], out_dir: Path, backend
         if result.ok:
             summary = json.loads((trial.out_dir / "summary.json").read_text())
             echo(f"{position} {trial.name}: main {summary['final_main_accuracy']:.1f}%, backdoor (avg) "
-                 f"{_percent(summary['mean_backdoor_accuracy'])}, {elapsed:.0f} s")
+                 f"{percent(summary['mean_backdoor_accuracy'], '%')}, {elapsed:.0f} s")
         else:
             counter["failed"] += 1
             echo(f"{position} {trial.name} FAILED (exit {result.returncode}): {result.log_tail} "
@@ -515,10 +520,6 @@ def _sweep_locked(grid: Grid, trials: list[PlannedTrial], out_dir: Path, backend
         run_trials(todo, backend, on_done)
     write_report(out_dir, echo=echo)
     return {"done": done_before, "ran": counter["ran"], "failed": counter["failed"]}
-
-
-def _percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1f}%"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -585,14 +586,6 @@ def group_estimates(rows: list[dict[str, Any]], axes: list[str], replicate: str 
     return {key: (mean_interval(values) if values else None) for key, values in groups.items()}
 
 
-def _estimate_text(estimate) -> str:
-    if estimate is None:
-        return "n/a"
-    if estimate.half_width is None:
-        return f"{estimate.mean:.1f}"
-    return f"{estimate.mean:.1f} ± {estimate.half_width:.1f}"
-
-
 def table_markdown(rows: list[dict[str, Any]], axes: list[str], replicate: str | None) -> str:
     keys = [axis for axis in axes if axis != replicate]
     estimates = {metric: group_estimates(rows, axes, replicate, metric) for metric in TABLE_METRICS}
@@ -604,22 +597,18 @@ def table_markdown(rows: list[dict[str, Any]], axes: list[str], replicate: str |
         f"Mean ± half-width of the Student-t 95% interval over {replicate or 'replicates'} (n per row); "
         "accuracies in percent; a single run shows its value alone.",
         "",
-        "| " + " | ".join([*keys, "n", *(METRIC_TITLES[m] for m in TABLE_METRICS)]) + " |",
-        "| " + " | ".join(["---"] * len(keys) + ["---:"] * (1 + len(TABLE_METRICS))) + " |",
+        *table_head([*keys, "n", *(METRIC_TITLES[m] for m in TABLE_METRICS)], text_columns=len(keys)),
     ]
     for key, n in counts.items():
-        cells = [*key, str(n), *(_estimate_text(estimates[m][key]) for m in TABLE_METRICS)]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(table_row([*key, str(n), *(estimate_text(estimates[m][key]) for m in TABLE_METRICS)]))
     return "\n".join(lines) + "\n"
 
 
 def plot_metric(rows: list[dict[str, Any]], axes: dict[str, list[str]], replicate: str | None, metric: str,
                 x_axis: str, path: Path) -> Path:
     """`metric` (mean and 95% interval over the replicates) against the levels of `x_axis`: one panel per
-    level of the first other axis, one line per combination of the rest."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
+    level of the first other axis, one line per combination of the rest (`sim.plots.plot_levels`)."""
+    from sim.plots import plot_levels  # matplotlib only when a report draws
 
     others = [axis for axis in axes if axis not in (x_axis, replicate)]
     panel_axis, line_axes = (others[0], others[1:]) if others else (None, [])
@@ -628,43 +617,10 @@ def plot_metric(rows: list[dict[str, Any]], axes: dict[str, list[str]], replicat
         if panel_axis else [None]
     estimates = group_estimates(rows, list(axes), replicate, metric)
     keys = [axis for axis in axes if axis != replicate]
-    xs = axes[x_axis]
-    columns = min(len(panels), 4)
-    rows_of_panels = math.ceil(len(panels) / columns)
-    figure = Figure(figsize=(4.2 * columns, 3.4 * rows_of_panels + 0.6))
-    FigureCanvasAgg(figure)
-    line_levels = list(itertools.product(*(axes[a] for a in line_axes))) or [()]
-    for index, panel in enumerate(panels):
-        ax = figure.add_subplot(rows_of_panels, columns, index + 1)
-        for offset, line in enumerate(line_levels):
-            points = []
-            for position, x in enumerate(xs):
-                levels = {x_axis: x, **dict(zip(line_axes, line))}
-                if panel_axis:
-                    levels[panel_axis] = panel
-                estimate = estimates.get(tuple(levels[k] for k in keys))
-                if estimate is not None:
-                    shift = (offset - (len(line_levels) - 1) / 2) * 0.08
-                    points.append((position + shift, estimate.mean, estimate.half_width or 0.0))
-            if points:
-                label = ", ".join(f"{a}={v}" for a, v in zip(line_axes, line)) or None
-                ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
-                            marker="o", capsize=3, linestyle="-", label=label)
-        ax.set_xlim(-0.5, len(xs) - 0.5)
-        ax.set_xticks(range(len(xs)))
-        ax.set_xticklabels(xs, rotation=35, ha="right", fontsize=8)
-        ax.set_title(f"{panel_axis}={panel}" if panel_axis else "", fontsize=9)
-        ax.set_ylabel(METRIC_TITLES[metric], fontsize=8)
-        ax.grid(alpha=0.3)
-        if index == 0 and line_axes:
-            ax.legend(fontsize=7)
-    figure.suptitle(f"{METRIC_TITLES[metric]} against {x_axis}: mean and 95% interval over {replicate or 'runs'}",
-                    fontsize=10)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    write_atomic(path, buffer.getvalue())
-    return path
+    return plot_levels(
+        {tuple(zip(keys, key)): estimate for key, estimate in estimates.items()}, axes, x_axis, panel_axis, line_axes,
+        panels, ylabel=METRIC_TITLES[metric],
+        title=f"{METRIC_TITLES[metric]} against {x_axis}: mean and 95% interval over {replicate or 'runs'}", path=path)
 
 
 def write_report(out_dir: str | Path, metrics: list[str] | None = None, axis: str | None = None,

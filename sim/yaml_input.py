@@ -14,6 +14,7 @@ from sim.errors import ConfigError
 
 MAX_BYTES = 1 << 20  # 1 MiB: far above any grid or config, far below what would strain memory
 MAX_ALIASES = 100  # `*name` references per document
+MAX_DEPTH = 64  # nesting of mappings and lists: a config needs 4, a grid 5
 
 _DECIMAL_INT = re.compile(r"^[-+]?(0|[1-9][0-9]*)$")
 _DECIMAL_FLOAT = re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$|^[-+]?\.(inf|Inf|INF)$|^\.(nan|NaN|NAN)$")
@@ -23,6 +24,7 @@ class _Loader(yaml.SafeLoader):
     def __init__(self, stream):
         super().__init__(stream)
         self._aliases = 0
+        self._depth = 0
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
@@ -31,7 +33,15 @@ class _Loader(yaml.SafeLoader):
                 mark = self.peek_event().start_mark
                 raise yaml.YAMLError(f"more than {MAX_ALIASES} alias references (*name) at line {mark.line + 1}; "
                                      "fix: write the values out")
-        return super().compose_node(parent, index)
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise yaml.YAMLError(f"mappings and lists nested more than {MAX_DEPTH} deep at line {mark.line + 1}; "
+                                     "fix: point at a settings file (a config needs 4 levels)")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
     def construct_yaml_int(self, node):
         text = self.construct_scalar(node)
@@ -72,6 +82,8 @@ def load(text: str | bytes, source: str) -> object:
         raise ConfigError(f"{source} is not text (it holds NUL bytes); fix: point at a YAML file")
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except RecursionError:  # nesting deep enough to exhaust the parser's own recursion before MAX_DEPTH counts it
+        raise ConfigError(f"{source} is not valid YAML: it nests too deeply; fix: point at a settings file") from None
     except yaml.YAMLError as error:
         reason = " ".join(str(error).split())
         fix = "" if "fix:" in reason else "; fix: correct the YAML (quote text that holds : # [ ] { } or a leading -)"

@@ -1,7 +1,6 @@
-"""Client attacks: the 9-pixel backdoor (trigger, two-task MGDA weight) and label flipping.
-
-The training loop in `sim.engines.schedules` applies these per minibatch; this module holds the pieces
-that can be checked by hand.
+"""The pieces of the data-poisoning attacks that can be checked by hand: the 9-pixel trigger and
+its values, the two-task MGDA weight, label shifts. The attacks themselves, one class per file,
+are in `sim.attacks.data` (registry: `sim.attacks.data.registry.DATA_POISONING`).
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ from torch import Tensor
 
 from sim.errors import ConfigError
 
-ATTACK_TYPES = ("none", "backdoor", "label_flip")
 BLEND_RULES = ("mgda", "fixed")
 # The values of the trigger's high / low pixels (attack.trigger_values): the data range's max / min,
 # or the LeadFL authors' values.
@@ -53,12 +51,27 @@ MGDA_LOSS_EPS = 1e-5
 
 
 @functools.lru_cache(maxsize=None)
-def _trigger_indices(device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+def _trigger_indices(device: torch.device, pixels: tuple = TRIGGER_PIXELS) -> tuple[Tensor, Tensor, Tensor]:
     # Built once per device: a host-to-device copy per stamped batch would stall a GPU loop.
-    rows = torch.tensor([row for row, _, _ in TRIGGER_PIXELS], device=device)
-    cols = torch.tensor([col for _, col, _ in TRIGGER_PIXELS], device=device)
-    is_high = torch.tensor([high for _, _, high in TRIGGER_PIXELS], device=device)
+    rows = torch.tensor([row for row, _, _ in pixels], device=device)
+    cols = torch.tensor([col for _, col, _ in pixels], device=device)
+    is_high = torch.tensor([high for _, _, high in pixels], device=device)
     return rows, cols, is_high
+
+
+def split_trigger(pieces: int, pixels: tuple = TRIGGER_PIXELS) -> list[tuple]:
+    """The trigger's pixels in `pieces` runs of consecutive pixels (in `TRIGGER_PIXELS` order), the
+    first `len(pixels) % pieces` one pixel longer: 3 pieces of the 9-pixel pattern are its top row,
+    its middle column of three, and its bottom row."""
+    if not 1 <= pieces <= len(pixels):
+        raise ValueError(f"cannot split {len(pixels)} pixels into {pieces} pieces")
+    size, longer = divmod(len(pixels), pieces)
+    out, start = [], 0
+    for piece in range(pieces):
+        stop = start + size + (1 if piece < longer else 0)
+        out.append(tuple(pixels[start:stop]))
+        start = stop
+    return out
 
 
 def _per_channel(value, channels: int, like: Tensor) -> Tensor:
@@ -70,8 +83,9 @@ def _per_channel(value, channels: int, like: Tensor) -> Tensor:
     return value
 
 
-def stamp_trigger(x: Tensor, hi, lo) -> Tensor:
-    """Returns a copy of images `x` [N, C, H, W] with the 9-pixel trigger stamped on.
+def stamp_trigger(x: Tensor, hi, lo, pixels: tuple = TRIGGER_PIXELS) -> Tensor:
+    """Returns a copy of images `x` [N, C, H, W] with the 9-pixel trigger (or the part `pixels` of
+    it, `(row, column, is_high)` triples) stamped on.
 
     `hi` / `lo` are the values for the pattern's high and low pixels: a float, or one value per
     channel (the raw data range's max / min after the dataset's normalisation).
@@ -82,10 +96,10 @@ def stamp_trigger(x: Tensor, hi, lo) -> Tensor:
             f"[N, C, H >= {TRIGGER_MIN_HEIGHT}, W >= {TRIGGER_MIN_WIDTH}]"
         )
     channels = x.shape[1]
-    rows, cols, is_high = _trigger_indices(x.device)
+    rows, cols, is_high = _trigger_indices(x.device, tuple(pixels))
     values = torch.where(
         is_high, _per_channel(hi, channels, x)[:, None], _per_channel(lo, channels, x)[:, None]
-    )  # [C, 9]
+    )  # [C, pixels]
     stamped = x.clone()
     stamped[:, :, rows, cols] = values
     return stamped

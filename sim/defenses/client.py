@@ -23,12 +23,20 @@ leaves them exactly where they are.
   regularises; `client_defense.momentum_reset: never` keeps `original`'s momentum per client
   across rounds (state the checkpoint saves).
 
+Every rule declares the settings it reads (`settings`, a dataclass of `sim.settings.setting`
+fields beside its class); the `client_defense` config section is made from these declarations
+(`sim.config`), and `reported` names the ones a run's summary always lists (the others only off
+their defaults). The section is flat (`client_defense.alpha`, not `client_defense.leadfl.alpha`):
+the LeadFL variants share their settings, `ldp` and `flwbc` theirs, and the published results and
+their comparisons are keyed by these names. A setting two rules declare must be declared alike.
+
 Adding a client defense or a LeadFL variant is one subclass of `UpdateRule` plus its entry in
 `CLIENT_DEFENSES` or `LEADFL_VARIANTS`; see docs/architecture.md.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -37,6 +45,7 @@ from torch import Tensor
 from sim.errors import ConfigError
 from sim.models import build_model, trainable_parameters
 from sim.rng import noise_generator
+from sim.settings import FLOAT32_MAX, setting
 
 # The largest float32 below 1: keeps the inverse CDF finite when the uniform draw is exactly 0.
 _UNIFORM_BELOW_ONE = 1.0 - 2.0**-24
@@ -131,6 +140,15 @@ class UpdateRule:
     # Whether the rule keeps per-client state across rounds (then it trains every row, defended
     # or not, and `state_dict` holds that state by client id).
     keeps_client_state = False
+    # The settings the rule reads (a dataclass of `setting` fields; None: none) and those a run's
+    # summary always lists (`sim.reporting.key_settings`; the others where off their defaults).
+    settings: type | None = None
+    reported: tuple[str, ...] = ()
+
+    @classmethod
+    def title(cls, settings) -> str:
+        """The defense in a plot title."""
+        return settings.type
 
     def __init__(self, settings, *, momentum: float, names: Sequence[str], shapes: Sequence[Sequence[int]] | None = None):
         self.momentum = float(momentum)
@@ -180,12 +198,20 @@ class UpdateRule:
 SGD = UpdateRule
 
 
+@dataclass
+class NoiseSettings:
+    noise_scale: float = setting(0.2, "float", low=0, help="ldp / flwbc: the Laplace scale b of the per-step noise")
+
+
 class LaplaceNoise(UpdateRule):
     """`ldp`: the SGD step, then Laplace noise on the regularised tensors of the defended rows.
 
     Each row's noise comes from its client's own `(seed, client, round)` stream, drawn into one
     flat `[n, width]` buffer that all rows then turn into Laplace noise in one pass.
     """
+
+    settings = NoiseSettings
+    reported = ("noise_scale",)
 
     def __init__(self, settings, *, momentum: float, names: Sequence[str], shapes=None):
         super().__init__(settings, momentum=momentum, names=names, shapes=shapes)
@@ -263,9 +289,25 @@ def _import_leadfl_ext():
 
 class LeadFL(UpdateRule):
     """The settings every LeadFL variant shares: `alpha`, the clip bound `q` and the `scope` of
-    regularised tensors (`default_scope` when the setting is null)."""
+    regularised tensors (`default_scope` when the setting is null); `LeadFLSettings`, declared
+    after the variants' registry (its `variant` choices are that registry's keys)."""
 
     default_scope = "all"
+    reported = ("variant", "alpha", "q")
+
+    @classmethod
+    def title(cls, settings) -> str:
+        return f"leadfl ({settings.variant}, alpha {settings.alpha:g})"
+
+    @classmethod
+    def check_with(cls, settings, training) -> None:
+        """The checks that need other sections: `lr * alpha` must stay a float32."""
+        if training.lr * settings.alpha > FLOAT32_MAX:
+            raise ConfigError(
+                f"training.lr * client_defense.alpha = {training.lr:g} * {settings.alpha:g} is beyond float32's "
+                f"largest value ({FLOAT32_MAX:.4g}): every defended update would be Inf; fix: --set "
+                "client_defense.alpha=0.4"
+            )
 
     def __init__(self, settings, *, momentum: float, names: Sequence[str], shapes=None):
         super().__init__(settings, momentum=momentum, names=names, shapes=shapes)
@@ -485,6 +527,21 @@ LEADFL_VARIANTS: dict[str, type[LeadFL]] = {
     "drift": LeadFLDrift,
     "curvature": LeadFLCurvature,
 }
+
+
+@dataclass
+class LeadFLSettings:
+    variant: str = setting("hessian", "str", choices=tuple(LEADFL_VARIANTS), help="leadfl: the update rule")
+    alpha: float = setting(0.4, "float", low=0, help="leadfl: the regulariser's weight")
+    q: float = setting(0.2, "float", low=0, low_open=True, help="leadfl: the clip bound of R")
+    # null: the variant's own (weight for original, all for the others); see `scope_flags`.
+    scope: str | list[str] | None = setting(None, "str_or_list", nullable=True,
+                                            help="leadfl: all | weight | conv | [names] regularised; null: the variant's")
+    momentum_reset: str = setting("round", "str", choices=MOMENTUM_RESETS,
+                                  help="leadfl original: round (fresh momentum) | never (kept per client)")
+
+
+LeadFL.settings = LeadFLSettings
 
 
 def client_defense_class(settings) -> type[UpdateRule]:

@@ -133,7 +133,6 @@ class BatchedEngine(ClientStateOfEngine):
         self.malicious = frozenset(int(client) for client in malicious)
         self.client_chunk = client_chunk
         self.batch_size = int(training.batch_size)
-        self.backdoor = attack.type == "backdoor"
 
         # The model is only a template: its own parameters are never trained, `functional_call`
         # swaps in each row's.
@@ -148,7 +147,7 @@ class BatchedEngine(ClientStateOfEngine):
             param.requires_grad_(False)
         self.gradients = _VmapGradients(self.model, names)
         self.training = ClientTraining(dataset, training, attack, client_defense, names=names, seed=seed,
-                                       rounds=rounds, device=self.device, shapes=self.shapes)
+                                       rounds=rounds, device=self.device, shapes=self.shapes, malicious=malicious)
         self._activation_floats = None
 
     def chunk_size(self, num_clients: int) -> int:
@@ -158,7 +157,8 @@ class BatchedEngine(ClientStateOfEngine):
         if self._activation_floats is None:
             self._activation_floats = _activations_per_sample(self.model, self.dataset.image_shape, self.device)
         itemsize = torch.empty((), dtype=self.dtype).element_size()
-        passes = 2 if self.backdoor else 1
+        poisoning = self.training.poisoning
+        passes = 1 if poisoning is None else max(1, poisoning.passes_per_step)
         image_floats = math.prod(self.dataset.image_shape)
         per_client = itemsize * (
             PARAMETER_COPIES * self.num_parameters

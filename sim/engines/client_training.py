@@ -8,14 +8,17 @@ row, `vmap` over the stack for many) and decides where the rows live.
 
 Roles, per client:
 * `benign`: cross-entropy on its batch; the client defense applies;
-* `backdoor` (malicious): the batch and its fully triggered copy relabelled to the target, loss
-  `a*L_backdoor + (1-a)*L_clean` with `a` from two-task MGDA or fixed (`attack.blend`);
-* `label_flip` (malicious): labels shifted by a random r in 1..C-1 per batch, drawn from the
-  client's order stream after its batch order.
-Malicious clients never run the client defense; their update is multiplied by `attack.boost`.
+* the data-poisoning attack's name (malicious, `sim.attacks.data`): the attack object says how the
+  row gets its gradient: the task loss on a poisoned copy of the batch, in the same gradient call
+  as the benign rows (`joins_task_group`: label flipping), or a loss of its own (the backdoor's
+  blend of the clean and the triggered batch, DBA, Neurotoxin). This module never matches an
+  attack's name.
+Malicious clients do not run the client defense unless `attack.follow_client_defense` (then they
+run it exactly as the benign ones do, on the loss of their attack: a rule that takes the lookahead
+gradient takes it of that loss); their update is multiplied by `attack.boost`.
 
 Clients may need different numbers of steps or have a short last batch: at each step the active
-rows are grouped by loss kind and batch length (BatchNorm normalises over the batch, so padding
+rows are grouped by loss kind (the task, or an attack's own loss) and batch length (BatchNorm normalises over the batch, so padding
 would change the maths), each group is one gradient call, and a finished row gets zero gradients
 and zero momentum, which leaves it exactly where it is.
 
@@ -31,15 +34,7 @@ from typing import Protocol, Sequence
 import torch
 from torch import Tensor
 
-from sim.attacks.data_poisoning import (
-    ATTACK_TYPES,
-    BLEND_RULES,
-    draw_label_shifts,
-    flip_labels,
-    mgda_backdoor_weights,
-    poison_batch,
-    trigger_values,
-)
+from sim.attacks.data.registry import build_attack, check_attack
 from sim.data import Dataset
 from sim.defenses.client import SGD, build_update_rule
 from sim.engines.schedules import local_lr, num_local_steps, plan_batches
@@ -47,6 +42,9 @@ from sim.errors import ConfigError
 from sim.models import memory_format_of
 
 BENIGN = "benign"
+# The server training on data of its own (FLTrust's root set): plain local SGD, no client defense,
+# no attack, no boost.
+SERVER = "server"
 
 # Forward passes a client runs after its local training: the LeadFL code tests every client on
 # its local test shard (one batch) before it returns its state dict.
@@ -97,24 +95,7 @@ def check_training_settings(training, attack, num_classes: int) -> None:
             f"training.local_steps = {training.local_steps!r} must be an integer >= 1, or null to use "
             "training.local_epochs.",
         )
-    _require(
-        attack.type in ATTACK_TYPES,
-        f"attack.type = {attack.type!r} is not a known attack; allowed: {', '.join(ATTACK_TYPES)}.",
-    )
-    if attack.type == "backdoor":
-        _require(
-            isinstance(attack.target_label, int) and 0 <= attack.target_label < num_classes,
-            f"attack.target_label = {attack.target_label!r} is not a class of the dataset (0..{num_classes - 1}); "
-            "fix: --set attack.target_label=8",
-        )
-        _require(
-            attack.blend in BLEND_RULES,
-            f"attack.blend = {attack.blend!r} is not a known blend rule; allowed: {', '.join(BLEND_RULES)}.",
-        )
-        _require(
-            0 <= attack.blend_weight <= 1,
-            f"attack.blend_weight = {attack.blend_weight!r} must be in [0, 1] (the backdoor loss's weight).",
-        )
+    check_attack(attack, num_classes)
     _require(attack.boost > 0, f"attack.boost = {attack.boost!r} must be > 0 (1 = no boosting).")
     memory_format_of(training)
 
@@ -128,7 +109,8 @@ class ClientTraining:
     """
 
     def __init__(self, dataset: Dataset, training, attack, client_defense, *, names: Sequence[str], seed: int,
-                 rounds: int | None, device, shapes: Sequence[Sequence[int]] | None = None):
+                 rounds: int | None, device, shapes: Sequence[Sequence[int]] | None = None,
+                 malicious: Sequence[int] = ()):
         check_training_settings(training, attack, dataset.num_classes)
         self.dataset = dataset
         self.training = training
@@ -140,20 +122,24 @@ class ClientTraining:
         self.rule = build_update_rule(client_defense, momentum=momentum, names=names, shapes=shapes)
         # Rows none of which runs the client defense take plain SGD.
         self.plain_rule = SGD(client_defense, momentum=momentum, names=names)
-        hi, lo = trigger_values(dataset, getattr(attack, "trigger_values", "data_range"))
-        self.trigger_hi, self.trigger_lo = hi.to(self.device), lo.to(self.device)
+        # The data-poisoning attack (sim.attacks.data): the role of the malicious clients, None for `none`.
+        self.poisoning = build_attack(attack, dataset, self.device, malicious)
+        # Whether the malicious clients run the client defense too (attack.follow_client_defense).
+        self.follow = bool(getattr(attack, "follow_client_defense", False))
 
     def roles(self, clients: Sequence[int], malicious) -> list[str]:
         """Each client's role: the attack for a malicious client (when there is one), else benign."""
-        attack = self.attack.type
-        return [attack if client in malicious and attack != "none" else BENIGN for client in clients]
+        if self.poisoning is None:
+            return [BENIGN] * len(clients)
+        return [self.poisoning.name if client in malicious else BENIGN for client in clients]
 
     def forward_passes(self, roles: Sequence[str], client_indices: Sequence[Tensor]) -> list[int]:
         """Each client's training-mode forward passes in a round: what every BatchNorm layer's
         `num_batches_tracked` counter would have grown by in the LeadFL code's state dicts.
 
-        Per local step: 2 for `backdoor` (the triggered and the clean batch, MGDA or fixed blend),
-        1 for `label_flip` and plain benign training, and for a benign row under the client
+        Per local step: the attack's `passes_per_step` for a malicious row (2 for `backdoor`: the
+        triggered and the clean batch, MGDA or fixed blend; 1 for `label_flip`), 1 for plain
+        benign training, and for a benign row under the client
         defense 2 if its rule evaluates the lookahead gradient (LeadFL `hessian`), else 1 (the
         authors' LeadFL, `original`, runs one forward pass per batch: its second step reuses
         the gradient). Plus `LOCAL_TEST_PASSES`. A client without data trains no step.
@@ -162,9 +148,10 @@ class ClientTraining:
         for role, indices in zip(roles, client_indices):
             samples = int(indices.numel())
             steps = num_local_steps(self.training, samples) if samples > 0 else 0
-            if role == "backdoor":
-                per_step = 2
-            elif role == BENIGN and self.rule.needs_lookahead:
+            if role != BENIGN:
+                # Following the defense, the attack's loss is evaluated again at the lookahead point.
+                per_step = self.poisoning.passes_per_step * (2 if self.follow and self.rule.needs_lookahead else 1)
+            elif self.rule.needs_lookahead:
                 per_step = 2
             else:
                 per_step = 1
@@ -183,7 +170,7 @@ class ClientTraining:
         holding the global model), `out` the `[n, d]` updates `local - global` written here."""
         n = len(clients)
         lr = local_lr(self.training, round, self.rounds)
-        defended = [role == BENIGN for role in roles]
+        defended = [role == BENIGN or self.follow for role in roles]
         # A rule with per-client state trains every row, so that state follows every client.
         rule = self.rule if any(defended) or self.rule.keeps_client_state else self.plain_rule
         rule.start(params, defended, clients=clients, seed=self.seed, round=round)
@@ -194,7 +181,8 @@ class ClientTraining:
             for client, indices in zip(clients, client_indices)
         ]
         steps = [plan.num_steps if plan is not None else 0 for plan in plans]
-        label_shifts = self._label_shifts(roles, plans, steps)
+        if self.poisoning is not None:
+            self.poisoning.start_round(clients, roles, plans, steps)
         lookahead_rows = defended if rule.needs_lookahead else None
 
         finished = [False] * n
@@ -206,17 +194,26 @@ class ClientTraining:
                 for row in newly_finished:
                     finished[row] = True
             batches = [plans[row].batch(step) if active[row] else (None, 0) for row in range(n)]
-            grads, lookahead = self._gradients(gradients, params, roles, batches, label_shifts, step, lookahead_rows, lr)
+            grads, lookahead = self._gradients(gradients, params, roles, batches, step, lookahead_rows, lr)
             rule.step(grads, lookahead, active, [position for _, position in batches], lr)
         rule.finish_rows([row for row in range(n) if not finished[row]])
 
         with torch.no_grad():
             torch.cat([p.reshape(n, -1) for p in params], dim=1, out=out)
             out.sub_(global_params)
-            boosted = [row for row, role in enumerate(roles) if role != BENIGN]
+            boosted = [row for row, role in enumerate(roles) if role not in (BENIGN, SERVER)]
             if boosted and self.attack.boost != 1:
                 index = torch.tensor(boosted, device=out.device)
                 out.index_copy_(0, index, out.index_select(0, index).mul_(float(self.attack.boost)))
+
+    @property
+    def needs_last_global_update(self) -> bool:
+        return self.poisoning is not None and self.poisoning.needs_last_global_update
+
+    def observe_global_update(self, update: Tensor | None) -> None:
+        """What the last round added to the global model, for an attack that reads it."""
+        if self.needs_last_global_update:
+            self.poisoning.observe_global_update(update)
 
     def client_state(self, clients: Sequence[int] | None = None) -> dict:
         """The client defense's per-client state kept across rounds, `{client: state}` (empty
@@ -241,23 +238,15 @@ class ClientTraining:
 
     # ---------------------------------------------------------------------------------------
 
-    def _label_shifts(self, roles, plans, steps) -> Tensor | None:
-        if "label_flip" not in roles:
-            return None
-        shifts = torch.zeros(len(roles), max(steps), dtype=torch.int64, device=self.device)
-        for row, (role, plan) in enumerate(zip(roles, plans)):
-            if role == "label_flip" and plan is not None:
-                shifts[row, : plan.num_steps] = draw_label_shifts(plan.num_steps, self.dataset.num_classes, plan.generator).to(self.device)
-        return shifts
-
-    def _gradients(self, gradients, params, roles, batches, label_shifts, step, lookahead_rows, lr):
+    def _gradients(self, gradients, params, roles, batches, step, lookahead_rows, lr):
         """Every active row's gradient at this step (zero for finished rows) and, when the rule
         asks for it, the lookahead gradient of its defended rows (the plain gradient elsewhere)."""
         n = len(roles)
         groups: dict[tuple[str, int], list[int]] = {}
         for row, (indices, _) in enumerate(batches):
             if indices is not None:
-                kind = "backdoor" if roles[row] == "backdoor" else "task"
+                own = roles[row] != BENIGN and not self.poisoning.joins_task_group
+                kind = roles[row] if own else "task"
                 groups.setdefault((kind, int(indices.numel())), []).append(row)
 
         whole = len(groups) == 1 and len(next(iter(groups.values()))) == n
@@ -271,15 +260,22 @@ class ClientTraining:
             x = self.dataset.train_x[indices]
             y = self.dataset.train_y[indices]
             if kind == "task":
-                if label_shifts is not None:
-                    y = flip_labels(y, label_shifts[self._index(rows), step][:, None], self.dataset.num_classes)
+                if self.poisoning is not None:
+                    x, y = self.poisoning.poison_task_batch(x, y, rows, step)
                 group_grads, _ = gradients.task(group_params, x, y)
             else:
-                group_grads = self._backdoor_gradients(gradients, group_params, x, y)
+                group_grads = self.poisoning.gradients(gradients, group_params, x, y, rows, step)
             group_lookahead = None
             if lookahead_rows is not None:
                 positions = [position for position, row in enumerate(rows) if lookahead_rows[row]]
-                group_lookahead = self._lookahead(gradients, group_params, list(group_grads), x, y, positions, lr)
+                if kind == "task":
+                    def loss(lookahead_params, x, y, subset):
+                        return gradients.task(lookahead_params, x, y)[0]
+                else:  # an attack's own loss, for its rows that follow the client defense
+                    def loss(lookahead_params, x, y, subset, step=step):
+                        return self.poisoning.gradients(gradients, lookahead_params, x, y, subset, step)
+                group_lookahead = self._lookahead(loss, group_params, list(group_grads), x, y,
+                                                  [rows[position] for position in positions], positions, lr)
             if whole:
                 grads, lookahead = list(group_grads), group_lookahead
             else:
@@ -298,29 +294,9 @@ class ClientTraining:
         index = self._index(rows)
         return [t.index_select(0, index) for t in tensors]
 
-    def _backdoor_gradients(self, gradients, params, x, y) -> list[Tensor]:
-        poisoned_x, poisoned_y = poison_batch(x.flatten(0, 1), self.trigger_hi, self.trigger_lo, self.attack.target_label)
-        poisoned_x, poisoned_y = poisoned_x.view_as(x), poisoned_y.view_as(y)
-        if self.attack.blend != "mgda":
-            return gradients.blended(params, x, y, poisoned_x, poisoned_y, float(self.attack.blend_weight))
-        grads_backdoor, loss_backdoor = gradients.task(params, poisoned_x, poisoned_y)
-        grads_clean, loss_clean = gradients.task(params, x, y)
-        rows = x.shape[0]
-        weight = mgda_backdoor_weights(
-            torch.cat([g.reshape(rows, -1) for g in grads_backdoor], dim=1),
-            torch.cat([g.reshape(rows, -1) for g in grads_clean], dim=1),
-            loss_backdoor,
-            loss_clean,
-        ).to(loss_clean.dtype)
-        # The gradient of a*L_b + (1-a)*L_c per row, without a third backward pass.
-        blended = []
-        for g_backdoor, g_clean in zip(grads_backdoor, grads_clean):
-            column = weight.reshape(-1, *([1] * (g_backdoor.dim() - 1)))
-            blended.append(g_backdoor * column + g_clean * (1.0 - column))
-        return blended
-
-    def _lookahead(self, gradients, params, grads, x, y, positions, lr) -> list[Tensor]:
-        """g~ = grad L(W - lr*g; same batch) at `positions` of a group, `grads` elsewhere."""
+    def _lookahead(self, loss, params, grads, x, y, subset, positions, lr) -> list[Tensor]:
+        """g~ = grad L(W - lr*g; same batch) at `positions` of a group (rows `subset` of the
+        round), `grads` elsewhere; `loss(params, x, y, subset)` gives the gradients of L."""
         if not positions:
             return grads
         everyone = len(positions) == x.shape[0]
@@ -332,7 +308,7 @@ class ClientTraining:
             sub_grads = grads
         with torch.no_grad():
             lookahead_params = torch._foreach_add(params, sub_grads, alpha=-lr)
-        lookahead_grads, _ = gradients.task(lookahead_params, x, y)
+        lookahead_grads = loss(lookahead_params, x, y, subset)
         if everyone:
             return list(lookahead_grads)
         return [full.index_copy(0, index, part) for full, part in zip(grads, lookahead_grads)]

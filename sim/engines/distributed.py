@@ -193,6 +193,15 @@ class DistributedEngine:
         for part in gathered:
             training.load_client_state(part)
 
+    @property
+    def needs_last_global_update(self) -> bool:
+        return getattr(self.inner, "needs_last_global_update", False)
+
+    def observe_global_update(self, update) -> None:
+        # Every rank runs the round loop and observes the same update.
+        if hasattr(self.inner, "observe_global_update"):
+            self.inner.observe_global_update(update)
+
     def batchnorm_counters(self, clients: list[int], roles=None) -> Tensor:
         # A function of the settings, roles and data sizes only: every rank computes all rows.
         return self.inner.batchnorm_counters(clients, roles)

@@ -86,7 +86,8 @@ class _ModelGradients:
 
 class ClientStateOfEngine:
     """What both engines expose of their `ClientTraining` (`self.training`, with `client_indices`,
-    `malicious` and `model`): the per-client state for the checkpoint and the BatchNorm counters."""
+    `malicious` and `model`): the per-client state for the checkpoint, the BatchNorm counters, and the
+    last global update for an attack that reads it."""
 
     def state_dict(self):
         """The client defense's per-client state (None without any), for the checkpoint."""
@@ -94,6 +95,14 @@ class ClientStateOfEngine:
 
     def load_state_dict(self, state) -> None:
         self.training.load_state_dict(state)
+
+    @property
+    def needs_last_global_update(self) -> bool:
+        return self.training.needs_last_global_update
+
+    def observe_global_update(self, update) -> None:
+        """What the last round added to the global model (for an attack that reads it)."""
+        self.training.observe_global_update(update)
 
     def batchnorm_counters(self, clients: list[int], roles: Sequence[str] | None = None) -> Tensor:
         """`[len(clients), L]` float64: the forward passes each client's round adds to each of
@@ -127,7 +136,7 @@ class SequentialEngine(ClientStateOfEngine):
         self.num_parameters = sum(row.numel() for row in self.gradients.rows)
         self.training = ClientTraining(dataset, training, attack, client_defense, names=names, seed=seed,
                                        rounds=rounds, device=self.device,
-                                       shapes=[tuple(param.shape) for _, param in named])
+                                       shapes=[tuple(param.shape) for _, param in named], malicious=malicious)
 
     def train_clients(self, global_params: Tensor, clients: list[int], round: int,
                       roles: Sequence[str] | None = None) -> Tensor:

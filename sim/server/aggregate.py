@@ -111,6 +111,32 @@ def pairwise_squared_distances(rows: Tensor) -> Tensor:
     return distances[index][:, index]
 
 
+def distances_to_point(rows: Tensor, point: Tensor) -> Tensor:
+    """Euclidean distance of every row to ``point`` ([d]), float64 [n].
+
+    Differences are taken a column chunk at a time in the rows' dtype, so no [n, d] copy is
+    made; each chunk's squared norms are summed in float64. A chunk whose float32 norms overflow
+    (differences beyond ~1e19) is taken again in float64."""
+    n, d = rows.shape
+    squared = torch.zeros(n, dtype=torch.float64, device=rows.device)
+    point = point.to(device=rows.device, dtype=rows.dtype)
+    starts, step = column_chunks(n, d)
+    for start in starts:
+        difference = rows[:, start : start + step] - point[start : start + step]
+        norms = torch.linalg.vector_norm(difference, dim=1)
+        if not bool(torch.isfinite(norms).all()):
+            norms = torch.linalg.vector_norm(difference.to(torch.float64), dim=1)
+        squared += norms.to(torch.float64).square()
+    return squared.sqrt()
+
+
+def weighted_row_sum(weights: Tensor, rows: Tensor) -> Tensor:
+    """``sum_i weights[i] * rows[i]`` ([d], the rows' dtype) for float64 ``weights`` [n], as one
+    matrix-vector product; for weights that sum to at most 1 (a convex combination, as the
+    clipping and Weiszfeld rules use) the result cannot overflow."""
+    return weights.to(device=rows.device, dtype=rows.dtype) @ rows
+
+
 def krum_neighbours(n: int, f: int) -> int:
     # n - f - 2 when n >= 2f + 3. Bulyan's last picks, and rounds with rejected rows, see fewer
     # rows; the count is then kept in [1, n - 1] so a rule still returns a row mid-run.
@@ -260,3 +286,81 @@ def two_means_low_cluster(scores: Tensor) -> list[int]:
     costs = (ordered[None, :] - side_mean).square().sum(dim=1)
     best_split = int(torch.sort(costs, stable=True).indices[0]) + 1  # ties: the fewest low rows
     return sorted(order[:best_split].tolist())
+
+
+def _on_numpy(rows: Tensor) -> bool:
+    # numpy's BLAS: on the CPUs measured faster than torch's for float64 products (see above)
+    return rows.device.type == "cpu" and rows.dtype in (torch.float32, torch.float64)
+
+
+def gram_matrix(rows: Tensor, offset: Tensor | None = None) -> Tensor:
+    """``(r_i + offset) . (r_j + offset)`` in float64 ``[n, n]`` (``offset``: a ``[d]`` vector added
+    to every row, or None), one column chunk at a time: no float64 copy of the rows is made."""
+    n, d = rows.shape
+    starts, step = column_chunks(n, d)
+    if _on_numpy(rows):
+        values = rows.detach().numpy()
+        shift = None if offset is None else offset.detach().to("cpu", torch.float64).numpy()
+        gram = np.zeros((n, n))
+        buffer = np.empty((n, min(step, d)))
+        for start in starts:
+            width = min(step, d - start)
+            chunk = buffer[:, :width]
+            chunk[...] = values[:, start : start + width]
+            if shift is not None:
+                chunk += shift[start : start + width]
+            gram += chunk @ chunk.T
+        return torch.from_numpy(gram)
+    gram = torch.zeros(n, n, dtype=torch.float64, device=rows.device)
+    for start in starts:
+        chunk = rows[:, start : start + step].to(torch.float64)
+        if offset is not None:
+            chunk = chunk + offset[start : start + step].to(device=rows.device, dtype=torch.float64)
+        gram.addmm_(chunk, chunk.T)
+    return gram
+
+
+def weighted_rows(coefficients: Tensor, rows: Tensor) -> Tensor:
+    """``coefficients @ rows`` (``coefficients`` float64 ``[m, n]``), accumulated in float64 a
+    column chunk at a time and returned in the rows' dtype ``[m, d]``."""
+    (m, _), (n, d) = coefficients.shape, rows.shape
+    starts, step = column_chunks(max(n, m), d)
+    out = rows.new_empty(m, d)
+    if _on_numpy(rows):
+        values, weights, target = rows.detach().numpy(), coefficients.detach().cpu().numpy(), out.numpy()
+        buffer = np.empty((n, min(step, d)))
+        for start in starts:
+            width = min(step, d - start)
+            chunk = buffer[:, :width]
+            chunk[...] = values[:, start : start + width]
+            target[:, start : start + width] = weights @ chunk
+        return out
+    coefficients = coefficients.to(device=rows.device, dtype=torch.float64)
+    for start in starts:
+        out[:, start : start + step] = coefficients @ rows[:, start : start + step].to(torch.float64)
+    return out
+
+
+def row_dots(rows: Tensor, vector: Tensor) -> tuple[Tensor, Tensor]:
+    """``r_i . vector`` and ``||r_i||^2`` in float64, ``[n]`` each, a column chunk at a time."""
+    n, d = rows.shape
+    starts, step = column_chunks(n, d)
+    if _on_numpy(rows):
+        values, other = rows.detach().numpy(), vector.detach().to("cpu", torch.float64).numpy()
+        dots, norms = np.zeros(n), np.zeros(n)
+        buffer = np.empty((n, min(step, d)))
+        for start in starts:
+            width = min(step, d - start)
+            chunk = buffer[:, :width]
+            chunk[...] = values[:, start : start + width]
+            dots += chunk @ other[start : start + width]
+            norms += np.einsum("ij,ij->i", chunk, chunk)
+        return torch.from_numpy(dots), torch.from_numpy(norms)
+    vector = vector.to(device=rows.device, dtype=torch.float64)
+    dots = torch.zeros(n, dtype=torch.float64, device=rows.device)
+    norms = torch.zeros(n, dtype=torch.float64, device=rows.device)
+    for start in starts:
+        chunk = rows[:, start : start + step].to(torch.float64)
+        dots += chunk @ vector[start : start + step]
+        norms += chunk.square().sum(dim=1)
+    return dots, norms

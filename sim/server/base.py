@@ -94,6 +94,9 @@ class Aggregator(Component):
             return Aggregation(updates.new_zeros(updates.shape[1]), [], rejected_rows)
         if counters is not None:
             context = dataclasses.replace(context, counters=counters[finite_rows].to(finite_updates.device))
+        if rejected_rows and len(context.clients) == updates.shape[0]:
+            # the client ids of the rows the rule sees, one per row as before
+            context = dataclasses.replace(context, clients=[context.clients[i] for i in finite_rows])
         update, kept_local = self._aggregate(finite_updates, context)
         kept = sorted(finite_rows[i] for i in kept_local)
         return Aggregation(update, kept, rejected_rows)

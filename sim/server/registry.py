@@ -11,10 +11,18 @@ from typing import Any
 
 from sim.errors import ConfigError
 from sim.server.base import Aggregator, ServerSetup, build_rule
+from sim.server.centered_clipping import CenteredClipping
 from sim.server.coordinatewise import Median, TrimmedMean
 from sim.server.fedavg import FedAvg
+from sim.server.flame import Flame
+from sim.server.fltrust import FLTrust
+from sim.server.foolsgold import FoolsGold
 from sim.server.fltk import FltkBulyan, FltkMultiKrum
 from sim.server.krum import Bulyan, Krum, MultiKrum
+from sim.server.norm_clipping import NormClipping
+from sim.server.prodigy import Prodigy
+from sim.server.rfa import RFA
+from sim.server.rlr import RLR
 from sim.server.robust_dpfl import RobustDPFL
 from sim.server.sparsefed import SparseFed
 
@@ -29,19 +37,19 @@ AGGREGATORS: dict[str, type[Aggregator]] = {
     "fltk_multikrum": FltkMultiKrum,
     "fltk_bulyan": FltkBulyan,
     "robust_dpfl": RobustDPFL,
+    "norm_clipping": NormClipping,
+    "rlr": RLR,
+    "rfa": RFA,
+    "centered_clipping": CenteredClipping,
+    "prodigy": Prodigy,
+    "flame": Flame,
+    "foolsgold": FoolsGold,
+    "fltrust": FLTrust,
 }
 
 
 # Names a user may reach for that the simulator deliberately does not provide, with the reason.
-UNAVAILABLE_AGGREGATORS = {
-    "prodigy": (
-        "server.aggregator='prodigy' (ProDiGy, Ergisi, Massny, Bitar, arXiv 2509.09534) is not implemented: its "
-        "proximity and dissimilarity scoring formulas are not available to this project (no public code, and "
-        "the paper body could not be read), and a rule invented under its name would misreport it; allowed: "
-        + ", ".join(AGGREGATORS)
-        + "; fix: --set server.aggregator=multikrum (or median, trimmed_mean, robust_dpfl)"
-    ),
-}
+UNAVAILABLE_AGGREGATORS: dict[str, str] = {}
 
 
 def _read(server: Any, name: str, default: Any) -> Any:

@@ -26,6 +26,19 @@ def tiny_synthetic(clients: int = 8, malicious: int = 3, per_round: int = 5, fix
     ]
 
 
+def attack_section(**settings):
+    """An `attack` config section as the engines read it, from flat keywords: the backdoor's own
+    settings (`blend`, `blend_weight`) go to its subsection `attack.backdoor`."""
+    from types import SimpleNamespace
+
+    own = {key: settings.pop(key) for key in ("blend", "blend_weight") if key in settings}
+    base = dict(type="backdoor", target_label=8, boost=1.0, trigger_values="data_range", follow_client_defense=False)
+    base.update(settings)
+    backdoor = {"blend": "mgda", "blend_weight": 0.5, **own}
+    return SimpleNamespace(**base, backdoor=SimpleNamespace(**backdoor), dba=SimpleNamespace(**backdoor, pieces=3),
+                           neurotoxin=SimpleNamespace(**backdoor, mask_share=0.1))
+
+
 def fashion_mnist_present() -> bool:
     folder = Path(data_module.FASHION_MNIST_DEFAULT_DIR)
     return all(data_module._find_idx_file(folder, stem) is not None for stem in data_module.IDX_FILE_STEMS.values())

@@ -3,11 +3,20 @@ import math
 import pytest
 import torch
 
+from sim.server.centered_clipping import CenteredClipping
 from sim.server.coordinatewise import Median, TrimmedMean
 from sim.server.fedavg import FedAvg
+from sim.server.base import AggregationContext
+from sim.server.flame import Flame
+from sim.server.fltrust import FLTrust
+from sim.server.foolsgold import FoolsGold
 from sim.server.fltk import FltkBulyan, FltkMultiKrum
 from sim.server.krum import Bulyan, Krum, MultiKrum, default_f
+from sim.server.prodigy import Prodigy
 from sim.server.registry import AGGREGATORS, build_aggregator
+from sim.server.norm_clipping import NormClipping
+from sim.server.rfa import RFA
+from sim.server.rlr import RLR
 from sim.server.robust_dpfl import RobustDPFL
 from sim.server.sparsefed import SparseFed
 from sim.errors import ConfigError
@@ -244,6 +253,15 @@ def standard_instances():
         "fltk_multikrum": FltkMultiKrum(),
         "fltk_bulyan": FltkBulyan(),
         "robust_dpfl": RobustDPFL(),
+        "norm_clipping": NormClipping(clip=2.0, noise_std=0.0),
+        "rlr": RLR(threshold=2),
+        "rfa": RFA(),
+        "centered_clipping": CenteredClipping(tau=1.0),
+        "prodigy": Prodigy(f=2),
+        "flame": Flame(noise=0.0, cluster_on="update"),
+        "foolsgold": FoolsGold(),
+        # the server's own update: the all-ones direction, trusted by most rows of the cases here
+        "fltrust": lambda updates: FLTrust()(updates, AggregationContext(reference_update=torch.ones(updates.shape[1]))),
     }
 
 

@@ -1,17 +1,15 @@
-"""Robust-DPFL's aggregation rule, worked by hand, and the refusal of ProDiGy."""
+"""Robust-DPFL's aggregation rule, worked by hand."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
-import pytest
 import torch
 
 from sim.server.aggregate import two_means_low_cluster
 from sim.server.registry import AGGREGATORS, build_aggregator
 from sim.server.robust_dpfl import RobustDPFL
 from sim.config import load_config
-from sim.errors import ConfigError
 
 
 def test_robust_dpfl_keeps_the_low_score_cluster_and_averages_it():
@@ -51,15 +49,3 @@ def test_robust_dpfl_is_built_from_the_config():
     assert "robust_dpfl" in AGGREGATORS
     assert isinstance(build_aggregator(SimpleNamespace(aggregator="robust_dpfl"), 10, 100, 25), RobustDPFL)
     assert load_config(overrides=["server.aggregator=robust_dpfl"]).server.aggregator == "robust_dpfl"
-
-
-def test_prodigy_is_refused_with_the_reason():
-    for build in (
-        lambda: load_config(overrides=["server.aggregator=prodigy"]),
-        lambda: build_aggregator(SimpleNamespace(aggregator="prodigy"), 10, 100, 25),
-    ):
-        with pytest.raises(ConfigError) as caught:
-            build()
-        message = str(caught.value)
-        assert "server.aggregator='prodigy'" in message and "2509.09534" in message
-        assert "not available" in message and "fix: --set server.aggregator=" in message

@@ -29,7 +29,7 @@ from sim.server.base import AggregationContext
 from sim.server.fltk import FltkBulyan, FltkMultiKrum
 from sim.server.krum import MultiKrum
 
-from simtest import tiny_synthetic
+from simtest import attack_section as attack_section_of, tiny_synthetic
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -134,8 +134,8 @@ def test_clients_and_evaluation_stamp_the_configured_trigger():
     training, attack, defense = sections(attack={"trigger_values": "authors"})
     engine = SequentialEngine("mlp", dataset, partition(dataset.train_y, 4, "iid", seed=0), [1], training, attack,
                               defense, 0, "cpu")
-    assert float(engine.training.trigger_hi) == pytest.approx(2.821487, abs=1e-6)
-    assert float(engine.training.trigger_lo) == pytest.approx(-0.424213, abs=1e-6)
+    assert float(engine.training.poisoning.trigger_hi) == pytest.approx(2.821487, abs=1e-6)
+    assert float(engine.training.poisoning.trigger_lo) == pytest.approx(-0.424213, abs=1e-6)
     for choice, (hi, lo) in {"authors": (2.821487, -0.424213), "data_range": (1.0, 0.0)}.items():
         parts = runner._Parts(load_config(overrides=[*tiny_synthetic(), "server.aggregator=median",
                                                      f"attack.trigger_values={choice}"]),
@@ -232,7 +232,7 @@ def sections(attack=None, defense=None, **training):
     attack_section.update(attack or {})
     defense_section = dict(type="none", noise_scale=0.2, variant="hessian", alpha=0.4, q=0.2)
     defense_section.update(defense or {})
-    return SimpleNamespace(**training_section), SimpleNamespace(**attack_section), SimpleNamespace(**defense_section)
+    return SimpleNamespace(**training_section), attack_section_of(**attack_section), SimpleNamespace(**defense_section)
 
 
 @pytest.mark.parametrize("engine_class", [SequentialEngine, BatchedEngine])
@@ -307,3 +307,16 @@ def test_the_authors_preset_combines_every_option_and_compares_none_with_their_l
     assert (leadfl["client_defense.alpha"], leadfl["client_defense.q"]) == (0.4, 0.2)
     selector = Selector.from_config(cfg)
     assert [selector.malicious_count(r) for r in range(80)] == AUTHORS_MALICIOUS_PER_ROUND
+
+
+def test_a_comparisons_own_record_with_old_names_is_read_silently(tmp_path, capsys):
+    folder = tmp_path / "cmp"
+    folder.mkdir()
+    path = folder / "compare-input.yaml"  # what compare --resume reads back
+    path.write_text("server:\n  aggregator: fltk_multikrum\n  fltk_counters: true\n"
+                    "compare:\n  a: {server.fltk_counters: false}\n")
+    cfg = load_config(path=path)
+    variants = compare_variants(path=path)
+    assert cfg.server.fltk_multikrum.counters and cfg.server.fltk_bulyan.counters
+    assert variants["a"] == [("server.fltk_multikrum.counters", False), ("server.fltk_bulyan.counters", False)]
+    assert capsys.readouterr().err == ""

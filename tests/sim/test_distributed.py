@@ -52,11 +52,19 @@ CARRIED_MOMENTUM = {"client_defense": {"type": "leadfl", "variant": "original", 
                     "training": {**TINY["training"], "momentum": 0.5}}
 
 
+# Neurotoxin reads the last global update (every rank observes it), its clients follow LeadFL, and
+# model replacement scales their uploads; DBA's pieces are scored on rank 0.
+NEW_ATTACKS = {"attack": {"type": "neurotoxin", "follow_client_defense": True, "neurotoxin": {"mask_share": 0.3}},
+               "client_defense": {"type": "leadfl"}, "model_poisoning": {"type": "model_replacement"}}
+CASES = {"flwbc": {}, "original, momentum never": CARRIED_MOMENTUM, "neurotoxin following leadfl": NEW_ATTACKS,
+         "dba": {"attack": {"type": "dba"}}}
+
+
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch build has no torch.distributed")
-@pytest.mark.parametrize("case", ["flwbc", "original, momentum never"])
+@pytest.mark.parametrize("case", list(CASES))
 def test_two_gloo_ranks_give_the_metrics_of_one_process(tmp_path, case):
     config_file = tmp_path / "tiny.yaml"
-    config_file.write_text(yaml.safe_dump({**TINY, **(CARRIED_MOMENTUM if case != "flwbc" else {})}))
+    config_file.write_text(yaml.safe_dump({**TINY, **CASES[case]}))
     environment = {key: value for key, value in os.environ.items() if key not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     environment["PYTHONPATH"] = os.pathsep.join([str(REPO), environment.get("PYTHONPATH", "")])
     command = [
@@ -76,7 +84,7 @@ def test_two_gloo_ranks_give_the_metrics_of_one_process(tmp_path, case):
         torch.set_num_threads(threads)
 
     assert metrics_without_timing(tmp_path / "two") == metrics_without_timing(tmp_path / "one")
-    if case != "flwbc":
+    if case == "original, momentum never":
         saved = {name: read_checkpoint(tmp_path / name / io.CHECKPOINT_FILE)["engine_state"]["clients"]
                  for name in ("one", "two")}
         assert sorted(saved["two"]) == sorted(saved["one"]) and len(saved["one"]) > 5

@@ -16,6 +16,7 @@ from sim.engines.batched import BatchedEngine
 from sim.engines.registry import choose_engine
 from sim.errors import ConfigError
 from sim.models import build_model, flatten_parameters
+from simtest import attack_section as attack_section_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -35,6 +36,9 @@ ATTACKS = {
     "backdoor, mgda": {"type": "backdoor", "blend": "mgda"},
     "backdoor, fixed blend, boost 2": {"type": "backdoor", "blend": "fixed", "boost": 2.0},
     "label_flip": {"type": "label_flip"},
+    "backdoor, mgda, following the defense": {"type": "backdoor", "blend": "mgda", "follow_client_defense": True},
+    "label_flip, following the defense": {"type": "label_flip", "follow_client_defense": True},
+    "dba, mgda": {"type": "dba"},
 }
 DEFENSES = {
     "none": {"type": "none"},
@@ -74,7 +78,7 @@ def sections(attack, defense, **training):
     attack_section.update(attack)
     defense_section = dict(type="none", noise_scale=0.2, variant="hessian", alpha=0.4, q=0.2)
     defense_section.update(defense)
-    return SimpleNamespace(**training_section), SimpleNamespace(**attack_section), SimpleNamespace(**defense_section)
+    return SimpleNamespace(**training_section), attack_section_of(**attack_section), SimpleNamespace(**defense_section)
 
 
 def both_engines(dataset, clients, attack, defense, model="mlp", client_chunk=None, **training):
@@ -215,7 +219,7 @@ RUN = [
 # One run per attack and one per client defense (every attack and every defense appears).
 RUN_CASES = {
     "backdoor mgda, no defense": ["attack.type=backdoor"],
-    "backdoor fixed, ldp": ["attack.type=backdoor", "attack.blend=fixed", "client_defense.type=ldp"],
+    "backdoor fixed, ldp": ["attack.type=backdoor", "attack.backdoor.blend=fixed", "client_defense.type=ldp"],
     "label_flip, flwbc": ["attack.type=label_flip", "client_defense.type=flwbc"],
     "backdoor, leadfl hessian, multikrum": [
         "client_defense.type=leadfl", "server.aggregator=multikrum", "server.f=1",

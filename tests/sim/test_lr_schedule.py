@@ -15,6 +15,7 @@ from sim.errors import ConfigError
 from sim.models import build_model, flatten_parameters
 from sim.runner import run
 from sim.engines.schedules import local_lr
+from simtest import attack_section as attack_section_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -59,7 +60,7 @@ def test_trainer_takes_each_rounds_lr_from_the_schedule():
     dataset = make_synthetic_dataset(200, 50, "cpu", seed=0)
     indices = partition(dataset.train_y, 4, "iid", seed=0)
     start = flatten_parameters(build_model("mlp", dataset.image_shape, dataset.num_classes, seed=0))
-    attack = SimpleNamespace(type="none", target_label=8, blend="mgda", blend_weight=0.5, boost=1.0)
+    attack = attack_section_of(type="none")
     defense = SimpleNamespace(type="ldp", noise_scale=0.2, variant="hessian", alpha=0.4, q=0.2)
 
     def engine(training):

@@ -22,6 +22,7 @@ from sim.models import build_model, flatten_parameters
 from sim.reporting import read_metrics
 from sim.runner import run
 from sim.state import read_checkpoint
+from simtest import attack_section as attack_section_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -55,7 +56,7 @@ def sections(memory_format, defense):
     attack = dict(type="backdoor", target_label=8, blend="mgda", blend_weight=0.5, boost=1.0)
     client_defense = dict(type="none", noise_scale=0.2, variant="hessian", alpha=0.4, q=0.2)
     client_defense.update(defense)
-    return SimpleNamespace(**training), SimpleNamespace(**attack), SimpleNamespace(**client_defense)
+    return SimpleNamespace(**training), attack_section_of(**attack), SimpleNamespace(**client_defense)
 
 
 def make_engine(dataset, client_indices, memory_format, defense):
@@ -116,7 +117,7 @@ RUN = [
     "selection.schedule=fixed",
     "selection.fixed_malicious=1",
     "attack.type=backdoor",
-    "attack.blend=mgda",
+    "attack.backdoor.blend=mgda",
     "training.local_steps=4",
     "training.batch_size=16",
     "server.aggregator=fedavg",

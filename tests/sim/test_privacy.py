@@ -138,7 +138,7 @@ def test_pipeline_without_dp_or_attack_returns_the_updates_as_they_are():
 TINY = [
     *tiny_synthetic(),
     "attack.type=backdoor",
-    "attack.blend=fixed",
+    "attack.backdoor.blend=fixed",
     "eval.test_size=50",
     "privacy.type=gaussian",
     "privacy.clip=1.0",

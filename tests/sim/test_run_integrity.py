@@ -115,8 +115,10 @@ def test_damaged_sweep_trials_run_again_and_stay_out_of_the_report(tmp_path, cap
     output = capsys.readouterr().out
     assert output.count("it runs again from the start") == 2
     assert "report: 2 of 2 trials finished" in output
-    def without_wall_time(text: str) -> list[str]:
-        return [line.rsplit(",", 6)[0] for line in text.splitlines()]  # wall_time_s and the empty columns after it
+    def without_wall_time(text: str) -> list[list[str]]:
+        rows = [line.split(",") for line in text.splitlines()]
+        where = rows[0].index("wall_time_s")
+        return [row[:where] + row[where + 1:] for row in rows]
 
     assert without_wall_time((trials[0] / "metrics.csv").read_text()) == without_wall_time(finished)
 
@@ -268,3 +270,89 @@ def test_plot_refuses_a_comparison_that_points_outside_it(tmp_path, capsys):
     before = digest(victim)
     one_line_error(capsys, ["plot", str(out)], "'../victim'", "leads outside")
     assert digest(victim) == before
+
+
+def test_a_sweep_trial_folder_linked_outside_is_refused_before_it_runs(tmp_path, capsys):
+    grid = write_grid(tmp_path / "grid.yaml", {"seed": [0]})
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--grid", str(grid), "--out", str(out)]) == 0
+    trial = next((out / "trials").iterdir())
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("mine\n")
+    for path in sorted(trial.rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    trial.rmdir()
+    trial.symlink_to(victim)
+    before = digest(victim)
+    one_line_error(capsys, ["sweep", "--grid", str(grid), "--out", str(out), "--resume"], "leads outside",
+                   "nothing was run or written", "fix: remove the link")
+    assert digest(victim) == before
+
+
+def test_a_comparison_run_folder_linked_outside_is_refused_before_it_runs(tmp_path, capsys):
+    study = tmp_path / "study.yaml"
+    study.write_text("compare:\n  none: {}\n")
+    out = tmp_path / "cmp"
+    out.mkdir()
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (out / "none").symlink_to(victim)
+    one_line_error(capsys, ["compare", "--config", str(study), *flags(*TINY), "--out", str(out), "--no-progress"],
+                   "leads outside", "fix: remove the link")
+    assert list(victim.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# plot redraws only what it has checked
+
+
+def _finished_run(tmp_path: Path) -> Path:
+    out = tmp_path / "run"
+    assert main(["run", *flags(*TINY, "rounds=2"), "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_plot_refuses_a_finished_run_whose_metrics_were_cut(tmp_path, capsys):
+    out = _finished_run(tmp_path)
+    metrics = out / "metrics.csv"
+    metrics.write_text(metrics.read_text()[:-40])
+    one_line_error(capsys, ["plot", str(out)], "does not hold an intact finished run", "metrics.csv")
+
+
+def test_plot_refuses_a_cut_row_of_an_unfinished_run(tmp_path, capsys):
+    out = _finished_run(tmp_path)
+    for name in ("summary.json", "manifest.json"):
+        (out / name).unlink()
+    metrics = out / "metrics.csv"
+    metrics.write_text(metrics.read_text().rstrip("\n").rsplit(",", 3)[0] + "\n")
+    one_line_error(capsys, ["plot", str(out)], "line 3 does not have one cell per column")
+
+
+def test_plot_redraws_a_sealed_run_and_keeps_it_sealed(tmp_path, capsys):
+    out = _finished_run(tmp_path)
+    (out / "accuracy.png").unlink()
+    assert main(["plot", str(out)]) == 0
+    assert (out / "accuracy.png").is_file()
+    assert main(["run", *flags(*TINY, "rounds=2"), "--out", str(out), "--resume", "--no-progress"]) == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# YAML that is not a settings file
+
+
+@pytest.mark.parametrize("text", ["[" * 10_000 + "]" * 10_000, "{a: " * 3_000 + "1" + "}" * 3_000])
+def test_deeply_nested_yaml_is_one_line(tmp_path, capsys, text):
+    path = tmp_path / "deep.yaml"
+    path.write_text(text)
+    one_line_error(capsys, ["run", "--config", str(path), "--out", str(tmp_path / "r")], "nested more than 64",
+                   "fix:")
+    one_line_error(capsys, ["sweep", "--grid", str(path), "--dry-run"], "nested more than 64")
+
+
+@pytest.mark.parametrize("text, kind", [("- a\n- b\n", "list"), ("3\n", "int"), ("hello\n", "str")])
+def test_a_settings_file_that_is_not_a_mapping_says_the_fix(tmp_path, capsys, text, kind):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    one_line_error(capsys, ["run", "--config", str(path), "--out", str(tmp_path / "r")], "must be a mapping",
+                   "fix:")

@@ -9,7 +9,7 @@ from sim.data import load_dataset, make_synthetic_dataset, partition
 from sim.engines.sequential import SequentialEngine
 from sim.errors import ConfigError
 from sim.models import build_model, flatten_parameters, load_flat_parameters_
-from simtest import requires_fashion_mnist
+from simtest import attack_section as attack_section_of, requires_fashion_mnist
 
 NUM_CLIENTS = 8
 MALICIOUS = [1, 5]
@@ -36,7 +36,7 @@ def sections(training=None, attack=None, defense=None):
     defense_section.update(defense or {})
     return (
         SimpleNamespace(**training_section),
-        SimpleNamespace(**attack_section),
+        attack_section_of(**attack_section),
         SimpleNamespace(**defense_section),
     )
 

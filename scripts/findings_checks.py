@@ -1,0 +1,411 @@
+"""The figures behind the corrected statements of docs/findings/leadfl.md, recomputed from the
+committed result files (no run, no torch).
+
+    python scripts/findings_checks.py [CHECK ...]      # default: every check
+
+Checks:
+  lr-x2            finding 5: `none lr x2` against `none`, `original` and `original alpha 0`,
+                   paired seed by seed (docs/results/decomposition/comparison.json)
+  drift-alpha      section 2: `drift` minus `hessian` at each alpha, paired seed by seed, and the
+                   largest single-seed gap (docs/results/alpha-frontier/comparison.json)
+  table1-original  section 5: `LeadFL original` and `None` backdoor accuracy per round range
+                   (docs/results/table1-fmnist/{None,LeadFL-original}/metrics.csv)
+  r-share          the R = +q shares of docs/results/r-saturation/README.md, and every share
+                   the documents quote beside them, checked against that file
+  original-demo    section 1, finding 4: `original` against `none` and against `original alpha 0`,
+                   paired seed by seed (docs/results/decomposition/comparison.json)
+  curvature-alpha  section 2: `curvature` minus `none` at each alpha, paired seed by seed, naming
+                   the intervals that exclude 0 (docs/results/alpha-frontier/comparison.json)
+  frontier-tables  the tables of docs/results/alpha-frontier/README.md are the 5-seed frontier.md
+                   and table.md of the same folder, not a one-seed build
+  table1-kept      section 5: malicious uploads Multi-Krum kept per Table I row, by attackers per
+                   round (docs/results/table1-fmnist/*/metrics.csv, `malicious_ids` and `kept`)
+  table1-hessian   section 5: `LeadFL hessian`'s backdoor per round, the rounds above 3.5%
+                   (docs/results/table1-fmnist/LeadFL-hessian/metrics.csv)
+  switches-kept    section 4: malicious uploads kept in rounds 1-9 of the authors' setting and
+                   each switch (docs/results/table1-fmnist-authors{,-switches}/*/metrics.csv)
+  authors-bursts   section 4 and the verdict: the rounds after each burst of 5 malicious clients in
+                   the authors' setting, what the server kept and where the backdoor went
+                   (docs/results/table1-fmnist-authors/{None,LeadFL}/metrics.csv)
+  demo-kept        sections 1 and 2: malicious uploads kept per variant and seed at demo scale
+                   (docs/results/{decomposition,decomposition-controls,alpha-frontier}/seed*/)
+
+Intervals are the project's: mean and Student-t 95% half-width over the seeds (`sim.stats`), of
+per-seed differences where two variants share a seed (same selections, malicious set, model).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from sim.stats import mean_interval  # noqa: E402
+
+RESULTS = ROOT / "docs" / "results"
+ALPHAS = ("0.025", "0.05", "0.1", "0.2", "0.4")
+# Documents that quote the R = +q share, relative to the repository root.
+SHARE_DOCUMENTS = ("docs/findings/leadfl.md", "README.md", "docs/algorithms.md",
+                   "docs/results/table1-fmnist/README.md")
+
+
+def per_seed(comparison: dict, variant: str, key: str) -> dict[int, float]:
+    """{seed: summary[key]} of one variant of a `compare --seeds` comparison.json."""
+    runs = comparison["variants"][variant]["runs"]
+    return {int(seed): float(run["summary"][key]) for seed, run in runs.items()
+            if run.get("summary", {}).get(key) is not None}
+
+
+def paired(first: dict[int, float], second: dict[int, float]) -> tuple[dict[int, float], str]:
+    """Per-seed differences first - second over the seeds both have, and 'mean ± half-width'."""
+    seeds = sorted(set(first) & set(second))
+    differences = {seed: first[seed] - second[seed] for seed in seeds}
+    return differences, estimate_text(list(differences.values()))
+
+
+def estimate_text(values: list[float]) -> str:
+    estimate = mean_interval(values)
+    if estimate.half_width is None:
+        return f"{estimate.mean:+.1f} (one seed, no interval)"
+    return f"{estimate.mean:+.1f} ± {estimate.half_width:.1f} (n {estimate.n})"
+
+
+def seeds_text(differences: dict[int, float], digits: int = 1) -> str:
+    return ", ".join(f"seed {seed} {value:+.{digits}f}" for seed, value in differences.items())
+
+
+def check_lr_x2() -> None:
+    comparison = json.loads((RESULTS / "decomposition" / "comparison.json").read_text())
+    print("## lr-x2: docs/results/decomposition/comparison.json, seeds", comparison["seeds"])
+    pairs = [("none lr x2", "none"), ("none lr x2", "original"), ("none lr x2", "original alpha 0"),
+             ("original", "none"), ("original alpha 0", "none")]
+    for key, title in [("mean_backdoor_accuracy", "backdoor accuracy, average"),
+                       ("final_backdoor_accuracy", "backdoor accuracy, final"),
+                       ("final_main_accuracy", "main accuracy, final")]:
+        print(f"{title} (points), paired:")
+        for first, second in pairs:
+            differences, text = paired(per_seed(comparison, first, key), per_seed(comparison, second, key))
+            print(f"  {first} - {second}: {text}; {seeds_text(differences)}")
+    print()
+
+
+def check_drift_alpha() -> None:
+    comparison = json.loads((RESULTS / "alpha-frontier" / "comparison.json").read_text())
+    print("## drift-alpha: docs/results/alpha-frontier/comparison.json, seeds", comparison["seeds"])
+    for key, title in [("final_main_accuracy", "main accuracy, final"),
+                       ("mean_backdoor_accuracy", "backdoor accuracy, average"),
+                       ("final_backdoor_accuracy", "backdoor accuracy, final")]:
+        print(f"drift - hessian, {title} (points), paired:")
+        for alpha in ALPHAS:
+            differences, text = paired(per_seed(comparison, f"drift alpha {alpha}", key),
+                                       per_seed(comparison, f"hessian alpha {alpha}", key))
+            seed, gap = max(differences.items(), key=lambda item: abs(item[1]))
+            print(f"  alpha {alpha}: {text}; largest single-seed gap {gap:+.2f} (seed {seed}); "
+                  f"{seeds_text(differences, 2)}")
+    print()
+
+
+def backdoor_by_round(folder: Path) -> dict[int, tuple[float, int]]:
+    """{round: (backdoor accuracy, malicious clients selected)} from a run's metrics.csv."""
+    with open(folder / "metrics.csv", newline="") as stream:
+        return {int(row["round"]): (float(row["backdoor_accuracy"]), int(row["malicious_selected"]))
+                for row in csv.DictReader(stream)}
+
+
+def span_text(by_round: dict[int, tuple[float, int]], rounds: range) -> str:
+    values = [by_round[r][0] for r in rounds]
+    return f"{min(values):.1f}-{max(values):.1f}%"
+
+
+def check_table1_original(threshold: float = 93.0) -> None:
+    folder = RESULTS / "table1-fmnist"
+    none = backdoor_by_round(folder / "None")
+    original = backdoor_by_round(folder / "LeadFL-original")
+    last = max(none)
+    print(f"## table1-original: docs/results/table1-fmnist/{{None,LeadFL-original}}/metrics.csv, rounds 0-{last}")
+    for rounds in (range(2, 9), range(17, 65), range(17, last + 1), range(65, 71), range(71, last + 1)):
+        print(f"  rounds {rounds.start}-{rounds.stop - 1}: None {span_text(none, rounds)}, "
+              f"LeadFL original {span_text(original, rounds)}")
+    for rounds in (range(17, 65), range(17, last + 1)):
+        below = [r for r in rounds if original[r][0] < threshold]
+        print(f"  LeadFL original under {threshold:g}% in {len(below)} of the {len(rounds)} rounds "
+              f"{rounds.start}-{rounds.stop - 1}: "
+              + ", ".join(f"{r} ({original[r][0]:.1f}%, {original[r][1]} malicious)" for r in below))
+    busy = sum(1 for backdoor, malicious in none.values() if 2 <= malicious <= 5)
+    print(f"  rounds with 2-5 malicious clients: {busy} of {len(none)}")
+    print()
+
+
+def measured_shares(readme: Path) -> dict[str, float]:
+    """{model: R = +q share in %} from the output table of docs/results/r-saturation/README.md."""
+    shares = {}
+    for line in readme.read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and re.fullmatch(r"\d+\.\d+", cells[1]):
+            shares[cells[0]] = float(cells[1])
+    if not shares:
+        raise SystemExit(f"no share table in {readme}; fix: restore the output block of scripts/r_saturation.py")
+    return shares
+
+
+def quoted_shares(text: str) -> list[str]:
+    """Percentages 99.x quoted in the paragraphs that speak of R = +q per element-step."""
+    quotes = []
+    # A paragraph, or one item of a list (whose items are not separated by blank lines).
+    for paragraph in re.split(r"\n\s*\n|\n(?=\s*(?:[-*]|\d+\.) )", text):
+        if "+q" in paragraph and "element-step" in paragraph:
+            quotes += re.findall(r"99\.\d+", paragraph)
+    return quotes
+
+
+def share_disagreements(quotes: list[str], shares: list[float]) -> list[str]:
+    """The quotes that are not a measured share written to their own number of decimals."""
+    wrong = []
+    for quote in quotes:
+        decimals = len(quote.split(".")[1])
+        if not any(f"{share:.{decimals}f}" == quote for share in shares):
+            wrong.append(quote)
+    return wrong
+
+
+def check_r_share() -> int:
+    readme = RESULTS / "r-saturation" / "README.md"
+    shares = measured_shares(readme)
+    print("## r-share: docs/results/r-saturation/README.md")
+    for model, share in shares.items():
+        print(f"  {model}: {share:.3f}%")
+    print(f"  range {min(shares.values()):.3f}-{max(shares.values()):.3f}%")
+    failures = 0
+    for name in SHARE_DOCUMENTS:
+        quotes = quoted_shares((ROOT / name).read_text())
+        wrong = share_disagreements(quotes, list(shares.values()))
+        failures += len(wrong)
+        verdict = "agrees" if not wrong else "DISAGREES: " + ", ".join(wrong)
+        print(f"  {name}: quotes {', '.join(quotes) or 'none'}; {verdict}")
+    print()
+    return failures
+
+
+def excludes_zero(values: list[float]) -> bool:
+    """Whether the Student-t 95% interval of the mean of `values` lies wholly on one side of 0."""
+    estimate = mean_interval(values)
+    return estimate.half_width is not None and abs(estimate.mean) > estimate.half_width
+
+
+def check_original_demo() -> None:
+    comparison = json.loads((RESULTS / "decomposition" / "comparison.json").read_text())
+    print("## original-demo: docs/results/decomposition/comparison.json, seeds", comparison["seeds"])
+    for key, title in [("final_main_accuracy", "main accuracy, final"),
+                       ("mean_backdoor_accuracy", "backdoor accuracy, average"),
+                       ("final_backdoor_accuracy", "backdoor accuracy, final")]:
+        print(f"{title} (points), paired:")
+        for first, second in [("original", "none"), ("original alpha 0", "none"),
+                              ("original", "original alpha 0")]:
+            differences, text = paired(per_seed(comparison, first, key), per_seed(comparison, second, key))
+            print(f"  {first} - {second}: {text}; {seeds_text(differences)}")
+    print()
+
+
+def check_curvature_alpha() -> None:
+    comparison = json.loads((RESULTS / "alpha-frontier" / "comparison.json").read_text())
+    print("## curvature-alpha: docs/results/alpha-frontier/comparison.json, seeds", comparison["seeds"])
+    for key, title in [("final_main_accuracy", "main accuracy, final"),
+                       ("mean_backdoor_accuracy", "backdoor accuracy, average"),
+                       ("final_backdoor_accuracy", "backdoor accuracy, final")]:
+        print(f"curvature - none, {title} (points), paired:")
+        for alpha in ALPHAS:
+            differences, text = paired(per_seed(comparison, f"curvature alpha {alpha}", key),
+                                       per_seed(comparison, "none", key))
+            verdict = "EXCLUDES 0" if excludes_zero(list(differences.values())) else "contains 0"
+            print(f"  alpha {alpha}: {text}, interval {verdict}; {seeds_text(differences, 2)}")
+    print()
+
+
+def markdown_tables(text: str) -> list[str]:
+    """Every markdown table of `text` (runs of lines starting with '|'), each as one string."""
+    tables, current = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append(line.rstrip())
+        elif current:
+            tables.append("\n".join(current))
+            current = []
+    return tables
+
+
+def foreign_tables(document: str, sources: list[str]) -> list[str]:
+    """The tables of `document` that are neither a table of a source file nor its own summary
+    (the first table, written by hand from the same comparison), by their header line."""
+    known = {table for source in sources for table in markdown_tables(source)}
+    return [table.splitlines()[0] for table in markdown_tables(document)[1:] if table not in known]
+
+
+def check_frontier_tables() -> int:
+    folder = RESULTS / "alpha-frontier"
+    readme = (folder / "README.md").read_text()
+    sources = [(folder / name).read_text() for name in ("frontier.md", "table.md")]
+    print("## frontier-tables: docs/results/alpha-frontier/README.md against frontier.md and table.md")
+    failures = 0
+    for name, source in zip(("frontier.md", "table.md"), sources):
+        seeds = re.findall(r"\| (\d+) \|", source)
+        counts = sorted({int(n) for n in seeds})
+        print(f"  {name}: seed counts in its n column {counts}")
+    wrong = foreign_tables(readme, sources)
+    one_seed = re.findall(r"\b1 seeds \(\d+\)", readme)
+    for header in wrong:
+        print(f"  README table not in frontier.md or table.md: {header[:80]}")
+    if one_seed:
+        print(f"  README caption of a one-seed build: {', '.join(one_seed)}")
+    failures = len(wrong) + len(one_seed)
+    print("  agrees" if not failures else "  DISAGREES")
+    print()
+    return failures
+
+
+def malicious_kept_by_round(folder: Path) -> dict[int, tuple[int, int]]:
+    """{round: (malicious clients selected, of them kept by the server)} from a run's metrics.csv
+    (`malicious_ids` and `kept` are space-separated client ids)."""
+    with open(folder / "metrics.csv", newline="") as stream:
+        rows = {}
+        for row in csv.DictReader(stream):
+            malicious, kept = set(row["malicious_ids"].split()), set(row["kept"].split())
+            rows[int(row["round"])] = (len(malicious), len(malicious & kept))
+        return rows
+
+
+def kept_text(by_round: dict[int, tuple[int, int]], rounds=None) -> str:
+    """'kept K of M malicious uploads', then per number of attackers a round: kept / uploads (rounds)."""
+    rounds = sorted(by_round) if rounds is None else list(rounds)
+    total = sum(by_round[r][0] for r in rounds)
+    kept = sum(by_round[r][1] for r in rounds)
+    groups = {}
+    for r in rounds:
+        count, held = by_round[r]
+        if count:
+            group = groups.setdefault(count, [0, 0, 0])
+            group[0] += 1
+            group[1] += held
+            group[2] += count
+    detail = "; ".join(f"{count} a round: {held} of {uploads} ({n} rounds)"
+                       for count, (n, held, uploads) in sorted(groups.items()))
+    return f"kept {kept} of {total} malicious uploads ({detail})"
+
+
+def check_table1_kept() -> None:
+    folder = RESULTS / "table1-fmnist"
+    print("## table1-kept: docs/results/table1-fmnist/*/metrics.csv (`malicious_ids`, `kept`)")
+    for name in ("None", "LDP", "FL-WBC", "LeadFL-hessian", "LeadFL-original"):
+        by_round = malicious_kept_by_round(folder / name)
+        few = [r for r, (count, _) in by_round.items() if 1 <= count <= 3]
+        clean = [r for r in few if by_round[r][1] == 0]
+        print(f"  {name}: {kept_text(by_round)}")
+        print(f"    rounds with 1-3 attackers: {len(few)}; all of them dropped in {len(clean)}")
+    by_round = malicious_kept_by_round(folder / "None")
+    busy = sum(1 for count, _ in by_round.values() if 2 <= count <= 5)
+    print(f"  rounds with 2-5 malicious clients: {busy} of {len(by_round)}")
+    print()
+
+
+def check_table1_hessian(threshold: float = 3.5) -> None:
+    folder = RESULTS / "table1-fmnist" / "LeadFL-hessian"
+    backdoor = backdoor_by_round(folder)
+    kept = malicious_kept_by_round(folder)
+    values = [backdoor[r][0] for r in sorted(backdoor)]
+    last = max(backdoor)
+    print("## table1-hessian: docs/results/table1-fmnist/LeadFL-hessian/metrics.csv")
+    print(f"  average {sum(values) / len(values):.1f}%, final (round {last}) {backdoor[last][0]:.1f}%, "
+          f"range {min(values):.1f}-{max(values):.1f}%")
+    above = [r for r in sorted(backdoor) if backdoor[r][0] > threshold]
+    print(f"  rounds above {threshold:g}%: {len(above)}: "
+          + ", ".join(f"{r} ({backdoor[r][0]:.1f}%, {kept[r][1]} of {kept[r][0]} malicious kept; "
+                      f"round {r + 1}: {backdoor[r + 1][0]:.1f}%)" if r < last else
+                      f"{r} ({backdoor[r][0]:.1f}%, {kept[r][1]} of {kept[r][0]} malicious kept)"
+                      for r in above))
+    rest = [backdoor[r][0] for r in backdoor if r not in above]
+    print(f"  the other {len(rest)} rounds: {min(rest):.1f}-{max(rest):.1f}%")
+    print()
+
+
+def check_switches_kept() -> None:
+    runs = [("None", RESULTS / "table1-fmnist-authors" / "None"),
+            ("LeadFL", RESULTS / "table1-fmnist-authors" / "LeadFL")]
+    runs += [(folder.name, folder) for folder in sorted((RESULTS / "table1-fmnist-authors-switches").iterdir())
+             if (folder / "metrics.csv").exists()]
+    print("## switches-kept: docs/results/table1-fmnist-authors{,-switches}/*/metrics.csv, rounds 1-9")
+    for name, folder in runs:
+        by_round = malicious_kept_by_round(folder)
+        dropped = ", ".join(f"round {r}: {count - held} of {count}" for r in range(1, 10)
+                            for count, held in [by_round[r]] if held < count)
+        print(f"  {name}: {kept_text(by_round, range(1, 10))}; dropped: {dropped or 'none'}")
+    print()
+
+
+def check_authors_bursts() -> None:
+    folder = RESULTS / "table1-fmnist-authors"
+    print("## authors-bursts: docs/results/table1-fmnist-authors/{None,LeadFL}/metrics.csv")
+    for name in ("LeadFL", "None"):
+        backdoor = backdoor_by_round(folder / name)
+        kept = malicious_kept_by_round(folder / name)
+        last = max(backdoor)
+        bursts = [r for r in sorted(kept) if kept[r][0] == 5]
+        print(f"  {name}: bursts (5 malicious) in rounds {', '.join(map(str, bursts))}")
+        for burst, following in zip(bursts, bursts[1:] + [last + 1]):
+            between = range(burst + 1, following)
+            if not between:
+                continue
+            held = sum(kept[r][1] for r in between)
+            uploads = sum(kept[r][0] for r in between)
+            values = [backdoor[r][0] for r in between]
+            tenth = f", round {burst + 10}: {backdoor[burst + 10][0]:.1f}%" if burst + 10 in between else ""
+            print(f"    after round {burst}: rounds {between.start}-{between.stop - 1} ({len(between)}), "
+                  f"kept {held} of {uploads} malicious uploads, backdoor {min(values):.1f}-{max(values):.1f}%"
+                  f"{tenth}, last {values[-1]:.1f}%")
+    print()
+
+
+def check_demo_kept() -> None:
+    print("## demo-kept: malicious uploads kept at demo scale, per variant (seeds 0-4 summed, then per seed)")
+    for name in ("decomposition", "decomposition-controls", "alpha-frontier"):
+        totals: dict[str, list[int]] = {}
+        for seed_folder in sorted((RESULTS / name).glob("seed*")):
+            for run in sorted(seed_folder.iterdir()):
+                if not (run / "metrics.csv").exists():
+                    continue
+                by_round = malicious_kept_by_round(run)
+                total = totals.setdefault(run.name, [0, 0, []])
+                total[0] += sum(held for _, held in by_round.values())
+                total[1] += sum(count for count, _ in by_round.values())
+                total[2].append(f"{seed_folder.name} {sum(held for _, held in by_round.values())}")
+        print(f"  docs/results/{name}/:")
+        for variant, (held, uploads, seeds) in totals.items():
+            print(f"    {variant}: kept {held} of {uploads} ({', '.join(seeds)})")
+    print()
+
+
+CHECKS = {"lr-x2": check_lr_x2, "drift-alpha": check_drift_alpha,
+          "table1-original": check_table1_original, "r-share": check_r_share,
+          "original-demo": check_original_demo, "curvature-alpha": check_curvature_alpha,
+          "frontier-tables": check_frontier_tables, "table1-kept": check_table1_kept,
+          "table1-hessian": check_table1_hessian, "switches-kept": check_switches_kept,
+          "authors-bursts": check_authors_bursts, "demo-kept": check_demo_kept}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checks", nargs="*", metavar="CHECK", help="of: " + ", ".join(CHECKS) + " (default: all)")
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.checks if name not in CHECKS]
+    if unknown:
+        parser.error(f"unknown check {', '.join(unknown)}; allowed: {', '.join(CHECKS)}")
+    failures = 0
+    for name in args.checks or CHECKS:
+        failures += CHECKS[name]() or 0
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Model-poisoning attacks, one per file (registry: `sim.attacks.model_poisoning.MODEL_POISONING`)."""
