@@ -29,6 +29,9 @@ Checks:
                    (docs/results/table1-fmnist-authors/{None,LeadFL}/metrics.csv)
   demo-kept        sections 1 and 2: malicious uploads kept per variant and seed at demo scale
                    (docs/results/{decomposition,decomposition-controls,alpha-frontier}/seed*/)
+  detection-followed  section 5: `hessian` and `original` with the attacker that follows the client
+                   defense, paired seed by seed with the decomposition's runs
+                   (docs/results/detection-confound/, docs/results/decomposition/)
 
 Intervals are the project's: mean and Student-t 95% half-width over the seeds (`sim.stats`), of
 per-seed differences where two variants share a seed (same selections, malicious set, model).
@@ -386,12 +389,70 @@ def check_demo_kept() -> None:
     print()
 
 
+def summary_of(run: Path) -> dict | None:
+    path = run / "summary.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def check_detection_followed() -> None:
+    """The attacker that follows the client defense at demo scale (docs/results/detection-confound/),
+    paired seed by seed with the decomposition's runs of the same seeds (its `hessian` rerun here
+    must match the decomposition's exactly for the pairing to hold)."""
+    print("## detection-followed: hessian and original with the attacker following the client defense "
+          "(docs/results/detection-confound/ against docs/results/decomposition/)")
+    confound, decomposition = RESULTS / "detection-confound", RESULTS / "decomposition"
+    seeds = sorted(int(folder.name[4:]) for folder in confound.glob("seed*"))
+    rows: dict[str, dict[int, dict]] = {}
+    for seed in seeds:
+        for label, folder in (("none", decomposition / f"seed{seed}" / "none"),
+                              ("hessian", decomposition / f"seed{seed}" / "hessian"),
+                              ("original", decomposition / f"seed{seed}" / "original"),
+                              ("hessian rerun", confound / f"seed{seed}" / "hessian"),
+                              ("hessian followed", confound / f"seed{seed}" / "hessian-followed"),
+                              ("original followed", confound / f"seed{seed}" / "original-followed")):
+            summary = summary_of(folder)
+            if summary is None:
+                continue
+            by_round = malicious_kept_by_round(folder)
+            rows.setdefault(label, {})[seed] = {
+                "main": summary["final_main_accuracy"], "mean_backdoor": summary["mean_backdoor_accuracy"],
+                "final_backdoor": summary["final_backdoor_accuracy"],
+                "kept": sum(held for _, held in by_round.values()),
+                "uploads": sum(count for count, _ in by_round.values())}
+    rerun, original_runs = rows.get("hessian rerun", {}), rows.get("hessian", {})
+    same = [seed for seed in rerun if seed in original_runs and rerun[seed] == original_runs[seed]]
+    print(f"  hessian rerun equals the decomposition's on seeds {same} of {sorted(rerun)}")
+    for label in ("none", "hessian", "hessian followed", "original", "original followed"):
+        done = rows.get("hessian followed", {})  # the seeds the comparison has reached
+        runs = {seed: value for seed, value in rows.get(label, {}).items() if seed in done}
+        if not runs:
+            print(f"  {label}: no finished run")
+            continue
+        kept = sum(run["kept"] for run in runs.values())
+        uploads = sum(run["uploads"] for run in runs.values())
+        print(f"  {label} (seeds {sorted(runs)}): main {estimate_text([r['main'] for r in runs.values()])}, "
+              f"mean backdoor {estimate_text([r['mean_backdoor'] for r in runs.values()])}, final backdoor "
+              f"{estimate_text([r['final_backdoor'] for r in runs.values()])}, malicious uploads kept {kept} of {uploads}")
+    for followed, ignored in (("hessian followed", "hessian"), ("original followed", "original"),
+                              ("hessian followed", "none"), ("original followed", "none")):
+        for key in ("mean_backdoor", "final_backdoor", "main"):
+            first = {seed: run[key] for seed, run in rows.get(followed, {}).items()}
+            second = {seed: run[key] for seed, run in rows.get(ignored, {}).items()}
+            if not set(first) & set(second):
+                continue
+            differences, text = paired(first, second)
+            if differences:
+                print(f"  {followed} - {ignored}, {key}: {text} (seeds: {seeds_text(differences)})")
+    print()
+
+
 CHECKS = {"lr-x2": check_lr_x2, "drift-alpha": check_drift_alpha,
           "table1-original": check_table1_original, "r-share": check_r_share,
           "original-demo": check_original_demo, "curvature-alpha": check_curvature_alpha,
           "frontier-tables": check_frontier_tables, "table1-kept": check_table1_kept,
           "table1-hessian": check_table1_hessian, "switches-kept": check_switches_kept,
-          "authors-bursts": check_authors_bursts, "demo-kept": check_demo_kept}
+          "authors-bursts": check_authors_bursts, "demo-kept": check_demo_kept,
+          "detection-followed": check_detection_followed}
 
 
 def main(argv=None) -> int:
