@@ -9,7 +9,8 @@ finished, summary.json) it prints:
              whose run finished, the lowest seed, and the lowest round from round 5 on
   paired     the claims' paired differences of final main accuracy, seed by seed (the variants of
              one seed share selections, malicious set and initial model)
-  kept       malicious uploads the server kept, over all rounds and seeds (`malicious_ids`, `kept`)
+  kept       malicious uploads the server kept, over all rounds and seeds (`malicious_ids`, `kept`),
+             and split by the number of attackers in the round
 A run that has not finished is left out and counted as such.
 """
 from __future__ import annotations
@@ -83,12 +84,19 @@ def estimate_text(values: list[float]) -> str:
     return f"{estimate.mean:.1f}{half} (n {estimate.n})"
 
 
-def kept_malicious(rows: list[dict[str, str]]) -> tuple[int, int]:
+def kept_malicious(rows: list[dict[str, str]], by_count: dict[int, list[int]] | None = None) -> tuple[int, int]:
+    """(malicious uploads kept, malicious uploads) over `rows`; `by_count` gathers the same per
+    number of attackers in a round: {attackers: [kept, uploads]}."""
     kept = uploaded = 0
     for row in rows:
         malicious = set(row["malicious_ids"].split())
+        held = len(malicious & set(row["kept"].split()))
         uploaded += len(malicious)
-        kept += len(malicious & set(row["kept"].split()))
+        kept += held
+        if by_count is not None and malicious:
+            tally = by_count.setdefault(len(malicious), [0, 0])
+            tally[0] += held
+            tally[1] += len(malicious)
     return kept, uploaded
 
 
@@ -117,10 +125,12 @@ def report(split: Path) -> None:
         if label.startswith("clean") or not runs[label]:
             continue
         kept = uploaded = 0
+        by_count: dict[int, list[int]] = {}
         for seed in runs[label].values():
-            k, u = kept_malicious(seed["rows"])
+            k, u = kept_malicious(seed["rows"], by_count)
             kept, uploaded = kept + k, uploaded + u
-        print(f"  {label} | {kept} of {uploaded}")
+        split = ", ".join(f"{count} attackers: {held} of {total}" for count, (held, total) in sorted(by_count.items()))
+        print(f"  {label} | {kept} of {uploaded} ({split})")
 
 
 def main(argv: list[str] | None = None) -> int:
