@@ -11,6 +11,7 @@ counts stay on the device until one read at the end of a scoring.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,7 +22,7 @@ from torch import Tensor, nn
 from sim.attacks.data.registry import metric_name
 from sim.models import load_flat_parameters_, scoring_copy
 
-__all__ = ["Scorer", "TestSet", "attack_metric_name", "evaluate", "is_scored_round", "score",
+__all__ = ["Scorer", "TestSet", "attack_metric_name", "evaluate", "is_scored_round", "margins", "score",
            "trigger_to_target_rate"]
 
 
@@ -86,8 +87,16 @@ class TestSet:
             self.pieces = [stamped(piece) for piece in piece_stamps]
 
 
+def margins(logits: Tensor, target_label: int) -> Tensor:
+    """Per image, ``logits[target] - max(logits of the other classes)``: positive where the model
+    gives the target class (docs/algorithms.md §6, the backdoor margin)."""
+    others = logits.clone()
+    others[:, target_label] = -math.inf
+    return logits[:, target_label] - others.max(dim=1).values
+
+
 @torch.inference_mode()
-def score(model: nn.Module, test_set: TestSet) -> dict[str, float | None]:
+def score(model: nn.Module, test_set: TestSet, *, margin: bool = False) -> dict[str, float | None]:
     """Scores ``model`` (already holding the parameters to score) on ``test_set``.
 
     Returns ``main_accuracy`` (percent of clean images classified correctly), ``test_loss`` (mean
@@ -96,15 +105,26 @@ def score(model: nn.Module, test_set: TestSet) -> dict[str, float | None]:
     Images of the target class are left out of that share, since calling them the target would
     be correct. ``backdoor_accuracy`` is None without a target label or when no test image has
     another label. With the test set's ``pieces``, ``backdoor_accuracy_pieces`` lists the same
-    rate for each piece of the trigger alone.
+    rate for each piece of the trigger alone. With ``margin``, ``backdoor_margin`` is the mean over
+    the triggered images (those of ``backdoor_accuracy``) of ``logit[target] - max over the other
+    classes' logits`` (`margins`), from the same forward passes (None where
+    ``backdoor_accuracy`` is None); the other scores are the same with or without it.
     """
     losses, correct = [], []
     for images, labels in test_set.clean:
         logits = model(images)
         losses.append(F.cross_entropy(logits, labels, reduction="sum"))
         correct.append((logits.argmax(dim=1) == labels).sum())
-    hits = [[(model(triggered).argmax(dim=1) == test_set.target_label).sum() for triggered in batches]
-            for batches in [test_set.triggered, *test_set.pieces] if batches]
+    margin_sums = []
+
+    def hit_count(batch: Tensor, keep_margin: bool) -> Tensor:
+        logits = model(batch)
+        if keep_margin:  # before the next call: the scoring copy reuses its buffers
+            margin_sums.append(margins(logits, test_set.target_label).to(torch.float64).sum())
+        return (logits.argmax(dim=1) == test_set.target_label).sum()
+
+    hits = [[hit_count(triggered, margin and index == 0) for triggered in batches]
+            for index, batches in enumerate([test_set.triggered, *test_set.pieces]) if batches]
     # One read from the device. The loss is summed as a Python float, batch by batch in order,
     # as the per-batch loop did (Python's sum() would compensate, and round differently).
     batch_losses = torch.stack(losses).tolist()
@@ -118,6 +138,9 @@ def score(model: nn.Module, test_set: TestSet) -> dict[str, float | None]:
         "test_loss": loss_sum / test_set.num_clean,
         "backdoor_accuracy": rates[0] if rates else None,
     }
+    if margin:
+        results["backdoor_margin"] = (float(torch.stack(margin_sums).sum()) / test_set.num_triggered
+                                      if margin_sums else None)
     if test_set.pieces:
         results["backdoor_accuracy_pieces"] = rates[1:] if rates else [None] * len(test_set.pieces)
     return results
@@ -165,4 +188,4 @@ class Scorer:
 
     def __call__(self, params: Tensor) -> dict[str, Any]:
         load_flat_parameters_(self.model, params)
-        return {"backdoor_accuracy_pieces": [], **score(self.model, self.test_set)}
+        return {"backdoor_accuracy_pieces": [], **score(self.model, self.test_set, margin=True)}

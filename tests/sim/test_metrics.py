@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from sim.attacks.data_poisoning import TRIGGER_PIXELS, stamp_trigger
-from sim.metrics import Scorer, TestSet, evaluate, trigger_to_target_rate
+from sim.metrics import Scorer, TestSet, evaluate, margins, score, trigger_to_target_rate
 from sim.models import build_model, load_flat_parameters_, scoring_copy
 
 TARGET = 2
@@ -137,7 +137,10 @@ def test_the_scorer_gives_the_per_batch_loops_scores_bit_for_bit(name, shape, co
                     TestSet(x, y, target_label=target_label, stamp=stamp, batch_size=batch_size))
     params = torch.cat([param.detach().reshape(-1) for param in model.parameters()])
     for _ in range(2):  # the batches are reused from one scoring to the next
-        assert scorer(params) == {**expected, "backdoor_accuracy_pieces": []}  # floats compared exactly
+        scores = scorer(params)
+        margin = scores.pop("backdoor_margin")
+        assert scores == {**expected, "backdoor_accuracy_pieces": []}  # floats compared exactly
+        assert (margin is None) == (expected["backdoor_accuracy"] is None)
     assert evaluate(model, x, y, target_label=target_label, stamp=stamp, batch_size=batch_size) == expected
     if target_label is not None:
         assert expected["backdoor_accuracy"] is not None
@@ -178,3 +181,48 @@ def test_each_trigger_piece_is_scored_as_the_per_batch_loop_scores_it():
     assert scores["backdoor_accuracy_pieces"] == expected
     assert len(set(expected)) == 2  # the pieces score differently, so a mix-up would show
     assert trigger_to_target_rate(model, x, y, target, stamps[1], 250) == expected[1]
+
+
+def reference_margin(model, x, y, target_label, stamp, batch_size):
+    """The backdoor margin transcribed: per triggered image (a non-target image, stamped, in
+    batches of `batch_size`), logit[target] minus the largest other logit, averaged in float64."""
+    others = x[y != target_label]
+    values = []
+    with torch.no_grad():
+        for start in range(0, others.shape[0], batch_size):
+            logits = model(stamp(others[start : start + batch_size])).double().numpy()
+            for row in logits:
+                rest = [row[c] for c in range(len(row)) if c != target_label]
+                values.append(row[target_label] - max(rest))
+    return sum(values) / len(values)
+
+
+@pytest.mark.parametrize("name, shape, count, batch_size, target_label", [
+    ("fmnist_cnn", (1, 28, 28), 230, 100, 3),
+    ("mlp", (1, 28, 28), 90, 40, 0),
+])
+def test_the_backdoor_margin_is_the_mean_target_minus_best_other_logit(name, shape, count, batch_size, target_label):
+    generator = torch.Generator().manual_seed(count)
+    x = torch.randn((count, *shape), generator=generator)
+    y = torch.randint(0, 10, (count,), generator=generator)
+    model = trained_like(build_model(name, shape, 10, seed=1), seed=count)
+    stamp = lambda images: stamp_trigger(images, 2.5, -0.5)  # noqa: E731
+    test_set = TestSet(x, y, target_label=target_label, stamp=stamp, batch_size=batch_size)
+    params = torch.cat([param.detach().reshape(-1) for param in model.parameters()])
+    margin = Scorer(build_model(name, shape, 10, seed=2), test_set)(params)["backdoor_margin"]
+    expected = reference_margin(model, x, y, target_label, stamp, batch_size)
+    assert margin == pytest.approx(expected, rel=1e-6, abs=1e-6)
+    assert margin != 0.0
+    # The same images with the trigger scored as plain ones give another margin: it reads the stamped batches.
+    plain = reference_margin(model, x, y, target_label, lambda images: images, batch_size)
+    assert margin != pytest.approx(plain, rel=1e-6, abs=1e-6)
+    # score() without margin is unchanged; with it the other scores are the same.
+    with_margin = score(model, test_set, margin=True)
+    assert with_margin.pop("backdoor_margin") == pytest.approx(expected, rel=1e-6, abs=1e-6)
+    assert with_margin == score(model, test_set)
+
+
+def test_the_margin_by_hand():
+    logits = torch.tensor([[1.0, 3.0, 2.0], [4.0, 0.5, -1.0]])
+    # target 1: 3 - 2 = 1 and 0.5 - 4 = -3.5
+    assert margins(logits, 1).tolist() == [1.0, -3.5]
