@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 
+from sim.attack_effect import SHADOW_KEPT, SHADOW_KEPT_RULES
 from sim.attacks.data.registry import DATA_POISONING
 from sim.attacks.data_poisoning import TRIGGER_VALUES
 from sim.attacks.model_poisoning import MODEL_POISONING
@@ -225,6 +226,10 @@ class MetricsConfig:
     # A shadow run in which the malicious clients train as benign ones, and the distance of the
     # global model from it every round (sim.attack_effect; about twice the run's cost).
     attack_effect: bool = setting(False, "bool")
+    # What the shadow aggregates (docs/algorithms.md §6): `own`, its rows under its own instance of
+    # the rule; `run`, the mean of its rows at the positions the run's aggregator kept (only for
+    # the rules whose aggregate is the mean of the rows they keep: sim.attack_effect.SHADOW_KEPT_RULES).
+    shadow_kept: str = setting("own", "str", choices=SHADOW_KEPT)
 
 
 @dataclass
@@ -757,7 +762,25 @@ def validate(cfg: Config) -> Config:
     build_privacy(cfg.privacy)
     _check_uploads(cfg)
     _check_limits(cfg)
+    _check_metrics(cfg)
     return cfg
+
+
+def _check_metrics(cfg: Config) -> None:
+    """`metrics.shadow_kept: run` needs the shadow run and a rule whose aggregate is the mean of
+    the rows it keeps."""
+    if cfg.metrics.shadow_kept != "run":
+        return
+    if not cfg.metrics.attack_effect:
+        raise ConfigError("metrics.shadow_kept=run sets what the shadow run aggregates, but metrics.attack_effect="
+                          "false runs no shadow; fix: --set metrics.attack_effect=true, or metrics.shadow_kept=own")
+    if cfg.server.aggregator not in SHADOW_KEPT_RULES:
+        raise ConfigError(
+            f"metrics.shadow_kept=run averages the shadow's rows at the run's kept positions, which is the "
+            f"aggregate only for rules that average the rows they keep; server.aggregator="
+            f"{cfg.server.aggregator!r} is not one; allowed: {', '.join(SHADOW_KEPT_RULES)}; "
+            "fix: --set metrics.shadow_kept=own"
+        )
 
 
 def _check_limits(cfg: Config) -> None:

@@ -43,6 +43,14 @@ class RoundRecord:
     # With an attack scored by parts of its trigger too (DBA), else empty: the trigger-to-target
     # rate of each part alone, in the attack's order, space-separated.
     backdoor_accuracy_pieces: str = ""
+    # With a backdoor target (attack.target_label), in a scored round: the mean over the triggered
+    # test images of logit[target] - max of the other logits (sim.metrics.margins).
+    backdoor_margin: float | None = None
+    # With `metrics.attack_effect` and a backdoor target, else empty: the shadow model's backdoor
+    # margin (scored rounds), and (delta_t . g) / ||g|| with g the backdoor task's gradient at the
+    # shadow model (sim.attack_effect.backdoor_gradient; every round).
+    shadow_backdoor_margin: float | None = None
+    attack_effect_backdoor: float | None = None
 
     def as_row(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -11,6 +11,7 @@ the shadow run (`sim.attack_effect`), whose state the checkpoint saves too.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import random
@@ -24,7 +25,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from sim.attack_effect import ShadowRun
+from sim.attack_effect import ShadowRun, backdoor_gradient
 from sim.attacks.data.registry import trigger_pieces
 from sim.attacks.data_poisoning import stamp_trigger, trigger_values
 from sim.config import Config, to_dict, validate
@@ -136,12 +137,23 @@ class _Parts:
                                  cfg.clients.num_malicious),
                 self.initial_params,
                 [param.numel() for _, param in trainable_parameters(self.model)],
-                score=lambda params: self.scores(cfg, params)["main_accuracy"],
+                score=lambda params: self.scores(cfg, params),
                 reseed=lambda round_index: _seed_everything(cfg.seed, round_index),
                 counters=self.engine.batchnorm_counters,
                 seed=cfg.seed,
                 reference=self.reference_update if self.server_client is not None else None,
+                gradient=self._backdoor_gradient(),
+                kept=cfg.metrics.shadow_kept,
             )
+
+    def _backdoor_gradient(self):
+        """The backdoor task's gradient for `attack_effect_backdoor` (docs/algorithms.md §6): on the
+        first triggered scoring batch (the first `eval.batch_size` non-target test images, stamped),
+        on a copy of the model; None without a triggered image."""
+        test_set = self.scorer.test_set
+        if not test_set.triggered:
+            return None
+        return backdoor_gradient(copy.deepcopy(self.model), test_set.triggered[0], test_set.target_label)
 
     def scores(self, cfg: Config, params: torch.Tensor) -> dict[str, Any]:
         """Main accuracy, backdoor accuracy and test loss of the flat parameters `params`."""
@@ -311,7 +323,8 @@ def _round(cfg: Config, parts: _Parts, global_params: torch.Tensor, round_index:
     if parts.engine_reads_update:
         parts.engine.observe_global_update(parts.uploads.last_global_update)
     # The shadow step comes after everything of the run's own round, so it changes nothing of it.
-    effect = {} if parts.shadow is None else parts.shadow.step(global_params, selected, round_index, scored=scored)
+    effect = {} if parts.shadow is None else parts.shadow.step(global_params, selected, round_index, scored=scored,
+                                                                   run_kept=aggregation.kept)
     malicious = set(parts.malicious)
     malicious_in_round = [c for c in selected if c in malicious]
     scores = scores or {"main_accuracy": None, "backdoor_accuracy": None, "test_loss": None,  # an unscored round
@@ -329,6 +342,7 @@ def _round(cfg: Config, parts: _Parts, global_params: torch.Tensor, round_index:
         aggregate_rejected=int(rejected),
         backdoor_accuracy_pieces=" ".join(repr(float(rate)) if rate is not None else "-"
                                           for rate in scores["backdoor_accuracy_pieces"]),
+        backdoor_margin=_float_or_none(scores.get("backdoor_margin")),
         wall_time_s=round(time.perf_counter() - started, 4),
         **effect,
     )

@@ -21,7 +21,7 @@ from simtest import tiny_synthetic
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 EFFECT_COLUMNS = ("attack_effect", "attack_effect_uniform", "attack_effect_rest", "attack_effect_ratio",
-                  "shadow_main_accuracy")
+                  "shadow_main_accuracy", "shadow_backdoor_margin", "attack_effect_backdoor")
 ENGINES = ("sequential", "batched")
 
 
