@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from sim.engines.client_training import BENIGN
 from sim.models import load_flat_parameters_, trainable_parameters
-from sim.server.aggregate import split_finite
+from sim.server.aggregate import row_mean, split_finite
 from sim.server.base import aggregation_context
 from sim.state import restore, state_of
 
@@ -103,7 +103,7 @@ def kept_mean(updates: Tensor, kept: Sequence[int]) -> Tensor:
     finite, _, _ = split_finite(rows)
     if finite.shape[0] == 0:
         return updates.new_zeros(updates.shape[1])
-    return finite.mean(dim=0)
+    return row_mean(finite)
 
 
 class ShadowRun:

@@ -6,12 +6,15 @@ import csv
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from sim.state import read_checkpoint
-from sim import reporting
-from sim.attack_effect import split_uniform
+from sim import reporting, runner
+from sim.attack_effect import ShadowRun, along, backdoor_gradient, split_uniform
+from sim.models import build_model, load_flat_parameters_
 from sim.config import load_config
 from sim.errors import ConfigError
 from sim.reporting import read_metrics
@@ -155,3 +158,124 @@ def test_metrics_written_before_the_attack_effect_columns_still_read(tmp_path):
 def test_attack_effect_must_be_true_or_false():
     with pytest.raises(ConfigError, match=r"metrics.attack_effect=1 must be true or false; fix: --set metrics.attack_effect=false"):
         load_config(overrides=["metrics.attack_effect=1"])
+
+
+def test_the_backdoor_gradient_by_hand_on_a_linear_model():
+    # logits = x W^T + b; the mean cross-entropy towards class t has gradient
+    # dW = (softmax - onehot_t)^T x / N, db = mean(softmax - onehot_t), worked here with numpy.
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    images = torch.randn(5, 4)
+    flat = torch.randn(4 * 3 + 3)
+    gradient = backdoor_gradient(model, images, 2)(flat)
+    weight, bias = flat[:12].reshape(3, 4).double().numpy(), flat[12:].double().numpy()
+    x = images.double().numpy()
+    logits = x @ weight.T + bias
+    soft = np.exp(logits - logits.max(axis=1, keepdims=True))
+    soft /= soft.sum(axis=1, keepdims=True)
+    soft[:, 2] -= 1.0
+    expected = np.concatenate([(soft.T @ x / 5).reshape(-1), soft.mean(axis=0)])
+    assert gradient.double().numpy() == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    # Projection on it, by hand: delta . g / ||g|| with g = (3, 4), delta = (1, 1) -> 7 / 5.
+    assert along(torch.tensor([1.0, 1.0]), torch.tensor([3.0, 4.0])) == pytest.approx(1.4)
+    assert along(torch.tensor([1.0, 1.0]), torch.zeros(2)) is None
+
+
+def test_attack_effect_backdoor_is_delta_along_the_backdoor_gradient_at_the_shadow(tmp_path):
+    cfg = config("rounds=2", "metrics.attack_effect=true")
+    run(cfg, tmp_path / "run", progress=False)
+    rows, saved = read_metrics(tmp_path / "run"), checkpoint(tmp_path / "run")
+    shadow, global_params = saved["shadow_state"]["params"], saved["global_params"]
+    # The backdoor task's loss at the shadow model, by autograd on a fresh model: the mean
+    # cross-entropy of the first triggered scoring batch towards the target label.
+    parts = runner._Parts(cfg, torch.device("cpu"))
+    images = parts.scorer.test_set.triggered[0]
+    model = build_model(cfg.model, parts.dataset.image_shape, parts.dataset.num_classes, seed=5)
+    load_flat_parameters_(model, shadow)
+    loss = F.cross_entropy(model(images), torch.full((images.shape[0],), cfg.attack.target_label))
+    grads = torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad])
+    g = torch.cat([grad.reshape(-1) for grad in grads]).double()
+    delta = (global_params - shadow).double()
+    expected = float(delta @ g) / float(g.norm())
+    assert rows[-1]["attack_effect_backdoor"] == pytest.approx(expected, rel=1e-5, abs=1e-9)
+    assert rows[-1]["attack_effect_backdoor"] != 0.0
+    assert all(row["shadow_backdoor_margin"] is not None and row["backdoor_margin"] is not None for row in rows)
+    effect = json.loads((tmp_path / "run" / "summary.json").read_text())["attack_effect"]
+    assert effect["final_backdoor_margin"] == rows[-1]["backdoor_margin"]
+    assert effect["mean_shadow_backdoor_margin"] == pytest.approx(sum(r["shadow_backdoor_margin"] for r in rows) / 2)
+    assert effect["final_attack_effect_backdoor"] == rows[-1]["attack_effect_backdoor"]
+
+
+def test_the_shadow_margin_is_the_honest_runs_margin(tmp_path):
+    common = ["rounds=2", "server.aggregator=fedavg"]
+    rows = run(config(*common, "metrics.attack_effect=true"), tmp_path / "attacked", progress=False) and \
+        read_metrics(tmp_path / "attacked")
+    run(config(*common, "attack.type=none"), tmp_path / "honest", progress=False)
+    honest = read_metrics(tmp_path / "honest")
+    assert [row["shadow_backdoor_margin"] for row in rows] == [row["backdoor_margin"] for row in honest]
+    assert [row["backdoor_margin"] for row in rows] != [row["backdoor_margin"] for row in honest]
+
+
+class _FixedRows:
+    """An engine whose clients' updates are fixed rows, and uploads that pass them on."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def train_clients(self, params, clients, round, roles):
+        return self.rows.clone()
+
+    def benign(self, updates, clients, round):
+        return updates
+
+
+class _Refuses:
+    needs = frozenset()
+
+    def __call__(self, updates, context):
+        raise AssertionError("the shadow's own rule must not run under kept='run'")
+
+
+def test_shadow_kept_run_averages_the_shadows_rows_at_the_runs_kept_positions():
+    rows = torch.tensor([[1.0, 2.0], [3.0, 5.0], [100.0, -100.0], [7.0, 11.0]])
+    fixed = _FixedRows(rows)
+    shadow = ShadowRun(fixed, fixed, _Refuses(), torch.zeros(2), [2], score=lambda params: {},
+                       reseed=lambda round: None, kept="run")
+    effect = shadow.step(torch.zeros(2), [0, 1, 2, 3], 0, scored=False, run_kept=[0, 1, 3])
+    # W^M_1 = 0 + ((1, 2) + (3, 5) + (7, 11)) / 3 = (11/3, 6); delta = -W^M_1.
+    assert shadow.params.tolist() == pytest.approx([11 / 3, 6.0])
+    assert effect["attack_effect"] == pytest.approx(math.hypot(11 / 3, 6.0))
+    shadow.step(torch.zeros(2), [0, 1, 2, 3], 1, scored=False, run_kept=[])  # nothing kept: no step
+    assert shadow.params.tolist() == pytest.approx([11 / 3, 6.0])
+    with pytest.raises(ValueError, match="kept='run' needs the run's kept rows"):
+        shadow.step(torch.zeros(2), [0], 2, scored=False)
+
+
+@pytest.mark.parametrize("aggregator", ["fedavg", "krum"])
+def test_shadow_kept_run_without_a_malicious_client_follows_the_run_exactly(tmp_path, aggregator):
+    cfg = config(f"server.aggregator={aggregator}", "server.f=1", "selection.fixed_malicious=0", "metrics.attack_effect=true",
+                 "metrics.shadow_kept=run")
+    run(cfg, tmp_path / "run", progress=False)
+    assert all(row["attack_effect"] == 0.0 for row in read_metrics(tmp_path / "run"))
+
+
+def test_shadow_kept_run_keeps_the_runs_rows_and_own_does_not(tmp_path):
+    common = ["server.aggregator=multikrum", "server.f=1", "metrics.attack_effect=true", "rounds=2"]
+    run(config(*common, "metrics.shadow_kept=run"), tmp_path / "run", progress=False)
+    run(config(*common), tmp_path / "own", progress=False)
+    by_run, by_own = read_metrics(tmp_path / "run"), read_metrics(tmp_path / "own")
+    assert [row["main_accuracy"] for row in by_run] == [row["main_accuracy"] for row in by_own]  # the run itself
+    assert [row["attack_effect"] for row in by_run] != [row["attack_effect"] for row in by_own]
+
+
+def test_shadow_kept_settings_are_checked():
+    with pytest.raises(ConfigError, match=r"metrics.shadow_kept='both' .*own, run"):
+        load_config(overrides=["metrics.shadow_kept=both"])
+    with pytest.raises(ConfigError, match=r"metrics.shadow_kept=run .* metrics.attack_effect=false runs no shadow; "
+                                          r"fix: --set metrics.attack_effect=true"):
+        load_config(overrides=["metrics.shadow_kept=run"])
+    with pytest.raises(ConfigError, match=r"server.aggregator='median' is not one; allowed: fedavg, krum, multikrum; "
+                                          r"fix: --set metrics.shadow_kept=own"):
+        load_config(overrides=["metrics.attack_effect=true", "metrics.shadow_kept=run", "server.aggregator=median"])
+    assert load_config(overrides=["metrics.attack_effect=true", "metrics.shadow_kept=run",
+                                  "server.aggregator=krum", "server.f=0"]).metrics.shadow_kept == "run"
