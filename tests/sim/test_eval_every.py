@@ -18,7 +18,7 @@ from simtest import tiny_synthetic
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SCORES = ("main_accuracy", "backdoor_accuracy", "test_loss")
+SCORES = ("main_accuracy", "backdoor_accuracy", "test_loss", "backdoor_margin")
 
 
 def tiny(*extra: str):
@@ -102,5 +102,7 @@ def test_the_shadow_run_is_scored_on_the_same_rounds(tmp_path):
     run(tiny("rounds=3", "eval.every=2", "metrics.attack_effect=true"), tmp_path / "run", progress=False)
     rows = read_metrics(tmp_path / "run")
     assert [row["shadow_main_accuracy"] is not None for row in rows] == [False, True, True]
+    assert [row["shadow_backdoor_margin"] is not None for row in rows] == [False, True, True]
     assert all(row["attack_effect"] is not None for row in rows)  # the distance is measured every round
+    assert all(row["attack_effect_backdoor"] is not None for row in rows)
     assert [path.name for path in replot(tmp_path / "run")] == ["accuracy.png", "attack_effect.png"]
