@@ -1,4 +1,4 @@
-"""Main-task accuracy, test loss and backdoor accuracy of a model on the test set.
+"""Main-task accuracy, test loss, backdoor accuracy and backdoor margin of a model on the test set.
 
 A run scores its global model every round (or every `eval.every` rounds) on the same images, so
 the work that does not depend on the model is done once per run: `TestSet` cuts the clean
@@ -179,7 +179,8 @@ class Scorer:
     """Scores flat parameter vectors of ``model``'s shape on ``test_set``, round after round.
 
     It keeps its own scoring copy of the model (`sim.models.scoring_copy`: the same forward
-    values, computed faster), built once; ``model`` itself is left as it is.
+    values, computed faster), built once; ``model`` itself is left as it is. Its scores include
+    ``backdoor_margin`` (`score` with ``margin=True``).
     """
 
     def __init__(self, model: nn.Module, test_set: TestSet):
