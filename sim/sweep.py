@@ -726,23 +726,27 @@ def plot_heatmap(cells: list[dict[str, Any]], record: dict[str, Any], layout: tu
 
 
 def write_report(out_dir: str | Path, metrics: list[str] | None = None, axis: str | None = None,
-                 echo: Callable[[str], None] = print) -> list[Path]:
-    """results.csv, table.md and the plots, rebuilt from the finished trials in `out_dir`."""
+                 echo: Callable[[str], None] = print, rows: str | None = None, panels: str | None = None) -> list[Path]:
+    """results.csv, table.md and the plots (the heatmaps among them), rebuilt from the finished trials
+    in `out_dir`; `metrics`, `axis`, `rows` and `panels` replace the grid's report options."""
     out_dir = Path(out_dir)
     if not (out_dir / SWEEP_FILE).is_file():
         _read_sweep(out_dir)  # refuses with the reason
     with FolderLock(out_dir, "sweep"):
-        return _write_report(out_dir, metrics, axis, echo)
+        return _write_report(out_dir, metrics, {"axis": axis, "rows": rows, "panels": panels}, echo)
 
 
-def _write_report(out_dir: Path, metrics: list[str] | None, axis: str | None, echo: Callable[[str], None]) -> list[Path]:
+def _write_report(out_dir: Path, metrics: list[str] | None, options: dict[str, str | None],
+                  echo: Callable[[str], None]) -> list[Path]:
     record = _read_sweep(out_dir)
     axes = record["axes"]
-    report = dict(record.get("report") or DEFAULT_REPORT)
+    report = {**DEFAULT_REPORT, **(record.get("report") or {})}
     if metrics:
         report["metrics"] = list(metrics)
-    if axis:
-        report["axis"] = axis
+    for key in ("rows", "panels"):
+        if options.get("axis") and not options.get(key) and report.get(key) == options["axis"]:
+            report[key] = None  # the grid's choice becomes the columns: this one takes its default
+    report.update({key: value for key, value in options.items() if value})
     report = check_report(report, list(axes), "the report options")
     rows = finished_rows(out_dir, record, echo)
     replicate = record.get("replicate_axis")

@@ -367,7 +367,8 @@ def test_a_two_axis_grid_gets_a_heatmap_per_metric_whose_cells_are_the_means_ove
     assert [c["status"] for c in _read_csv(out_dir / "heatmap_final_main_accuracy.csv")].count("excluded") == 1
 
 
-def test_the_heatmap_marks_unfinished_combinations_and_takes_its_rows_from_the_options(heatmap_sweep, tmp_path):
+def test_the_heatmap_marks_unfinished_combinations_and_takes_its_rows_from_the_options(heatmap_sweep, tmp_path,
+                                                                                       capsys):
     _, source = heatmap_sweep
     out_dir = tmp_path / "copy"
     shutil.copytree(source, out_dir)
@@ -382,6 +383,11 @@ def test_the_heatmap_marks_unfinished_combinations_and_takes_its_rows_from_the_o
         ("trimmed_mean", "backdoor"): ("value", "2", status[("trimmed_mean", "backdoor")][2]),
         ("trimmed_mean", "flip"): ("excluded", "0", ""),
     }
+    # The heatmap options of --report are checked like the grid's.
+    assert main(["sweep", "--report", str(out_dir), "--rows", "seed"]) == 2
+    assert "rows 'seed'" in capsys.readouterr().err
+    assert main(["sweep", "--report", str(out_dir), "--panels", "attack"]) == 2
+    assert "panels 'attack'" in capsys.readouterr().err
 
 
 def test_heatmap_panels_are_the_remaining_axes_with_the_chosen_one_first():
