@@ -284,8 +284,9 @@ def heatmap_layout(report: dict[str, Any], axis_names: list[str], where: str = "
     others = [name for name in factors if name not in (rows, columns)]
     if panel is not None:
         if panel not in others:
+            allowed = ", ".join(others) or f"none: every axis besides {REPLICATE_AXIS} is a row or a column"
             raise ConfigError(f"{where}: panels '{panel}' is not an axis the heatmap panels can take (allowed: "
-                              f"{', '.join(others) or 'none: every axis besides ' + REPLICATE_AXIS + ' is a row or a column'}; "
+                              f"{allowed}; "
                               f"rows are '{rows}', columns '{columns}'); fix: "
                               + (f"panels: {others[0]}" if others else "remove panels from the report: section"))
         others.remove(panel)

@@ -108,7 +108,8 @@ def test_expand_applies_levels_excludes_combinations_and_names_folders_by_their_
          ["model_poisoning.type=attack_dpfl", "privacy.type=none", "fix: --set privacy.type=gaussian", "exclude"]),
         ({"axes": {"seed": [0]}, "report": {"metrics": ["accuracy"]}}, ["accuracy", "final_main_accuracy", "fix:"]),
         ({"axes": {"server.aggregator": ["median"], "attack.type": ["backdoor"], "seed": [0]},
-          "report": {"rows": "atack", "axis": "server.aggregator"}}, ["rows 'atack'", "allowed: attack.type", "fix: rows: attack.type"]),
+          "report": {"rows": "atack", "axis": "server.aggregator"}},
+         ["rows 'atack'", "allowed: attack.type", "fix: rows: attack.type"]),
         ({"axes": {"server.aggregator": ["median"], "attack.type": ["backdoor"], "seed": [0]},
           "report": {"rows": "server.aggregator", "axis": "server.aggregator"}},
          ["rows 'server.aggregator'", "allowed: attack.type", "columns are axis 'server.aggregator'"]),
@@ -400,7 +401,8 @@ def test_heatmap_panels_are_the_remaining_axes_with_the_chosen_one_first():
     assert heatmap_layout(report, names) == ("attack", "server.aggregator", ["client", "data.alpha"])
     chosen = check_report({**report, "rows": "client", "panels": "data.alpha"}, names, "report")
     assert heatmap_layout(chosen, names) == ("client", "server.aggregator", ["data.alpha", "attack"])
-    assert heatmap_layout({**report, "axis": "seed"}, names) == ("server.aggregator", "attack", ["client", "data.alpha"])
+    by_seed = heatmap_layout({**report, "axis": "seed"}, names)
+    assert by_seed == ("server.aggregator", "attack", ["client", "data.alpha"])
     assert heatmap_layout({**report, "axis": "attack"}, ["attack", "seed"]) is None
     # Values over seeds per cell; a combination no trial has is excluded.
     record = {"axes": {"attack": ["a1", "a2"], "server.aggregator": ["r1"], "client": ["none", "leadfl"],
