@@ -5,7 +5,7 @@
     leadfl-sim compare [--preset NAME] [--config FILE] [--set KEY=VALUE ...] [--out DIR] [--resume]
                        [--seeds 0-4] [--jobs N]
     leadfl-sim sweep   --grid FILE|NAME --out DIR [--jobs N | --ray auto|ADDRESS] [--resume] [--dry-run]
-    leadfl-sim sweep   --report DIR [--metric NAME ...] [--axis NAME]
+    leadfl-sim sweep   --report DIR [--metric NAME ...] [--axis NAME] [--rows NAME] [--panels NAME]
     leadfl-sim plot DIR
     leadfl-sim list-presets
 
@@ -142,7 +142,10 @@ def _add_sweep_parser(commands) -> None:
     sweep.add_argument("--gpus-per-trial", type=float, default=0.0, metavar="F", help="GPU share per Ray task")
     sweep.add_argument("--report", metavar="DIR", help="rebuild the CSV, table and plots of a sweep folder")
     sweep.add_argument("--metric", action="append", metavar="NAME", help="metric to plot (repeatable)")
-    sweep.add_argument("--axis", metavar="NAME", help="the axis the plots put on x")
+    sweep.add_argument("--axis", metavar="NAME", help="the axis the plots put on x (and the heatmaps' columns)")
+    sweep.add_argument("--rows", metavar="NAME", help="the axis of the heatmaps' rows (grids of two or more axes "
+                       "besides seed)")
+    sweep.add_argument("--panels", metavar="NAME", help="the axis whose levels make the heatmaps' first panels")
     sweep.add_argument("--max-trials", type=int, default=10_000, metavar="N",
                        help="refuse a grid of more trials than this before building any (default 10000)")
 
@@ -152,13 +155,14 @@ def _command_sweep(args: argparse.Namespace) -> int:
     from sim.sweep import dry_run, expand, load_grid, sweep, write_report
 
     if args.report:
-        write_report(Path(args.report), args.metric, args.axis)
+        write_report(Path(args.report), args.metric, args.axis, rows=args.rows, panels=args.panels)
         return 0
     if not args.grid:
         raise ConfigError("sweep needs --grid FILE (or --report DIR); fix: e.g. --grid poisoning-small --out runs/sweep")
     grid = load_grid(args.grid)
-    if args.metric or args.axis:
-        raise ConfigError("--metric and --axis choose the plots of --report DIR; fix: set them in the grid's "
+    if args.metric or args.axis or args.rows or args.panels:
+        raise ConfigError("--metric, --axis, --rows and --panels choose the plots of --report DIR; fix: set them "
+                          "in the grid's "
                           "report: section, or run --report DIR after the sweep")
     if args.max_trials < 1:
         raise ConfigError(f"--max-trials {args.max_trials} must be at least 1; fix: --max-trials 10000")

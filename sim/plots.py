@@ -327,3 +327,82 @@ def plot_levels(estimates: dict[tuple, Any], axes: dict[str, list[str]], x_axis:
     figure.savefig(buffer, format="png", dpi=110)
     write_atomic(path, buffer.getvalue())
     return path
+
+
+def plot_heatmap(cells: Sequence[dict[str, Any]], row_levels: Sequence[str], column_levels: Sequence[str],
+                 row_axis: str, column_axis: str, *, label: str, title: str, path: str | Path,
+                 scale: tuple[float, float] | None = None) -> Path:
+    """A sweep's metric as heatmaps (a sweep's report): one panel per distinct `panel` of `cells`,
+    stacked, rows the `row_levels`, columns the `column_levels`; each cell (`row`, `column`,
+    `panel`, `mean`, `half_width`, `status`) coloured by its mean on one scale for all panels
+    (`scale`, else the means' range) and annotated `mean` over `± half-width`; a cell without a
+    value is hatched grey and says its `status` (`excluded`, `n/a`)."""
+    import numpy as np
+    from matplotlib import colormaps
+    from matplotlib.colors import Normalize
+
+    path = Path(path)
+    panels = list(dict.fromkeys(cell["panel"] for cell in cells))
+    means = [cell["mean"] for cell in cells if cell["mean"] is not None]
+    low, high = scale if scale else ((min(means), max(means)) if means else (0.0, 1.0))
+    if high <= low:
+        low, high = low - 1.0, high + 1.0
+    norm, cmap = Normalize(low, high), colormaps["viridis"]
+    width = 2.4 + 0.95 * len(column_levels) + 1.2
+    panel_height = 0.5 * len(row_levels) + 0.9
+    figure = Figure(figsize=(max(width, 6.0), panel_height * len(panels) + 1.2), layout="constrained")
+    FigureCanvasAgg(figure)
+    grid = figure.subplots(len(panels), 1, squeeze=False)[:, 0]
+    rows_at = {level: i for i, level in enumerate(row_levels)}
+    columns_at = {level: j for j, level in enumerate(column_levels)}
+    image = None
+    for ax, panel in zip(grid, panels):
+        matrix = np.full((len(row_levels), len(column_levels)), np.nan)
+        for cell in cells:
+            if cell["panel"] != panel:
+                continue
+            i, j = rows_at[cell["row"]], columns_at[cell["column"]]
+            if cell["mean"] is None:
+                ax.add_patch(_missing_patch(j, i))
+                ax.text(j, i, cell["status"], ha="center", va="center", fontsize=7, color="dimgray",
+                        style="italic")
+                continue
+            matrix[i, j] = cell["mean"]
+            red, green, blue, _ = cmap(norm(cell["mean"]))
+            colour = "black" if 0.299 * red + 0.587 * green + 0.114 * blue > 0.5 else "white"
+            text = f"{cell['mean']:.1f}" if cell["half_width"] is None else \
+                f"{cell['mean']:.1f}\n±{cell['half_width']:.1f}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7.5, color=colour, linespacing=1.0)
+        image = ax.imshow(np.ma.masked_invalid(matrix), cmap=cmap, norm=norm, aspect="auto",
+                          interpolation="nearest")
+        ax.set_xticks(range(len(column_levels)))
+        ax.set_xticklabels(column_levels, rotation=35, ha="right", fontsize=8)
+        ax.set_yticks(range(len(row_levels)))
+        ax.set_yticklabels(row_levels, fontsize=8)
+        ax.set_xticks(np.arange(-0.5, len(column_levels)), minor=True)
+        ax.set_yticks(np.arange(-0.5, len(row_levels)), minor=True)
+        ax.grid(which="minor", color="white", linewidth=1.0)
+        ax.tick_params(which="minor", length=0)
+        ax.set_xlim(-0.5, len(column_levels) - 0.5)
+        ax.set_ylim(len(row_levels) - 0.5, -0.5)
+        ax.set_ylabel(row_axis, fontsize=9)
+        ax.set_xlabel(column_axis, fontsize=9)
+        if panel:
+            ax.set_title(panel, fontsize=9, loc="left")
+    if image is not None:
+        bar = figure.colorbar(image, ax=list(grid), shrink=min(1.0, 6.0 / (panel_height * len(panels))), pad=0.01)
+        bar.set_label(label, fontsize=8)
+        bar.ax.tick_params(labelsize=8)
+    figure.suptitle(textwrap.fill(title, 100), fontsize=10)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    write_atomic(path, buffer.getvalue())
+    return path
+
+
+def _missing_patch(x: float, y: float):
+    """A hatched grey square over the cell at (x, y), for a combination without a value."""
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((x - 0.5, y - 0.5), 1.0, 1.0, facecolor="#eeeeee", edgecolor="#bbbbbb", hatch="//",
+                     linewidth=0.0, zorder=0.5)

@@ -14,7 +14,7 @@ A grid file (YAML):
       seed: [0, 1, 2]
     exclude:                                       # combinations not to run
       - {attack: poisonedfl, server.aggregator: median}
-    report: {metrics: [mean_backdoor_accuracy], axis: server.aggregator}
+    report: {metrics: [mean_backdoor_accuracy], axis: server.aggregator}   # optional: rows, panels
 
 Every trial is base <- each axis's level, validated before anything runs; a trial's folder name
 says its levels (`server.aggregator-median__attack-backdoor__seed-0`). The axis named `seed` is
@@ -29,6 +29,13 @@ Sweep folder:
 * `results.csv`        a row per finished trial: its levels and summary figures
 * `table.md`           means and 95% intervals over seeds per combination of the other axes
 * `<metric>-vs-<axis>.png`   the report's metrics against its axis
+* `heatmap_<metric>.png`     (grids of two or more axes besides `seed`) the metric's mean and
+                             95% half-width over seeds per cell: rows the levels of the `rows`
+                             axis (default: the first axis besides `seed` and `axis`), columns
+                             those of `axis`, a panel per combination of the other axes (`panels`
+                             first); `excluded` marks combinations the grid does not run, `n/a`
+                             those without a finished value
+* `heatmap_<metric>.csv`     the heatmap's cells: row, column, panel, n, mean, half_width, status
 """
 
 from __future__ import annotations
@@ -79,7 +86,8 @@ METRIC_TITLES = {
     "final_test_loss": "test loss, final",
     "wall_time_s": "wall time (s)",
 }
-DEFAULT_REPORT = {"metrics": ["mean_backdoor_accuracy", "final_main_accuracy"], "axis": None}
+DEFAULT_REPORT = {"metrics": ["mean_backdoor_accuracy", "final_main_accuracy"], "axis": None, "rows": None,
+                  "panels": None}
 # Training images per dataset, for the cost estimate (synthetic: its configured size).
 DATASET_SIZES = {"fashion_mnist": 60000, "mnist": 60000, "cifar10": 50000}
 
@@ -224,7 +232,7 @@ def _report_options(raw: Any, axes: list[Axis], source: str) -> dict[str, Any]:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict) or set(raw) - set(DEFAULT_REPORT):
-        raise ConfigError(f"report in {source} takes metrics and axis, got {raw!r}; "
+        raise ConfigError(f"report in {source} takes {', '.join(DEFAULT_REPORT)}, got {raw!r}; "
                           "fix: report: {metrics: [mean_backdoor_accuracy], axis: server.aggregator}")
     report.update(raw)
     if isinstance(report["metrics"], str):
@@ -244,7 +252,46 @@ def check_report(report: dict[str, Any], axis_names: list[str], where: str) -> d
     elif report["axis"] not in axis_names:
         raise ConfigError(f"{where}: axis '{report['axis']}' is not an axis of the grid (axes: "
                           f"{', '.join(axis_names)}); fix: --axis {candidates[0] if candidates else 'NAME'}")
+    heatmap_layout(report, axis_names, where)  # refuses bad rows/panels options
     return report
+
+
+def heatmap_layout(report: dict[str, Any], axis_names: list[str], where: str = "the report options"
+                   ) -> tuple[str, str, list[str]] | None:
+    """The heatmaps' (row axis, column axis, panel axes) for a grid of two or more axes besides the
+    replicate axis, else None. Columns: the report's `axis` (or, when that is the replicate axis,
+    the first other one); rows: `rows` (default: the first axis left); panels: every other axis,
+    `panels` first. A `rows` or `panels` naming no such axis is refused."""
+    factors = [name for name in axis_names if name != REPLICATE_AXIS]
+    rows, panel = report.get("rows"), report.get("panels")
+    if len(factors) < 2:
+        for key, value in (("rows", rows), ("panels", panel)):
+            if value is not None:
+                raise ConfigError(f"{where}: {key} '{value}' needs a grid of two or more axes besides "
+                                  f"{REPLICATE_AXIS} for its heatmaps (axes: {', '.join(axis_names)}); "
+                                  f"fix: remove {key} from the report: section")
+        return None
+    columns = report.get("axis") if report.get("axis") in factors else None
+    if rows is not None:
+        allowed = [name for name in factors if name != columns]
+        if rows not in allowed:
+            raise ConfigError(f"{where}: rows '{rows}' is not an axis the heatmap rows can take (allowed: "
+                              f"{', '.join(allowed)}; the columns are axis '{columns}'); fix: rows: {allowed[0]}")
+    if columns is None:
+        columns = next(name for name in factors if name != rows)
+    if rows is None:
+        rows = next(name for name in factors if name != columns)
+    others = [name for name in factors if name not in (rows, columns)]
+    if panel is not None:
+        if panel not in others:
+            allowed = ", ".join(others) or f"none: every axis besides {REPLICATE_AXIS} is a row or a column"
+            raise ConfigError(f"{where}: panels '{panel}' is not an axis the heatmap panels can take (allowed: "
+                              f"{allowed}; "
+                              f"rows are '{rows}', columns '{columns}'); fix: "
+                              + (f"panels: {others[0]}" if others else "remove panels from the report: section"))
+        others.remove(panel)
+        others.insert(0, panel)
+    return rows, columns, others
 
 
 def load_grid(name_or_path: str) -> Grid:
@@ -623,24 +670,84 @@ def plot_metric(rows: list[dict[str, Any]], axes: dict[str, list[str]], replicat
         title=f"{METRIC_TITLES[metric]} against {x_axis}: mean and 95% interval over {replicate or 'runs'}", path=path)
 
 
+HEATMAP_COLUMNS = ("row", "column", "panel", "n", "mean", "half_width", "status")
+
+
+def heatmap_cells(rows: list[dict[str, Any]], record: dict[str, Any], layout: tuple[str, str, list[str]],
+                  metric: str) -> list[dict[str, Any]]:
+    """A cell per (panel, row level, column level) of `layout`, in the axes' level order: `n`
+    finished values of `metric` over the replicates, their mean and Student-t 95% half-width
+    (sim.stats.mean_interval; None for one value), and `status`: `value`, `excluded` (no trial
+    of the grid has these levels) or `n/a` (no finished value)."""
+    axes = record["axes"]
+    row_axis, column_axis, panel_axes = layout
+    replicate = record.get("replicate_axis")
+    keys = [axis for axis in axes if axis != replicate]
+    planned = {tuple(trial["levels"].get(axis) for axis in keys) for trial in record["trials"]}
+    values: dict[tuple, list[float]] = {}
+    for row in rows:
+        if row.get(metric) is not None:
+            values.setdefault(tuple(row[axis] for axis in keys), []).append(row[metric])
+    cells = []
+    for panel in itertools.product(*(axes[axis] for axis in panel_axes)):
+        for row_level in axes[row_axis]:
+            for column_level in axes[column_axis]:
+                levels = {row_axis: row_level, column_axis: column_level, **dict(zip(panel_axes, panel))}
+                key = tuple(levels[axis] for axis in keys)
+                found = values.get(key, [])
+                estimate = mean_interval(found) if found else None
+                status = "value" if found else ("excluded" if key not in planned else "n/a")
+                cells.append({"row": row_level, "column": column_level,
+                              "panel": ", ".join(f"{a}={v}" for a, v in zip(panel_axes, panel)),
+                              "n": len(found), "mean": estimate.mean if estimate else None,
+                              "half_width": estimate.half_width if estimate else None, "status": status})
+    return cells
+
+
+def heatmap_csv(cells: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(HEATMAP_COLUMNS)
+    for cell in cells:
+        writer.writerow([_cell(cell[column]) for column in HEATMAP_COLUMNS])
+    return out.getvalue()
+
+
+def plot_heatmap(cells: list[dict[str, Any]], record: dict[str, Any], layout: tuple[str, str, list[str]],
+                 metric: str, path: Path) -> Path:
+    """The cells of `heatmap_cells` drawn by `sim.plots.plot_heatmap`, accuracies on a 0-100 scale."""
+    from sim.plots import plot_heatmap as draw  # matplotlib only when a report draws
+
+    row_axis, column_axis, _ = layout
+    replicate = record.get("replicate_axis")
+    scale = (0.0, 100.0) if metric.endswith("_accuracy") else None
+    return draw(cells, record["axes"][row_axis], record["axes"][column_axis], row_axis, column_axis,
+                label=METRIC_TITLES[metric], scale=scale,
+                title=f"{METRIC_TITLES[metric]}: mean ± 95% half-width over {replicate or 'runs'}", path=path)
+
+
 def write_report(out_dir: str | Path, metrics: list[str] | None = None, axis: str | None = None,
-                 echo: Callable[[str], None] = print) -> list[Path]:
-    """results.csv, table.md and the plots, rebuilt from the finished trials in `out_dir`."""
+                 echo: Callable[[str], None] = print, rows: str | None = None, panels: str | None = None) -> list[Path]:
+    """results.csv, table.md and the plots (the heatmaps among them), rebuilt from the finished trials
+    in `out_dir`; `metrics`, `axis`, `rows` and `panels` replace the grid's report options."""
     out_dir = Path(out_dir)
     if not (out_dir / SWEEP_FILE).is_file():
         _read_sweep(out_dir)  # refuses with the reason
     with FolderLock(out_dir, "sweep"):
-        return _write_report(out_dir, metrics, axis, echo)
+        return _write_report(out_dir, metrics, {"axis": axis, "rows": rows, "panels": panels}, echo)
 
 
-def _write_report(out_dir: Path, metrics: list[str] | None, axis: str | None, echo: Callable[[str], None]) -> list[Path]:
+def _write_report(out_dir: Path, metrics: list[str] | None, options: dict[str, str | None],
+                  echo: Callable[[str], None]) -> list[Path]:
     record = _read_sweep(out_dir)
     axes = record["axes"]
-    report = dict(record.get("report") or DEFAULT_REPORT)
+    report = {**DEFAULT_REPORT, **(record.get("report") or {})}
     if metrics:
         report["metrics"] = list(metrics)
-    if axis:
-        report["axis"] = axis
+    for key in ("rows", "panels"):
+        if options.get("axis") and not options.get(key) and report.get(key) == options["axis"]:
+            report[key] = None  # the grid's choice becomes the columns: this one takes its default
+    report.update({key: value for key, value in options.items() if value})
     report = check_report(report, list(axes), "the report options")
     rows = finished_rows(out_dir, record, echo)
     replicate = record.get("replicate_axis")
@@ -651,5 +758,12 @@ def _write_report(out_dir: Path, metrics: list[str] | None, axis: str | None, ec
         for metric in report["metrics"]:
             written.append(plot_metric(rows, axes, replicate, metric, report["axis"],
                                        out_dir / f"{metric}-vs-{_safe(report['axis'])}.png"))
+    layout = heatmap_layout(report, list(axes))
+    if rows and layout:
+        for metric in report["metrics"]:
+            cells = heatmap_cells(rows, record, layout, metric)
+            csv_path = out_dir / f"heatmap_{metric}.csv"
+            write_atomic(csv_path, heatmap_csv(cells))
+            written += [csv_path, plot_heatmap(cells, record, layout, metric, out_dir / f"heatmap_{metric}.png")]
     echo(f"report: {len(rows)} of {len(record['trials'])} trials finished; " + ", ".join(str(p) for p in written))
     return written

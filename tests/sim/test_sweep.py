@@ -107,6 +107,17 @@ def test_expand_applies_levels_excludes_combinations_and_names_folders_by_their_
         ({"axes": {"model_poisoning.type": ["attack_dpfl"]}},
          ["model_poisoning.type=attack_dpfl", "privacy.type=none", "fix: --set privacy.type=gaussian", "exclude"]),
         ({"axes": {"seed": [0]}, "report": {"metrics": ["accuracy"]}}, ["accuracy", "final_main_accuracy", "fix:"]),
+        ({"axes": {"server.aggregator": ["median"], "attack.type": ["backdoor"], "seed": [0]},
+          "report": {"rows": "atack", "axis": "server.aggregator"}},
+         ["rows 'atack'", "allowed: attack.type", "fix: rows: attack.type"]),
+        ({"axes": {"server.aggregator": ["median"], "attack.type": ["backdoor"], "seed": [0]},
+          "report": {"rows": "server.aggregator", "axis": "server.aggregator"}},
+         ["rows 'server.aggregator'", "allowed: attack.type", "columns are axis 'server.aggregator'"]),
+        ({"axes": {"server.aggregator": ["median"], "attack.type": ["backdoor"], "seed": [0]},
+          "report": {"panels": "seed"}}, ["panels 'seed'", "allowed: none", "fix: remove panels"]),
+        ({"axes": {"server.aggregator": ["median"], "seed": [0]}, "report": {"rows": "seed"}},
+         ["rows 'seed'", "two or more axes besides seed", "fix: remove rows"]),
+        ({"axes": {"seed": [0]}, "report": {"row": "seed"}}, ["row", "metrics, axis, rows, panels", "fix:"]),
     ],
 )
 def test_a_bad_grid_is_one_line_naming_key_value_and_fix_before_anything_runs(tmp_path, capsys, grid, words):
@@ -205,6 +216,8 @@ def test_local_sweep_writes_a_run_folder_per_trial_and_the_report(local_sweep):
     table = (out_dir / "table.md").read_text()
     assert f"| median | 2 | {estimate.mean:.1f} ± {estimate.half_width:.1f} |" in table
     assert (out_dir / "mean_backdoor_accuracy-vs-server.aggregator.png").stat().st_size > 0
+    # One axis besides the seeds: no heatmap.
+    assert not list(out_dir.glob("heatmap_*"))
 
 
 def test_report_rebuilds_csv_table_and_plots_from_the_finished_trials(local_sweep, capsys):
@@ -297,3 +310,110 @@ def test_resume_continues_a_stopped_trial_from_its_checkpoint(local_sweep, tmp_p
     assert json.loads((stopped / "trial.json").read_text())["resumed"] is True
     assert metrics_without_timing(stopped) == metrics_without_timing(local_dir / "trials" / stopped.name)
     assert json.loads((stopped / "summary.json").read_text())["rounds"] == 2
+
+
+# ----------------------------------------------------------------------------------------------
+# heatmaps: a grid of two or more axes besides the seeds
+
+HEATMAP_AXES = {
+    "attack": {"backdoor": {"attack.type": "backdoor"}, "flip": {"attack.type": "label_flip"}},
+    "server.aggregator": ["median", "trimmed_mean"],
+    "seed": [0, 1],
+}
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+@pytest.fixture(scope="module")
+def heatmap_sweep(tmp_path_factory):
+    from sim.jobs import LocalBackend
+    from sim.sweep import sweep
+
+    folder = tmp_path_factory.mktemp("heatmap")
+    grid = write_grid(folder, HEATMAP_AXES, exclude=[{"attack": "flip", "server.aggregator": "trimmed_mean"}],
+                      report={"metrics": ["final_main_accuracy", "final_test_loss"], "axis": "server.aggregator"})
+    out_dir = folder / "out"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYTHONPATH", _environment()["PYTHONPATH"])  # the trials import this tree's sim
+        counts = sweep(load_grid(str(grid)), out_dir, LocalBackend(2), echo=lambda text: None)
+    assert counts == {"done": 0, "ran": 6, "failed": 0}
+    return grid, out_dir
+
+
+def test_a_two_axis_grid_gets_a_heatmap_per_metric_whose_cells_are_the_means_over_seeds(heatmap_sweep):
+    _, out_dir = heatmap_sweep
+    results = _read_csv(out_dir / "results.csv")
+    for metric in ("final_main_accuracy", "final_test_loss"):
+        assert (out_dir / f"heatmap_{metric}.png").stat().st_size > 0
+        cells = _read_csv(out_dir / f"heatmap_{metric}.csv")
+        # rows: the first axis besides seed and the report's axis; columns: the report's axis; no panels
+        assert [(c["row"], c["column"], c["panel"]) for c in cells] == [
+            ("backdoor", "median", ""), ("backdoor", "trimmed_mean", ""), ("flip", "median", ""),
+            ("flip", "trimmed_mean", "")]
+        for cell in cells:
+            values = [float(r[metric]) for r in results
+                      if r["attack"] == cell["row"] and r["server.aggregator"] == cell["column"]]
+            if not values:
+                assert cell == {**cell, "n": "0", "mean": "", "half_width": "", "status": "excluded"}
+                continue
+            assert int(cell["n"]) == len(values) == 2 and cell["status"] == "value"
+            mean = sum(values) / 2
+            # Student-t 95% half-width for n = 2: t_{0.975, 1} * s / sqrt(2), s = |a - b| / sqrt(2)
+            half = 12.706204736 * abs(values[0] - values[1]) / 2
+            assert float(cell["mean"]) == pytest.approx(mean, rel=1e-12)
+            assert float(cell["half_width"]) == pytest.approx(half, rel=1e-6, abs=1e-9)
+    assert [c["status"] for c in _read_csv(out_dir / "heatmap_final_main_accuracy.csv")].count("excluded") == 1
+
+
+def test_the_heatmap_marks_unfinished_combinations_and_takes_its_rows_from_the_options(heatmap_sweep, tmp_path,
+                                                                                       capsys):
+    _, source = heatmap_sweep
+    out_dir = tmp_path / "copy"
+    shutil.copytree(source, out_dir)
+    for seed in (0, 1):  # both seeds of one combination unfinished
+        (out_dir / "trials" / f"attack-backdoor__server.aggregator-median__seed-{seed}" / "summary.json").unlink()
+    assert main(["sweep", "--report", str(out_dir), "--axis", "attack"]) == 0
+    cells = _read_csv(out_dir / "heatmap_final_main_accuracy.csv")
+    status = {(c["row"], c["column"]): (c["status"], c["n"], c["mean"]) for c in cells}
+    # --axis attack puts the attacks on the columns, so the rows are the server rules
+    assert status == {
+        ("median", "backdoor"): ("n/a", "0", ""), ("median", "flip"): ("value", "2", status[("median", "flip")][2]),
+        ("trimmed_mean", "backdoor"): ("value", "2", status[("trimmed_mean", "backdoor")][2]),
+        ("trimmed_mean", "flip"): ("excluded", "0", ""),
+    }
+    # The heatmap options of --report are checked like the grid's.
+    assert main(["sweep", "--report", str(out_dir), "--rows", "seed"]) == 2
+    assert "rows 'seed'" in capsys.readouterr().err
+    assert main(["sweep", "--report", str(out_dir), "--panels", "attack"]) == 2
+    assert "panels 'attack'" in capsys.readouterr().err
+
+
+def test_heatmap_panels_are_the_remaining_axes_with_the_chosen_one_first():
+    from sim.sweep import check_report, heatmap_cells, heatmap_layout
+
+    axes = {"attack": ["a1", "a2"], "server.aggregator": ["r1", "r2", "r3"], "client": ["none", "leadfl"],
+            "data.alpha": ["0.1", "1"], "seed": ["0", "1"]}
+    names = list(axes)
+    report = {"metrics": ["final_main_accuracy"], "axis": "server.aggregator", "rows": None, "panels": None}
+    assert heatmap_layout(report, names) == ("attack", "server.aggregator", ["client", "data.alpha"])
+    chosen = check_report({**report, "rows": "client", "panels": "data.alpha"}, names, "report")
+    assert heatmap_layout(chosen, names) == ("client", "server.aggregator", ["data.alpha", "attack"])
+    by_seed = heatmap_layout({**report, "axis": "seed"}, names)
+    assert by_seed == ("server.aggregator", "attack", ["client", "data.alpha"])
+    assert heatmap_layout({**report, "axis": "attack"}, ["attack", "seed"]) is None
+    # Values over seeds per cell; a combination no trial has is excluded.
+    record = {"axes": {"attack": ["a1", "a2"], "server.aggregator": ["r1"], "client": ["none", "leadfl"],
+                       "seed": ["0", "1"]}, "replicate_axis": "seed",
+              "trials": [{"name": f"t{a}{c}{s}", "levels": {"attack": a, "server.aggregator": "r1", "client": c,
+                                                             "seed": s}}
+                         for a in ("a1", "a2") for c in ("none", "leadfl") for s in ("0", "1")
+                         if not (a == "a2" and c == "leadfl")]}
+    rows = [{**t["levels"], "final_main_accuracy": 10.0 * i} for i, t in enumerate(record["trials"])]
+    layout = heatmap_layout({**report, "rows": None}, list(record["axes"]))
+    cells = heatmap_cells(rows, record, layout, "final_main_accuracy")
+    assert [(c["panel"], c["row"], c["n"], c["mean"], c["status"]) for c in cells] == [
+        ("client=none", "a1", 2, 5.0, "value"), ("client=none", "a2", 2, 45.0, "value"),
+        ("client=leadfl", "a1", 2, 25.0, "value"), ("client=leadfl", "a2", 0, None, "excluded")]
