@@ -48,3 +48,34 @@ requires_fashion_mnist = pytest.mark.skipif(
     not fashion_mnist_present(),
     reason="FashionMNIST is not installed (apt-get install -y dataset-fashion-mnist)",
 )
+
+
+def metrics_without_timing(out_dir: Path) -> list[list[str]]:
+    """The cells of a run's metrics.csv without the wall-time columns (which no two runs share)."""
+    import csv
+
+    from sim.io import METRICS_FILE
+    from sim.records import TIMING_COLUMNS
+
+    with open(Path(out_dir) / METRICS_FILE, newline="") as stream:
+        rows = list(csv.reader(stream))
+    keep = [i for i, column in enumerate(rows[0]) if column not in TIMING_COLUMNS]
+    return [[row[i] for i in keep] for row in rows]
+
+
+def run_on_two_gloo_ranks(config_file: Path, out_dir: Path):
+    """`leadfl-sim run --config config_file` under torchrun on two CPU ranks (gloo, sequential
+    engine, one thread each); the finished process."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    environment = {key: value for key, value in os.environ.items() if key not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    environment["PYTHONPATH"] = os.pathsep.join([str(repo), environment.get("PYTHONPATH", "")])
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "sim", "run", "--config", str(config_file), "--out", str(out_dir),
+        "--engine", "sequential", "--no-progress", "--threads", "1",
+    ]
+    return subprocess.run(command, cwd=repo, env=environment, capture_output=True, text=True, timeout=240)

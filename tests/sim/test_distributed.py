@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +14,7 @@ from sim import io, reporting, runner
 from sim.engines import distributed
 from sim.config import load_config
 from sim.errors import ConfigError
+from simtest import metrics_without_timing, run_on_two_gloo_ranks
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,13 +36,6 @@ TINY = {
 }
 
 
-def metrics_without_timing(out_dir: Path) -> list[list[str]]:
-    with open(out_dir / io.METRICS_FILE, newline="") as stream:
-        rows = list(csv.reader(stream))
-    keep = [i for i, column in enumerate(rows[0]) if column not in reporting.TIMING_COLUMNS]
-    return [[row[i] for i in keep] for row in rows]
-
-
 # `original` with momentum_reset=never: each client's momentum is carried across rounds, and
 # clients change ranks between rounds (the selection changes), so the ranks must share it.
 CARRIED_MOMENTUM = {"client_defense": {"type": "leadfl", "variant": "original", "momentum_reset": "never"},
@@ -65,14 +55,7 @@ CASES = {"flwbc": {}, "original, momentum never": CARRIED_MOMENTUM, "neurotoxin 
 def test_two_gloo_ranks_give_the_metrics_of_one_process(tmp_path, case):
     config_file = tmp_path / "tiny.yaml"
     config_file.write_text(yaml.safe_dump({**TINY, **CASES[case]}))
-    environment = {key: value for key, value in os.environ.items() if key not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    environment["PYTHONPATH"] = os.pathsep.join([str(REPO), environment.get("PYTHONPATH", "")])
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-        "-m", "sim", "run", "--config", str(config_file), "--out", str(tmp_path / "two"),
-        "--engine", "sequential", "--no-progress", "--threads", "1",
-    ]
-    finished = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=240)
+    finished = run_on_two_gloo_ranks(config_file, tmp_path / "two")
     assert finished.returncode == 0, finished.stderr[-3000:]
 
     cfg = load_config(None, config_file, ["engine=sequential"])

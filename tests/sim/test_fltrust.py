@@ -3,11 +3,6 @@ the server's root set (held out of every client, trained by both engines, resume
 
 from __future__ import annotations
 
-import csv
-import os
-import subprocess
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -15,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from sim import reporting, runner
+from sim import runner
 from sim.config import load_config, to_dict
 from sim.data import hold_out
 from sim.errors import ConfigError
@@ -23,6 +18,7 @@ from sim.runner import run
 from sim.server.base import AggregationContext
 from sim.server.fltrust import FLTrust
 from sim.server.registry import build_aggregator
+from simtest import metrics_without_timing, run_on_two_gloo_ranks
 
 
 def call(updates, reference):
@@ -144,13 +140,6 @@ def test_the_server_trains_its_root_set_without_the_client_defense_on_both_engin
     assert torch.allclose(references["sequential", "none"], references["batched", "none"], atol=1e-5)
 
 
-def metrics_without_timing(out_dir):
-    with open(out_dir / "metrics.csv", newline="") as stream:
-        rows = list(csv.reader(stream))
-    keep = [i for i, column in enumerate(rows[0]) if column not in reporting.TIMING_COLUMNS]
-    return [[row[i] for i in keep] for row in rows]
-
-
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("engine", ["sequential", "batched"])
 def test_fltrust_runs_and_resumes_exactly(tmp_path, engine):
@@ -164,18 +153,10 @@ def test_fltrust_runs_and_resumes_exactly(tmp_path, engine):
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch build has no torch.distributed")
 def test_fltrust_under_two_gloo_ranks_gives_the_metrics_of_one_process(tmp_path):
     # The server's root set is one more "client": on two ranks its training lands on one of them.
-    repo = Path(__file__).resolve().parents[2]
     cfg = load_config(overrides=[*TINY, "rounds=3", "engine=sequential"])
     config_file = tmp_path / "tiny.yaml"
     config_file.write_text(yaml.safe_dump(to_dict(cfg)))
-    environment = {key: value for key, value in os.environ.items() if key not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    environment["PYTHONPATH"] = os.pathsep.join([str(repo), environment.get("PYTHONPATH", "")])
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-        "-m", "sim", "run", "--config", str(config_file), "--out", str(tmp_path / "two"),
-        "--engine", "sequential", "--no-progress", "--threads", "1",
-    ]
-    finished = subprocess.run(command, cwd=repo, env=environment, capture_output=True, text=True, timeout=240)
+    finished = run_on_two_gloo_ranks(config_file, tmp_path / "two")
     assert finished.returncode == 0, finished.stderr[-3000:]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -3,7 +3,6 @@ its settings, and its history surviving kill -9 through the run's checkpoint."""
 
 from __future__ import annotations
 
-import csv
 import os
 import signal
 import subprocess
@@ -16,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-from sim import reporting
 from sim.config import load_config
 from sim.errors import ConfigError
 from sim.runner import run
@@ -24,6 +22,7 @@ from sim.server.base import AggregationContext
 from sim.server.foolsgold import FoolsGold, foolsgold_weights
 from sim.server.registry import build_aggregator
 from sim.state import read_checkpoint
+from simtest import metrics_without_timing
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -168,13 +167,6 @@ TINY = [
     "training.local_steps=2", "training.batch_size=16", "server.aggregator=foolsgold",
     "eval.batch_size=50", "eval.test_size=60",
 ]
-
-
-def metrics_without_timing(out_dir):
-    with open(out_dir / "metrics.csv", newline="") as stream:
-        rows = list(csv.reader(stream))
-    keep = [i for i, column in enumerate(rows[0]) if column not in reporting.TIMING_COLUMNS]
-    return [[row[i] for i in keep] for row in rows]
 
 
 @pytest.mark.usefixtures("one_thread")
