@@ -1,5 +1,5 @@
 """The figures of docs/findings/poisonedfl-prodigy.md, recomputed from the run folders of the
-`poisonedfl-prodigy` comparisons (no run, no torch).
+`poisonedfl-prodigy` comparisons (no run).
 
     python scripts/prodigy_checks.py [FOLDER ...]   # default: docs/results/poisonedfl-prodigy/{iid,dirichlet}
 
@@ -18,12 +18,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import re
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from sim.compare import folder_name  # noqa: E402  (the run folder of a variant label)
 from sim.stats import mean_interval  # noqa: E402
 
 DEFAULT = [ROOT / "docs" / "results" / "poisonedfl-prodigy" / name for name in ("iid", "dirichlet")]
@@ -46,23 +46,15 @@ PAIRS = [
 ]
 
 
-def folder_name(label: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-")
-
-
 def read_rows(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as stream:
         return list(csv.DictReader(stream))
 
 
 def load(split: Path) -> tuple[dict[str, dict[int, dict]], list[str]]:
-    """{variant: {seed: {"final": ..., "rows": [...]}}} for the finished runs, and the variant
-    labels in the comparison's order (from compare-input.yaml's compare section, via the folders)."""
-    labels = [label for label, _ in PAIRS for label in (label, _)]
-    order: list[str] = []
-    for label in labels + [b for _, b in PAIRS]:
-        if label not in order:
-            order.append(label)
+    """{variant: {seed: {"final": ..., "rows": [...]}}} for the finished runs of the variants that
+    `PAIRS` names, and those labels in the order they first appear there."""
+    order = list(dict.fromkeys(label for pair in PAIRS for label in pair))
     runs: dict[str, dict[int, dict]] = {label: {} for label in order}
     for seed_dir in sorted(split.glob("seed*")):
         seed = int(seed_dir.name[4:])
