@@ -184,10 +184,15 @@ def inside(base: str | Path, relative: object, where: str) -> Path:
         raise ConfigError(f"{where} names the folder {relative!r}, which is not a relative path inside {base}; "
                           "nothing was read or written; fix: restore that file from a copy")
     path = base / relative
-    if not path.resolve().is_relative_to(base.resolve()) or ".." in Path(relative).parts:
+    if not _lies_within(base, path) or ".." in Path(relative).parts:
         raise ConfigError(f"{where} names the folder {relative!r}, which leads outside {base}; nothing was read or "
                           "written; fix: restore that file from a copy")
     return path
+
+
+def _lies_within(base: Path, path: Path) -> bool:
+    """Whether `path`, its links followed, lies inside `base` (links followed too)."""
+    return path.resolve().is_relative_to(base.resolve())
 
 
 def check_within(base: str | Path, folders: Iterable[str | Path]) -> None:
@@ -196,10 +201,9 @@ def check_within(base: str | Path, folders: Iterable[str | Path]) -> None:
     from sim.errors import ConfigError
 
     base = Path(base)
-    root = base.resolve()
     for folder in folders:
         path = base / folder
-        if not path.resolve().is_relative_to(root):
+        if not _lies_within(base, path):
             raise ConfigError(f"{path} leads outside {base} (a link to {path.resolve()}); a run folder must lie inside "
                               "it; nothing was run or written; fix: remove the link, or choose another --out")
 
