@@ -6,6 +6,7 @@
                        [--seeds 0-4] [--jobs N]
     leadfl-sim sweep   --grid FILE|NAME --out DIR [--jobs N | --ray auto|ADDRESS] [--resume] [--dry-run]
     leadfl-sim sweep   --report DIR [--metric NAME ...] [--axis NAME] [--rows NAME] [--panels NAME]
+                     [--reference AXIS=LEVEL]
     leadfl-sim plot DIR
     leadfl-sim list-presets
 
@@ -146,6 +147,8 @@ def _add_sweep_parser(commands) -> None:
     sweep.add_argument("--rows", metavar="NAME", help="the axis of the heatmaps' rows (grids of two or more axes "
                        "besides seed)")
     sweep.add_argument("--panels", metavar="NAME", help="the axis whose levels make the heatmaps' first panels")
+    sweep.add_argument("--reference", metavar="AXIS=LEVEL", help="the level a `<figure>_drop` metric is measured "
+                       "from, paired on the other axes and the seed (e.g. attack=none)")
     sweep.add_argument("--max-trials", type=int, default=10_000, metavar="N",
                        help="refuse a grid of more trials than this before building any (default 10000)")
 
@@ -155,13 +158,21 @@ def _command_sweep(args: argparse.Namespace) -> int:
     from sim.sweep import dry_run, expand, load_grid, sweep, write_report
 
     if args.report:
-        write_report(Path(args.report), args.metric, args.axis, rows=args.rows, panels=args.panels)
+        reference = None
+        if args.reference is not None:
+            axis, equals, level = args.reference.partition("=")
+            if not equals or not axis or not level:
+                raise ConfigError(f"--reference {args.reference!r} must be AXIS=LEVEL; fix: --reference attack=none")
+            reference = {axis: level}
+        write_report(Path(args.report), args.metric, args.axis, rows=args.rows, panels=args.panels,
+                     reference=reference)
         return 0
     if not args.grid:
         raise ConfigError("sweep needs --grid FILE (or --report DIR); fix: e.g. --grid poisoning-small --out runs/sweep")
     grid = load_grid(args.grid)
-    if args.metric or args.axis or args.rows or args.panels:
-        raise ConfigError("--metric, --axis, --rows and --panels choose the plots of --report DIR; fix: set them "
+    if args.metric or args.axis or args.rows or args.panels or args.reference:
+        raise ConfigError("--metric, --axis, --rows, --panels and --reference choose the plots of --report DIR; "
+                          "fix: set them "
                           "in the grid's "
                           "report: section, or run --report DIR after the sweep")
     if args.max_trials < 1:

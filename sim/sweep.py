@@ -36,6 +36,9 @@ Sweep folder:
                              first); `excluded` marks combinations the grid does not run, `n/a`
                              those without a finished value
 * `heatmap_<metric>.csv`     the heatmap's cells: row, column, panel, n, mean, half_width, status
+
+A report metric `<figure>_drop` needs a `reference: {axis: level}`: per trial, the figure of the
+trial at that level with every other level (the seed included) equal, minus the trial's own.
 """
 
 from __future__ import annotations
@@ -87,7 +90,10 @@ METRIC_TITLES = {
     "wall_time_s": "wall time (s)",
 }
 DEFAULT_REPORT = {"metrics": ["mean_backdoor_accuracy", "final_main_accuracy"], "axis": None, "rows": None,
-                  "panels": None}
+                  "panels": None, "reference": None}
+# A report metric `<figure>_drop`: the figure of the trial at the report's reference level minus the
+# trial's own, paired on every other axis (the seed included), e.g. the accuracy an attack costs.
+DROP_SUFFIX = "_drop"
 # Training images per dataset, for the cost estimate (synthetic: its configured size).
 DATASET_SIZES = {"fashion_mnist": 60000, "mnist": 60000, "cifar10": 50000}
 
@@ -237,15 +243,38 @@ def _report_options(raw: Any, axes: list[Axis], source: str) -> dict[str, Any]:
     report.update(raw)
     if isinstance(report["metrics"], str):
         report["metrics"] = [report["metrics"]]
-    return check_report(report, [axis.name for axis in axes], f"report in {source}")
+    return check_report(report, [axis.name for axis in axes], f"report in {source}",
+                        {axis.name: axis.labels for axis in axes})
 
 
-def check_report(report: dict[str, Any], axis_names: list[str], where: str) -> dict[str, Any]:
-    """Metrics known and the plot axis one of the grid's (default: the first one not `seed`)."""
+def check_report(report: dict[str, Any], axis_names: list[str], where: str,
+                 levels: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    """Metrics known and the plot axis one of the grid's (default: the first one not `seed`); a
+    `reference` ({axis: level}, for the `_drop` metrics) names an axis besides the seeds and, when
+    `levels` are given, one of its levels."""
+    reference = report.get("reference")
+    if reference is not None:
+        example = "fix: report: {reference: {attack: none}, metrics: [final_main_accuracy_drop]}"
+        if not isinstance(reference, dict) or len(reference) != 1:
+            raise ConfigError(f"{where}: reference must be one axis and its level, got {reference!r}; {example}")
+        (axis, level), = reference.items()
+        allowed = [name for name in axis_names if name != REPLICATE_AXIS]
+        if axis not in allowed:
+            raise ConfigError(f"{where}: reference axis '{axis}' is not an axis of the grid besides "
+                              f"{REPLICATE_AXIS} (allowed: {', '.join(allowed)}); {example}")
+        level = str(level)
+        if levels is not None and level not in levels[axis]:
+            raise ConfigError(f"{where}: reference level '{level}' is not a level of axis '{axis}' (levels: "
+                              f"{', '.join(levels[axis])}); {example}")
+        report["reference"] = {axis: level}
+    known = [*SUMMARY_COLUMNS, *(f"{c}{DROP_SUFFIX}" for c in SUMMARY_COLUMNS)]
     for metric in report["metrics"]:
-        if metric not in SUMMARY_COLUMNS:
-            raise ConfigError(f"{where}: metric '{metric}' is not one of {', '.join(SUMMARY_COLUMNS)}; "
-                              "fix: --metric mean_backdoor_accuracy")
+        if metric not in known:
+            raise ConfigError(f"{where}: metric '{metric}' is not one of {', '.join(SUMMARY_COLUMNS)} (or one of "
+                              f"them with {DROP_SUFFIX}, given a reference); fix: --metric mean_backdoor_accuracy")
+        if metric.endswith(DROP_SUFFIX) and reference is None:
+            raise ConfigError(f"{where}: metric '{metric}' is a difference from a reference level, and the report "
+                              "names none; fix: report: {reference: {attack: none}} in the grid file")
     candidates = [name for name in axis_names if name != REPLICATE_AXIS] or axis_names
     if report["axis"] is None:
         report["axis"] = candidates[0] if candidates else None
@@ -607,6 +636,37 @@ def finished_rows(out_dir: Path, record: dict[str, Any], echo: Callable[[str], N
     return rows
 
 
+def metric_title(metric: str, reference: dict[str, str] | None = None) -> str:
+    if metric.endswith(DROP_SUFFIX):
+        base = METRIC_TITLES[metric[: -len(DROP_SUFFIX)]].replace(" (%)", "")
+        (axis, level), = reference.items()
+        return f"{base}: drop from {axis}={level}" + (" (points)" if "accuracy" in base else "")
+    return METRIC_TITLES[metric]
+
+
+def add_drops(rows: list[dict[str, Any]], axes: list[str], reference: dict[str, str] | None,
+              metrics: list[str]) -> list[dict[str, Any]]:
+    """The rows with each `<figure>_drop` of `metrics`: the figure of the row whose reference axis is
+    at the reference level and every other level (the seed included) equal, minus the row's own;
+    None where that row did not finish."""
+    drops = [m for m in metrics if m.endswith(DROP_SUFFIX)]
+    if not drops:
+        return rows
+    (axis, level), = reference.items()
+    others = [name for name in axes if name != axis]
+    at_reference = {tuple(row[name] for name in others): row for row in rows if row[axis] == level}
+    out = []
+    for row in rows:
+        match = at_reference.get(tuple(row[name] for name in others))
+        extra = {}
+        for metric in drops:
+            figure = metric[: -len(DROP_SUFFIX)]
+            known = match is not None and match.get(figure) is not None and row.get(figure) is not None
+            extra[metric] = match[figure] - row[figure] if known else None
+        out.append({**row, **extra})
+    return out
+
+
 def _cell(value: Any) -> str:
     return "" if value is None else (repr(value) if isinstance(value, float) else str(value))
 
@@ -652,7 +712,7 @@ def table_markdown(rows: list[dict[str, Any]], axes: list[str], replicate: str |
 
 
 def plot_metric(rows: list[dict[str, Any]], axes: dict[str, list[str]], replicate: str | None, metric: str,
-                x_axis: str, path: Path) -> Path:
+                x_axis: str, path: Path, reference: dict[str, str] | None = None) -> Path:
     """`metric` (mean and 95% interval over the replicates) against the levels of `x_axis`: one panel per
     level of the first other axis, one line per combination of the rest (`sim.plots.plot_levels`)."""
     from sim.plots import plot_levels  # matplotlib only when a report draws
@@ -666,8 +726,9 @@ def plot_metric(rows: list[dict[str, Any]], axes: dict[str, list[str]], replicat
     keys = [axis for axis in axes if axis != replicate]
     return plot_levels(
         {tuple(zip(keys, key)): estimate for key, estimate in estimates.items()}, axes, x_axis, panel_axis, line_axes,
-        panels, ylabel=METRIC_TITLES[metric],
-        title=f"{METRIC_TITLES[metric]} against {x_axis}: mean and 95% interval over {replicate or 'runs'}", path=path)
+        panels, ylabel=metric_title(metric, reference),
+        title=f"{metric_title(metric, reference)} against {x_axis}: mean and 95% interval over {replicate or 'runs'}",
+        path=path)
 
 
 HEATMAP_COLUMNS = ("row", "column", "panel", "n", "mean", "half_width", "status")
@@ -714,27 +775,31 @@ def heatmap_csv(cells: list[dict[str, Any]]) -> str:
 
 
 def plot_heatmap(cells: list[dict[str, Any]], record: dict[str, Any], layout: tuple[str, str, list[str]],
-                 metric: str, path: Path) -> Path:
+                 metric: str, path: Path, reference: dict[str, str] | None = None) -> Path:
     """The cells of `heatmap_cells` drawn by `sim.plots.plot_heatmap`, accuracies on a 0-100 scale."""
     from sim.plots import plot_heatmap as draw  # matplotlib only when a report draws
 
     row_axis, column_axis, _ = layout
     replicate = record.get("replicate_axis")
     scale = (0.0, 100.0) if metric.endswith("_accuracy") else None
+    title = metric_title(metric, reference)
+    paired = f", paired by {replicate}" if metric.endswith(DROP_SUFFIX) and replicate else ""
     return draw(cells, record["axes"][row_axis], record["axes"][column_axis], row_axis, column_axis,
-                label=METRIC_TITLES[metric], scale=scale,
-                title=f"{METRIC_TITLES[metric]}: mean ± 95% half-width over {replicate or 'runs'}", path=path)
+                label=title, scale=scale,
+                title=f"{title}: mean ± 95% half-width over {replicate or 'runs'}{paired}", path=path)
 
 
 def write_report(out_dir: str | Path, metrics: list[str] | None = None, axis: str | None = None,
-                 echo: Callable[[str], None] = print, rows: str | None = None, panels: str | None = None) -> list[Path]:
+                 echo: Callable[[str], None] = print, rows: str | None = None, panels: str | None = None,
+                 reference: dict[str, str] | None = None) -> list[Path]:
     """results.csv, table.md and the plots (the heatmaps among them), rebuilt from the finished trials
-    in `out_dir`; `metrics`, `axis`, `rows` and `panels` replace the grid's report options."""
+    in `out_dir`; `metrics`, `axis`, `rows`, `panels` and `reference` replace the grid's report options."""
     out_dir = Path(out_dir)
     if not (out_dir / SWEEP_FILE).is_file():
         _read_sweep(out_dir)  # refuses with the reason
     with FolderLock(out_dir, "sweep"):
-        return _write_report(out_dir, metrics, {"axis": axis, "rows": rows, "panels": panels}, echo)
+        return _write_report(out_dir, metrics, {"axis": axis, "rows": rows, "panels": panels,
+                                                "reference": reference}, echo)
 
 
 def _write_report(out_dir: Path, metrics: list[str] | None, options: dict[str, str | None],
@@ -748,8 +813,8 @@ def _write_report(out_dir: Path, metrics: list[str] | None, options: dict[str, s
         if options.get("axis") and not options.get(key) and report.get(key) == options["axis"]:
             report[key] = None  # the grid's choice becomes the columns: this one takes its default
     report.update({key: value for key, value in options.items() if value})
-    report = check_report(report, list(axes), "the report options")
-    rows = finished_rows(out_dir, record, echo)
+    report = check_report(report, list(axes), "the report options", axes)
+    rows = add_drops(finished_rows(out_dir, record, echo), list(axes), report.get("reference"), report["metrics"])
     replicate = record.get("replicate_axis")
     written = [out_dir / RESULTS_FILE, out_dir / TABLE_FILE]
     write_atomic(written[0], results_csv(rows, list(axes)))
@@ -757,13 +822,14 @@ def _write_report(out_dir: Path, metrics: list[str] | None, options: dict[str, s
     if rows and report["axis"]:
         for metric in report["metrics"]:
             written.append(plot_metric(rows, axes, replicate, metric, report["axis"],
-                                       out_dir / f"{metric}-vs-{_safe(report['axis'])}.png"))
+                                       out_dir / f"{metric}-vs-{_safe(report['axis'])}.png", report.get("reference")))
     layout = heatmap_layout(report, list(axes))
     if rows and layout:
         for metric in report["metrics"]:
             cells = heatmap_cells(rows, record, layout, metric)
             csv_path = out_dir / f"heatmap_{metric}.csv"
             write_atomic(csv_path, heatmap_csv(cells))
-            written += [csv_path, plot_heatmap(cells, record, layout, metric, out_dir / f"heatmap_{metric}.png")]
+            written += [csv_path, plot_heatmap(cells, record, layout, metric, out_dir / f"heatmap_{metric}.png",
+                                               report.get("reference"))]
     echo(f"report: {len(rows)} of {len(record['trials'])} trials finished; " + ", ".join(str(p) for p in written))
     return written

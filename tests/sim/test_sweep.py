@@ -417,3 +417,35 @@ def test_heatmap_panels_are_the_remaining_axes_with_the_chosen_one_first():
     assert [(c["panel"], c["row"], c["n"], c["mean"], c["status"]) for c in cells] == [
         ("client=none", "a1", 2, 5.0, "value"), ("client=none", "a2", 2, 45.0, "value"),
         ("client=leadfl", "a1", 2, 25.0, "value"), ("client=leadfl", "a2", 0, None, "excluded")]
+
+
+def test_a_drop_metric_is_the_reference_trials_figure_minus_the_trials_own_paired_by_seed(heatmap_sweep, tmp_path,
+                                                                                         capsys):
+    _, source = heatmap_sweep
+    out_dir = tmp_path / "copy"
+    shutil.copytree(source, out_dir)
+    assert main(["sweep", "--report", str(out_dir), "--reference", "attack=backdoor",
+                 "--metric", "final_main_accuracy_drop"]) == 0
+    results = _read_csv(out_dir / "results.csv")
+    value = {(r["attack"], r["server.aggregator"], r["seed"]): float(r["final_main_accuracy"]) for r in results}
+    cells = {(c["row"], c["column"]): c for c in _read_csv(out_dir / "heatmap_final_main_accuracy_drop.csv")}
+    drops = [value[("backdoor", "median", s)] - value[("flip", "median", s)] for s in ("0", "1")]
+    flip = cells[("flip", "median")]
+    assert (flip["status"], flip["n"]) == ("value", "2")
+    assert float(flip["mean"]) == pytest.approx(sum(drops) / 2, rel=1e-12, abs=1e-12)
+    # the interval is the paired one: of the per-seed differences
+    assert float(flip["half_width"]) == pytest.approx(12.706204736 * abs(drops[0] - drops[1]) / 2, rel=1e-6, abs=1e-9)
+    assert float(cells[("backdoor", "median")]["mean"]) == 0.0
+    assert cells[("flip", "trimmed_mean")]["status"] == "excluded"
+    assert (out_dir / "heatmap_final_main_accuracy_drop.png").stat().st_size > 0
+    # bad reference options are refused before anything is drawn, naming the value and the fix
+    for argv, words in (
+        (["--metric", "final_main_accuracy_drop"], "names none"),
+        (["--reference", "attack=none", "--metric", "final_main_accuracy_drop"], "level 'none' is not a level"),
+        (["--reference", "seed=0", "--metric", "final_main_accuracy_drop"], "axis 'seed' is not an axis"),
+        (["--reference", "attack", "--metric", "final_main_accuracy_drop"], "must be AXIS=LEVEL"),
+        (["--reference", "attack=backdoor", "--metric", "final_main_accuracy_dro"], "is not one of"),
+    ):
+        assert main(["sweep", "--report", str(out_dir), *argv]) == 2
+        err = capsys.readouterr().err
+        assert words in err and "fix:" in err, err
