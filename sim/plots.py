@@ -336,7 +336,8 @@ def plot_heatmap(cells: Sequence[dict[str, Any]], row_levels: Sequence[str], col
     stacked, rows the `row_levels`, columns the `column_levels`; each cell (`row`, `column`,
     `panel`, `mean`, `half_width`, `status`) coloured by its mean on one scale for all panels
     (`scale`, else the means' range) and annotated `mean` over `± half-width`; a cell without a
-    value is hatched grey and says its `status` (`excluded`, `n/a`)."""
+    value is hatched grey and says its `status` (`excluded`, `n/a`). A panel leaves out the rows
+    whose every cell is excluded."""
     import numpy as np
     from matplotlib import colormaps
     from matplotlib.colors import Normalize
@@ -348,18 +349,25 @@ def plot_heatmap(cells: Sequence[dict[str, Any]], row_levels: Sequence[str], col
     if high <= low:
         low, high = low - 1.0, high + 1.0
     norm, cmap = Normalize(low, high), colormaps["viridis"]
+    # A panel shows the row levels it runs: rows whose every cell is excluded are left out.
+    panel_rows = {}
+    for panel in panels:
+        run = {cell["row"] for cell in cells if cell["panel"] == panel and cell["status"] != "excluded"}
+        panel_rows[panel] = [level for level in row_levels if level in run] or list(row_levels)
     width = 2.4 + 0.95 * len(column_levels) + 1.2
-    panel_height = 0.5 * len(row_levels) + 0.9
-    figure = Figure(figsize=(max(width, 6.0), panel_height * len(panels) + 1.2), layout="constrained")
+    heights = [0.5 * len(panel_rows[panel]) + 0.9 for panel in panels]
+    panel_height = sum(heights) / len(heights)
+    figure = Figure(figsize=(max(width, 6.0), sum(heights) + 1.2), layout="constrained")
     FigureCanvasAgg(figure)
-    grid = figure.subplots(len(panels), 1, squeeze=False)[:, 0]
-    rows_at = {level: i for i, level in enumerate(row_levels)}
+    grid = figure.subplots(len(panels), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
     columns_at = {level: j for j, level in enumerate(column_levels)}
     image = None
     for ax, panel in zip(grid, panels):
+        row_levels = panel_rows[panel]
+        rows_at = {level: i for i, level in enumerate(row_levels)}
         matrix = np.full((len(row_levels), len(column_levels)), np.nan)
         for cell in cells:
-            if cell["panel"] != panel:
+            if cell["panel"] != panel or cell["row"] not in rows_at:
                 continue
             i, j = rows_at[cell["row"]], columns_at[cell["column"]]
             if cell["mean"] is None:
