@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Any, Iterable, Sequence
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from sim import rng
 from sim.errors import ConfigError
+from sim.lazy import torch
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 __all__ = [
     "PRIVACY_TYPES",

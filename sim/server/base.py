@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Sequence
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 from sim import rng
 from sim.errors import ConfigError
+from sim.lazy import torch
 from sim.server.aggregate import check_counters, split_finite
 from sim.settings import check_settings, settings_from
 from sim.state import Component
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 @dataclass

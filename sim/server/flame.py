@@ -21,15 +21,16 @@ model):
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import numpy as np
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from sim.errors import ConfigError
+from sim.lazy import np, torch
 from sim.server.aggregate import gram_matrix, row_dots, weighted_rows
 from sim.server.base import AggregationContext, Aggregator, ServerSetup
 from sim.settings import setting
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 CLUSTER_ON = ("model", "update")
 

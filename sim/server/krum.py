@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from sim.errors import ConfigError
+from sim.lazy import torch
 from sim.server.aggregate import (
     check_count,
     krum_neighbours,
@@ -33,6 +31,9 @@ from sim.server.aggregate import (
 )
 from sim.server.base import AggregationContext, Aggregator, ServerSetup
 from sim.settings import setting
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 def default_f(clients_per_round: int, num_clients: int, num_malicious: int) -> int:

@@ -29,15 +29,17 @@ rule then runs on the mixed rows, and ``kept`` lists the rows whose mixed row ha
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from sim.errors import ConfigError
+from sim.lazy import torch
 from sim.server.aggregate import pairwise_squared_distances, row_dots, weighted_rows
 from sim.server.base import AggregationContext, Aggregator, ServerSetup
 from sim.server.krum import default_f
 from sim.settings import setting
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 @dataclass

@@ -5,15 +5,17 @@ agree on the coordinate's sign than disagree, and is negated elsewhere."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from sim.errors import ConfigError
+from sim.lazy import torch
 from sim.server.aggregate import row_mean
 from sim.server.base import AggregationContext, Aggregator, ServerSetup
 from sim.server.krum import default_f
 from sim.settings import setting
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 CHUNK = 1 << 18  # elements per column chunk
 

@@ -7,15 +7,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
-
+from sim.lazy import torch
 from sim.server.aggregate import row_mean
 from sim.errors import ConfigError
 from sim.server.base import AggregationContext, Aggregator, ServerSetup
 from sim.settings import setting
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 def check_k(k: Any) -> float:
