@@ -756,8 +756,7 @@ def validate(cfg: Config) -> Config:
     check_training_settings(cfg.training, cfg.attack, DATASET_CLASSES[dataset])
     if resolve_engine(cfg)[0] == "batched":
         check_memory_format(cfg.training)
-    check_client_defense(cfg.client_defense, model, DATASET_INPUT.get(dataset, "1x28x28"), DATASET_CLASSES[dataset],
-                         momentum=cfg.training.momentum)
+    check_client_defense(cfg.client_defense, model, DATASET_INPUT.get(dataset, "1x28x28"), DATASET_CLASSES[dataset])
     build_aggregator(cfg.server, clients.clients_per_round, clients.num_clients, clients.num_malicious)
     build_privacy(cfg.privacy)
     _check_uploads(cfg)
