@@ -73,7 +73,7 @@ def _activations_per_sample(model: torch.nn.Module, image_shape: tuple[int, int,
 
     def count(_module, _inputs, output):
         nonlocal total
-        if isinstance(output, Tensor):
+        if isinstance(output, torch.Tensor):
             total += output[0].numel()
 
     leaves = [module for module in model.modules() if not list(module.children())]
