@@ -27,8 +27,6 @@ class LazyModule:
         object.__setattr__(self, "_lazy_name", name)
 
     def __getattr__(self, attribute: str) -> Any:
-        if attribute.startswith("__"):  # copy, pickle and introspection probes do not load the library
-            raise AttributeError(attribute)
         value = getattr(importlib.import_module(self._lazy_name), attribute)
         object.__setattr__(self, attribute, value)
         return value

@@ -128,3 +128,22 @@ def test_sweep_dry_run_and_config_checks_do_not_load_torch_or_numpy(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "trial" in result.stdout and "refused: client_defense.scope names 'nope'" in result.stdout
     assert result.stdout.strip().endswith("loaded: []")
+
+
+def test_the_lazy_decorators_run_the_function_without_gradients():
+    import torch
+
+    from sim.lazy import inference_mode, no_grad
+
+    @no_grad
+    def grad_enabled(x):
+        return torch.is_grad_enabled(), (x * 2).requires_grad
+
+    @inference_mode
+    def in_inference():
+        return torch.is_inference_mode_enabled()
+
+    assert grad_enabled(torch.ones(2, requires_grad=True)) == (False, False)
+    assert in_inference() is True
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+    assert grad_enabled.__name__ == "grad_enabled"
