@@ -29,7 +29,7 @@ rule then runs on the mixed rows, and ``kept`` lists the rows whose mixed row ha
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sim.errors import ConfigError
 from sim.lazy import torch
@@ -123,7 +123,7 @@ class Prodigy(Aggregator):
     settings = ProdigySettings
 
     @classmethod
-    def from_config(cls, settings: ProdigySettings, setup: ServerSetup) -> "Prodigy":
+    def check(cls, settings: ProdigySettings, setup: ServerSetup) -> dict[str, Any]:
         n, configured = setup.clients_per_round, setup.f
         if configured is None:
             f = default_f(n, setup.num_clients, setup.num_malicious)
@@ -147,7 +147,7 @@ class Prodigy(Aggregator):
                 f"2 <= f (its neighbourhoods hold f rows) and n >= 2f + 1 (its proximity score sums the "
                 f"distances at ranks f-1 .. n-f-2); fix: {fix}"
             )
-        return cls(f, nnm=settings.nnm)
+        return {"f": f, "nnm": settings.nnm}
 
     def __init__(self, f: int, nnm: bool = False):
         if isinstance(f, bool) or not isinstance(f, int) or f < 2:

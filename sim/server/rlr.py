@@ -5,7 +5,7 @@ agree on the coordinate's sign than disagree, and is negated elsewhere."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sim.errors import ConfigError
 from sim.lazy import torch
@@ -40,7 +40,7 @@ class RLR(Aggregator):
     settings = RLRSettings
 
     @classmethod
-    def from_config(cls, settings: RLRSettings, setup: ServerSetup) -> "RLR":
+    def check(cls, settings: RLRSettings, setup: ServerSetup) -> dict[str, Any]:
         n = setup.clients_per_round
         threshold = settings.threshold
         if threshold is None:
@@ -62,7 +62,7 @@ class RLR(Aggregator):
                 f"signs can agree, so every coordinate's learning rate would be negated; "
                 f"fix: --set server.rlr.threshold={max(1, min(n, n // 2 + 1))}"
             )
-        return cls(threshold)
+        return {"threshold": threshold}
 
     def __init__(self, threshold: int = 4):
         if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 0:
