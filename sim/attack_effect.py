@@ -35,17 +35,17 @@ evaluation per round (`bench/attack_effect.py`).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Sequence
-
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from sim.engines.client_training import BENIGN
+from sim.lazy import F, nn, torch
 from sim.models import load_flat_parameters_, trainable_parameters
 from sim.server.aggregate import row_mean, split_finite
 from sim.server.base import aggregation_context
 from sim.state import restore, state_of
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 def split_uniform(delta: Tensor, sizes: Sequence[int]) -> tuple[float, float, float]:

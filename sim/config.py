@@ -33,7 +33,7 @@ from sim.attacks.data_poisoning import TRIGGER_VALUES
 from sim.attacks.model_poisoning import MODEL_POISONING
 from sim.data import DATASET_NAMES, PARTITION_SCHEMES, check_synthetic_size
 from sim.defenses.client import CLIENT_DEFENSES, check_client_defense, client_defense_class
-from sim.defenses.privacy import PRIVACY_TYPES, build_privacy
+from sim.defenses.privacy import PRIVACY_TYPES, check_privacy
 from sim.engines.client_training import check_training_settings
 from sim.engines.batched import check_memory_format
 from sim.engines.registry import AUTO, ENGINES, resolve_engine
@@ -46,7 +46,7 @@ from sim.settings import check_value, is_int, is_setting, setting, show
 from sim.models import MEMORY_FORMATS, MODELS
 from sim.selection import SCHEDULES as SELECTION_SCHEDULES
 from sim.selection import SELECTION_RNGS, Selector
-from sim.server.registry import AGGREGATORS, UNAVAILABLE_AGGREGATORS, build_aggregator
+from sim.server.registry import AGGREGATORS, UNAVAILABLE_AGGREGATORS, check_aggregator
 
 
 # Keys a preset or config file may carry besides the settings themselves.
@@ -742,8 +742,8 @@ def validate(cfg: Config) -> Config:
             f"clients.num_clients={clients.num_clients} exceeds the {train_images} training images of "
             f"data.dataset={cfg.data.dataset}: every client needs at least one; fix: --set clients.num_clients=100"
         )
-    # The components own the checks of their settings; building them here reports a bad
-    # setting before any data is loaded.
+    # The components own the checks of their settings (the selection's in its constructor, which
+    # draws nothing), run here before any data is loaded.
     Selector.from_config(cfg)
 
     dataset, model = cfg.data.dataset, cfg.model
@@ -756,10 +756,9 @@ def validate(cfg: Config) -> Config:
     check_training_settings(cfg.training, cfg.attack, DATASET_CLASSES[dataset])
     if resolve_engine(cfg)[0] == "batched":
         check_memory_format(cfg.training)
-    check_client_defense(cfg.client_defense, model, DATASET_INPUT.get(dataset, "1x28x28"), DATASET_CLASSES[dataset],
-                         momentum=cfg.training.momentum)
-    build_aggregator(cfg.server, clients.clients_per_round, clients.num_clients, clients.num_malicious)
-    build_privacy(cfg.privacy)
+    check_client_defense(cfg.client_defense, model, DATASET_INPUT.get(dataset, "1x28x28"), DATASET_CLASSES[dataset])
+    check_aggregator(cfg.server, clients.clients_per_round, clients.num_clients, clients.num_malicious)
+    check_privacy(cfg.privacy)
     _check_uploads(cfg)
     _check_limits(cfg)
     _check_metrics(cfg)

@@ -17,13 +17,14 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from sim.errors import ConfigError
+from sim.lazy import np, torch
 from sim.rng import ROOT_SET
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 DATASET_NAMES = ("fashion_mnist", "mnist", "cifar10", "synthetic")
 PARTITION_SCHEMES = ("iid", "dirichlet", "shards")

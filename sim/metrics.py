@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
-
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from typing import TYPE_CHECKING, Any
 
 from sim.attacks.data.registry import metric_name
+from sim.lazy import F, inference_mode, nn, torch
 from sim.models import load_flat_parameters_, scoring_copy
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 __all__ = ["Scorer", "TestSet", "attack_metric_name", "evaluate", "is_scored_round", "margins", "score",
            "trigger_to_target_rate"]
@@ -95,7 +95,7 @@ def margins(logits: Tensor, target_label: int) -> Tensor:
     return logits[:, target_label] - others.max(dim=1).values
 
 
-@torch.inference_mode()
+@inference_mode
 def score(model: nn.Module, test_set: TestSet, *, margin: bool = False) -> dict[str, float | None]:
     """Scores ``model`` (already holding the parameters to score) on ``test_set``.
 

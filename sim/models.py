@@ -8,114 +8,100 @@ its flat parameter vector: the vector the engine trains and the server aggregate
 Conv and linear weights and BatchNorm scales are registered under names containing `weight`;
 biases and BatchNorm shifts are not. The LeadFL `original` variant and the LDP / FL-WBC client
 defenses act on exactly the `weight` tensors.
+
+A model is declared here by name (`MODELS`): the network class that builds it (in
+`sim.networks`, imported only to build one), the smallest input its pooling accepts and its
+trainable parameters' names and shapes for a given input, so the settings that name parameters
+(`client_defense.scope`) are checked without building a model or importing torch.
 """
 
 from __future__ import annotations
 
-import copy
-from typing import Callable
-
-import torch
-from torch import Tensor, nn
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
 from sim.errors import ConfigError
+from sim.lazy import nn, no_grad, torch
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
-def _conv_bn_relu_pool(in_channels: int, out_channels: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size=5, padding=2),
-        nn.BatchNorm2d(out_channels, track_running_stats=False),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-    )
+ParameterShapes = list[tuple[str, tuple[int, ...]]]
 
 
-class FashionMNISTCNN(nn.Module):
-    """Two conv5x5-BN-ReLU-maxpool blocks (16, 32 channels) and one linear layer to logits.
-
-    On 1x28x28 inputs with 10 classes it has 29,034 trainable parameters.
-    """
-
-    def __init__(self, in_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10):
-        super().__init__()
-        channels, height, width = in_shape
-        self.layer1 = _conv_bn_relu_pool(channels, 16)
-        self.layer2 = _conv_bn_relu_pool(16, 32)
-        self.fc = nn.Linear(32 * (height // 4) * (width // 4), num_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.layer2(self.layer1(x))
-        return self.fc(x.flatten(1))
+def _conv(name: str, out_channels: int, in_channels: int, kernel: int) -> ParameterShapes:
+    return [(f"{name}.weight", (out_channels, in_channels, kernel, kernel)), (f"{name}.bias", (out_channels,))]
 
 
-def _conv3_relu_bn(in_channels: int, out_channels: int) -> list[nn.Module]:
-    # ReLU before BatchNorm, the order of the LeadFL authors' CIFAR-10 model.
-    return [
-        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
-        nn.ReLU(),
-        nn.BatchNorm2d(out_channels, track_running_stats=False),
-    ]
+def _linear(name: str, out_features: int, in_features: int) -> ParameterShapes:
+    return [(f"{name}.weight", (out_features, in_features)), (f"{name}.bias", (out_features,))]
 
 
-class Cifar10CNN(nn.Module):
-    """The LeadFL authors' CIFAR-10 network: three pairs of conv3x3-ReLU-BN (32, 64, 128
-    channels), each pair followed by maxpool2, then fc1 (-> 128) and fc2 (-> classes).
-
-    Two things differ from a textbook CNN and are kept on purpose: there is no activation
-    between fc1 and fc2 (as in the authors' model, so fc2∘fc1 is one linear map of rank <= 128),
-    and the output is logits. The authors applied a softmax before the cross-entropy (a double
-    softmax); that bug is not reproduced. On 3x32x32 inputs with 10 classes it has 551,466
-    trainable parameters.
-    """
-
-    def __init__(self, in_shape: tuple[int, int, int] = (3, 32, 32), num_classes: int = 10):
-        super().__init__()
-        channels, height, width = in_shape
-        self.features = nn.Sequential(
-            *_conv3_relu_bn(channels, 32),
-            *_conv3_relu_bn(32, 32),
-            nn.MaxPool2d(2),
-            *_conv3_relu_bn(32, 64),
-            *_conv3_relu_bn(64, 64),
-            nn.MaxPool2d(2),
-            *_conv3_relu_bn(64, 128),
-            *_conv3_relu_bn(128, 128),
-            nn.MaxPool2d(2),
-        )
-        self.fc1 = nn.Linear(128 * (height // 8) * (width // 8), 128)
-        self.fc2 = nn.Linear(128, num_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.fc1(self.features(x).flatten(1)))
+def _norm(name: str, channels: int) -> ParameterShapes:
+    return [(f"{name}.weight", (channels,)), (f"{name}.bias", (channels,))]
 
 
-class MLP(nn.Module):
-    """One hidden layer with BatchNorm: small and fast, for tests and smoke runs.
-
-    The BatchNorm keeps it trainable at the same learning rates as the CNNs on raw [0, 1]
-    pixels (whose large shared mean otherwise slows plain SGD down) and gives it a scale
-    tensor, like the other models.
-    """
-
-    def __init__(self, in_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10, hidden: int = 32):
-        super().__init__()
-        channels, height, width = in_shape
-        self.fc1 = nn.Linear(channels * height * width, hidden)
-        self.bn1 = nn.BatchNorm1d(hidden, track_running_stats=False)
-        self.fc2 = nn.Linear(hidden, num_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(torch.relu(self.bn1(self.fc1(x.flatten(1)))))
+def _fmnist_cnn_parameters(in_shape: tuple[int, int, int], num_classes: int) -> ParameterShapes:
+    channels, height, width = in_shape
+    return [*_conv("layer1.0", 16, channels, 5), *_norm("layer1.1", 16), *_conv("layer2.0", 32, 16, 5),
+            *_norm("layer2.1", 32), *_linear("fc", num_classes, 32 * (height // 4) * (width // 4))]
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "fmnist_cnn": FashionMNISTCNN,
-    "cifar_cnn": Cifar10CNN,
-    "mlp": MLP,
+def _cifar_cnn_parameters(in_shape: tuple[int, int, int], num_classes: int) -> ParameterShapes:
+    channels, height, width = in_shape
+    shapes: ParameterShapes = []
+    index = 0  # position in `features`: conv, ReLU, BatchNorm per pair, a max-pool after every two pairs
+    for width_out in (32, 32, None, 64, 64, None, 128, 128, None):
+        if width_out is None:
+            index += 1
+            continue
+        shapes += _conv(f"features.{index}", width_out, channels, 3) + _norm(f"features.{index + 2}", width_out)
+        channels, index = width_out, index + 3
+    return [*shapes, *_linear("fc1", 128, 128 * (height // 8) * (width // 8)), *_linear("fc2", num_classes, 128)]
+
+
+def _mlp_parameters(in_shape: tuple[int, int, int], num_classes: int, hidden: int = 32) -> ParameterShapes:
+    channels, height, width = in_shape
+    return [*_linear("fc1", hidden, channels * height * width), *_norm("bn1", hidden), *_linear("fc2", num_classes, hidden)]
+
+
+@dataclass(frozen=True)
+class ModelDeclaration:
+    network: str  # the class in sim.networks
+    min_spatial: int  # the smallest input height and width its pooling stack accepts
+    # (C, H, W), classes -> the trainable parameters' names and shapes, in the flat vector's order
+    parameters: Callable[[tuple[int, int, int], int], ParameterShapes]
+
+
+MODELS: dict[str, ModelDeclaration] = {
+    "fmnist_cnn": ModelDeclaration("FashionMNISTCNN", 4, _fmnist_cnn_parameters),
+    "cifar_cnn": ModelDeclaration("Cifar10CNN", 8, _cifar_cnn_parameters),
+    "mlp": ModelDeclaration("MLP", 1, _mlp_parameters),
 }
 
-# The smallest input each model's pooling stack accepts.
-_MIN_SPATIAL = {"fmnist_cnn": 4, "cifar_cnn": 8, "mlp": 1}
+
+def _checked_shape(name: str, in_shape) -> tuple[int, ...]:
+    if name not in MODELS:
+        raise ConfigError(
+            f"model = {name!r} is not a known model; allowed: {', '.join(MODELS)}. "
+            "Set model to one of these."
+        )
+    in_shape = tuple(int(size) for size in in_shape)
+    if len(in_shape) != 3 or min(in_shape[1:]) < MODELS[name].min_spatial:
+        raise ConfigError(
+            f"model = {name!r} cannot take inputs of shape {in_shape}; it needs (C, H, W) with "
+            f"H, W >= {MODELS[name].min_spatial}. Pick a model that fits the dataset."
+        )
+    return in_shape
+
+
+def parameter_shapes(name: str, in_shape: tuple[int, int, int], num_classes: int) -> ParameterShapes:
+    """The (name, shape) of each trainable parameter of model `name` for inputs `in_shape`, as
+    `trainable_parameters(build_model(...))` lists them (tests/sim/test_models.py holds the two
+    equal), without building the model."""
+    in_shape = _checked_shape(name, in_shape)
+    return MODELS[name].parameters(in_shape, int(num_classes))
 
 
 def build_model(
@@ -125,43 +111,42 @@ def build_model(
 
     With `seed`, the initial weights depend only on it (the global torch RNG is left as it was).
     """
-    if name not in MODELS:
-        raise ConfigError(
-            f"model = {name!r} is not a known model; allowed: {', '.join(MODELS)}. "
-            "Set model to one of these."
-        )
-    in_shape = tuple(int(size) for size in in_shape)
-    if len(in_shape) != 3 or min(in_shape[1:]) < _MIN_SPATIAL[name]:
-        raise ConfigError(
-            f"model = {name!r} cannot take inputs of shape {in_shape}; it needs (C, H, W) with "
-            f"H, W >= {_MIN_SPATIAL[name]}. Pick a model that fits the dataset."
-        )
+    from sim import networks
+
+    in_shape = _checked_shape(name, in_shape)
+    network = getattr(networks, MODELS[name].network)
     if seed is None:
-        return MODELS[name](in_shape, num_classes)
+        return network(in_shape, num_classes)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
-        return MODELS[name](in_shape, num_classes)
+        return network(in_shape, num_classes)
 
 
 # `training.memory_format`: how a model trained by the sequential engine lays out its 4-D tensors
 # (conv weights, image batches) in memory. The values, and so the flat parameter vector, are the
 # same either way; the convolutions sum in another order, so results differ by float rounding.
-MEMORY_FORMATS: dict[str, torch.memory_format] = {
-    "contiguous": torch.contiguous_format,
-    "channels_last": torch.channels_last,
+# Each name's torch.memory_format, by its name in torch.
+MEMORY_FORMATS: dict[str, str] = {
+    "contiguous": "contiguous_format",
+    "channels_last": "channels_last",
 }
 
 
-def memory_format_of(training) -> torch.memory_format:
-    """The torch memory format `training.memory_format` names (contiguous when the section
-    predates the setting), or a ConfigError naming the choices."""
+def memory_format_name(training) -> str:
+    """`training.memory_format` (contiguous when the section predates the setting), or a
+    ConfigError naming the choices."""
     name = getattr(training, "memory_format", "contiguous")
     if name not in MEMORY_FORMATS:
         raise ConfigError(
             f"training.memory_format = {name!r} is not allowed; allowed: {', '.join(MEMORY_FORMATS)}. "
             "Set training.memory_format=contiguous."
         )
-    return MEMORY_FORMATS[name]
+    return name
+
+
+def memory_format_of(training) -> torch.memory_format:
+    """The torch memory format `training.memory_format` names (`memory_format_name`)."""
+    return getattr(torch, MEMORY_FORMATS[memory_format_name(training)])
 
 
 def in_layout(tensor: Tensor, like: Tensor) -> Tensor:
@@ -193,7 +178,7 @@ def flatten_parameters(module: nn.Module) -> Tensor:
     return torch.cat([param.detach().reshape(-1) for _, param in trainable_parameters(module)])
 
 
-@torch.no_grad()
+@no_grad
 def load_flat_parameters_(module: nn.Module, flat: Tensor) -> None:
     """Copies `flat` into the module's trainable parameters in place."""
     params = [param for _, param in trainable_parameters(module)]
@@ -207,130 +192,8 @@ def load_flat_parameters_(module: nn.Module, flat: Tensor) -> None:
     torch._foreach_copy_(params, [chunk.view_as(param) for chunk, param in zip(chunks, params)])
 
 
-# ----------------------------------------------------------------------------------------------
-# scoring
+def scoring_copy(model: nn.Module, **options) -> nn.Module:
+    """`sim.networks.scoring_copy`: a copy of `model` that scores the same, faster on a CPU."""
+    from sim import networks
 
-# Images per convolution call when a scoring copy runs on a CPU: the convolution of a whole
-# evaluation batch (1,000 images) works out of memory, chunks of this size out of cache.
-SCORING_CONV_CHUNK = 100
-
-
-class _KeptOutputs(nn.Module):
-    """A scoring layer that writes its output into tensors it keeps from call to call (one per
-    shape): a fresh tensor of a whole batch's activations (tens of MB) comes from the OS as new
-    pages, and touching them first costs more than the arithmetic on them. So the output of such
-    a layer is valid only until the layer's next call; the scoring forward consumes it before."""
-
-    def __init__(self):
-        super().__init__()
-        self._kept: dict[tuple, Tensor] = {}
-
-    def kept(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
-        key = (name, tuple(shape), like.dtype, like.device)
-        if key not in self._kept:
-            self._kept[key] = like.new_empty(shape)
-        return self._kept[key]
-
-
-class _ChunkedConv2d(_KeptOutputs):
-    """A Conv2d run over chunks of the batch, written into one output tensor. Each image's
-    output depends on that image alone, and the CPU convolution gives the same values at any
-    batch size (tests/sim/test_metrics.py pins this), so the output equals the whole batch's."""
-
-    def __init__(self, conv: nn.Conv2d, chunk: int):
-        super().__init__()
-        self.conv = conv
-        self.chunk = chunk
-
-    def forward(self, x: Tensor) -> Tensor:
-        if x.device.type != "cpu" or x.shape[0] <= self.chunk:
-            return self.conv(x)  # a GPU's library may pick its algorithm by batch size
-        first = self.conv(x[: self.chunk])
-        out = self.kept("out", (x.shape[0], *first.shape[1:]), first)
-        out[: self.chunk] = first
-        for start in range(self.chunk, x.shape[0], self.chunk):
-            out[start : start + self.chunk] = self.conv(x[start : start + self.chunk])
-        return out
-
-
-class _BatchNormInto(_KeptOutputs):
-    """A batch-statistics BatchNorm layer computed by the same CPU kernel (`native_batch_norm`,
-    its `out=` form) into kept tensors."""
-
-    def __init__(self, norm: nn.modules.batchnorm._BatchNorm):
-        super().__init__()
-        self.norm = norm
-
-    def forward(self, x: Tensor) -> Tensor:
-        norm = self.norm
-        if x.device.type != "cpu" or not x.is_contiguous() or x.numel() <= x.shape[1]:
-            return norm(x)  # (one value per channel: the layer's own error)
-        channels = (x.shape[1],)
-        out = self.kept("out", tuple(x.shape), x)
-        torch.ops.aten.native_batch_norm.out(x, norm.weight, norm.bias, None, None, True, 0.0, norm.eps, out=out,
-                                             save_mean=self.kept("mean", channels, x),
-                                             save_invstd=self.kept("invstd", channels, x))
-        return out
-
-
-class _MaxPool2x2(_KeptOutputs):
-    """max_pool2d(x, 2) as the maximum of the window's four strided views: the same values (a
-    maximum does not depend on the order it is taken in; NaN propagates as in max_pool2d),
-    without the CPU kernel's per-window loop and index output. With `relu`: ReLU then the
-    pooling, computed as the pooling then ReLU on a quarter of the values (the two commute
-    exactly, ReLU being monotone)."""
-
-    def __init__(self, relu: bool = False):
-        super().__init__()
-        self.relu = relu
-
-    def forward(self, x: Tensor) -> Tensor:
-        height, width = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
-        shape = (*x.shape[:-2], height // 2, width // 2)
-        top = self.kept("top", shape, x)
-        out = self.kept("out", shape, x)
-        torch.maximum(x[..., 0:height:2, 0:width:2], x[..., 0:height:2, 1:width:2], out=top)
-        torch.maximum(x[..., 1:height:2, 0:width:2], x[..., 1:height:2, 1:width:2], out=out)
-        torch.maximum(top, out, out=out)
-        return out.relu_() if self.relu else out
-
-
-def _is_plain_2x2_pool(module: nn.Module) -> bool:
-    def pair(value):
-        return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
-
-    return (type(module) is nn.MaxPool2d and pair(module.kernel_size) == (2, 2) and pair(module.stride) == (2, 2)
-            and pair(module.padding) == (0, 0) and pair(module.dilation) == (1, 1) and not module.ceil_mode
-            and not module.return_indices)
-
-
-def _rewrite_for_scoring(module: nn.Module, chunk: int) -> None:
-    for name, child in list(module.named_children()):
-        if type(child) is nn.Conv2d:
-            setattr(module, name, _ChunkedConv2d(child, chunk))
-        elif type(child) in (nn.BatchNorm1d, nn.BatchNorm2d) and not child.track_running_stats:
-            setattr(module, name, _BatchNormInto(child))
-        elif _is_plain_2x2_pool(child):
-            setattr(module, name, _MaxPool2x2())
-        else:
-            _rewrite_for_scoring(child, chunk)
-    if isinstance(module, nn.Sequential):
-        names = list(module._modules)
-        for first, second in zip(names, names[1:]):
-            if type(module._modules[first]) is nn.ReLU and type(module._modules[second]) is _MaxPool2x2:
-                module._modules[first] = nn.Identity()
-                module._modules[second] = _MaxPool2x2(relu=True)
-
-
-def scoring_copy(model: nn.Module, *, conv_chunk: int = SCORING_CONV_CHUNK) -> nn.Module:
-    """A copy of `model` for scoring: the same parameters in the same order (so
-    `load_flat_parameters_` fills it like the model) and, for every input, the same output bit
-    for bit, computed faster on a CPU: convolutions over chunks of `conv_chunk` images into one
-    buffer (BatchNorm still sees the whole batch), 2x2 max-pooling as a maximum of strided views,
-    ReLU moved after a 2x2 max-pool that follows it, and the whole-batch activations written into
-    tensors kept from one call to the next. So an activation of one call is overwritten by the
-    next: the copy is for scoring, whose logits (a Linear layer's fresh output) are used before the
-    next batch. `model` is left as it is."""
-    scoring = copy.deepcopy(model)
-    _rewrite_for_scoring(scoring, conv_chunk)
-    return scoring
+    return networks.scoring_copy(model, **options)

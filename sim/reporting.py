@@ -20,7 +20,6 @@ from sim.errors import ConfigError
 from sim.io import ATTACK_EFFECT_PLOT_FILE, MANIFEST_FILE, METRICS_FILE, PLOT_FILE, SUMMARY_FILE, write_atomic
 from sim.manifest import check_sealed, damaged, read_json, write_manifest
 from sim.metrics import attack_metric_name
-from sim.plots import plot_attack_effect, plot_run
 from sim.records import METRIC_COLUMNS, TIMING_COLUMNS, RoundRecord, ids_text, metrics_csv_text, read_metrics  # noqa: F401
 from sim.provenance import CHECKED_FACTS, common_fact
 from sim.resume import check_same_run, load_run_config
@@ -150,6 +149,8 @@ def write_outputs(
     segments: list[dict[str, Any]] | None = None,
 ) -> dict:
     """summary.json and accuracy.png from the rows; returns the summary."""
+    from sim.plots import plot_attack_effect, plot_run  # matplotlib only when a run draws
+
     summary = summarize(rows, cfg, engine, segments)
     if label is not None:
         summary = {"label": label, **summary}
@@ -185,6 +186,8 @@ def replot(out_dir: str | Path, label: str | None = None) -> list[Path]:
         check_sealed(out_dir, plots=False)
     elif (out_dir / SUMMARY_FILE).is_file():
         _check_unsealed(out_dir)
+    from sim.plots import plot_attack_effect, plot_run  # matplotlib only when a run draws
+
     rows, cfg = read_metrics(out_dir), load_run_config(out_dir)
     title = plot_title(cfg, label)
     paths = [plot_run(rows, out_dir / PLOT_FILE, title=title, metric=attack_metric_name(cfg.attack.type))]

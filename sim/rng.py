@@ -6,8 +6,8 @@ draw to one never shifts another. All tags live here, so none is used twice by a
 
 from __future__ import annotations
 
-import numpy as np
-import torch
+from sim.lazy import np, torch
+
 
 # torch streams, keyed by derive_seed(seed, [client,] [round,] tag)
 BATCH_ORDER = 0  # (seed, client, round): a client's minibatch order, then its label-flip shifts

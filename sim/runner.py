@@ -20,8 +20,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 import yaml
 from tqdm.auto import tqdm
 
@@ -36,6 +34,7 @@ from sim.engines.registry import build_engine, describe_engine, resolve_engine
 from sim.errors import ConfigError
 from sim.io import (ATTACK_EFFECT_PLOT_FILE, CHECKPOINT_FILE, CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, PLOT_FILE,
                     SUMMARY_FILE, check_names, lock_folder, write_atomic)
+from sim.lazy import np, torch
 from sim.metrics import Scorer, TestSet, is_scored_round
 from sim.models import build_model, flatten_parameters, trainable_parameters
 from sim.reporting import (RoundRecord, ids_text, metrics_csv_text, progress_postfix, read_finished, summarize,
@@ -346,7 +345,6 @@ def _round(cfg: Config, parts: _Parts, global_params: torch.Tensor, round_index:
         wall_time_s=round(time.perf_counter() - started, 4),
         **effect,
     )
-
 
 
 def _float_or_none(value) -> float | None:

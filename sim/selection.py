@@ -18,12 +18,13 @@ schedule's own draw, whatever the schedule (the authors' code does this in round
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import cached_property
+from numbers import Integral
 from typing import Any
-
-import numpy as np
 
 from sim import rng
 from sim.errors import ConfigError
+from sim.lazy import np
 
 __all__ = ["SCHEDULES", "SELECTION_RNGS", "Selector", "malicious_set"]
 
@@ -35,9 +36,8 @@ AUTHORS_MALICIOUS_SEED = 0
 AUTHORS_ROUND_SEED_OFFSET = 100
 
 
-
 def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    return isinstance(value, Integral) and not isinstance(value, bool)  # numpy's integers are Integral
 
 
 def _require_int(field: str, value: Any, low: int, high: int | None = None, fix: str = "") -> int:
@@ -135,11 +135,21 @@ class Selector:
         self.rng = rng
         self.override_rounds = tuple(override_rounds)
         self.override_malicious = override_malicious
-
-        self.malicious = malicious_set(seed, num_clients, num_malicious, rng)
-        self._malicious_ids = frozenset(self.malicious)
-        self.benign = [c for c in range(num_clients) if c not in self._malicious_ids]
         self._validate_schedule()
+
+    # The malicious set is drawn when first read, so checking the settings (`sim.config.validate`)
+    # draws nothing.
+    @cached_property
+    def malicious(self) -> list[int]:
+        return malicious_set(self.seed, self.num_clients, self.num_malicious, self.rng)
+
+    @cached_property
+    def _malicious_ids(self) -> frozenset[int]:
+        return frozenset(self.malicious)
+
+    @cached_property
+    def benign(self) -> list[int]:
+        return [c for c in range(self.num_clients) if c not in self._malicious_ids]
 
     @classmethod
     def from_config(cls, config: Any) -> Selector:
@@ -168,9 +178,13 @@ class Selector:
             override_malicious=read(selection, "override_malicious", 5),
         )
 
+    @property
+    def _benign_count(self) -> int:
+        return self.num_clients - self.num_malicious
+
     def _count_range(self) -> tuple[int, int]:
         # A round with c malicious clients also needs clients_per_round - c benign ones.
-        low = max(0, self.clients_per_round - len(self.benign))
+        low = max(0, self.clients_per_round - self._benign_count)
         high = min(self.clients_per_round, self.num_malicious)
         return low, high
 
@@ -180,7 +194,7 @@ class Selector:
             field, value, low, high,
             fix=(
                 f"with clients.clients_per_round={self.clients_per_round}, "
-                f"clients.num_malicious={self.num_malicious} and {len(self.benign)} benign clients, "
+                f"clients.num_malicious={self.num_malicious} and {self._benign_count} benign clients, "
                 f"a round can hold {low} to {high} malicious clients"
             ),
         )
@@ -199,12 +213,12 @@ class Selector:
             )
             if self.burst_rounds > 0:
                 self.burst_malicious = self._require_count("selection.burst_malicious", self.burst_malicious)
-            if self.burst_rounds < self.period and self.clients_per_round > len(self.benign):
+            if self.burst_rounds < self.period and self.clients_per_round > self._benign_count:
                 raise ConfigError(
                     f"selection.schedule='periodic' with selection.burst_rounds={self.burst_rounds} < "
                     f"selection.period={self.period} has all-benign rounds needing "
                     f"clients.clients_per_round={self.clients_per_round} benign clients, but only "
-                    f"{len(self.benign)} exist; lower clients.num_malicious to at most "
+                    f"{self._benign_count} exist; lower clients.num_malicious to at most "
                     f"{self.num_clients - self.clients_per_round} or clients.clients_per_round"
                 )
         elif self.schedule == "fixed":

@@ -20,16 +20,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from sim.errors import ConfigError
 from sim.io import CHECKPOINT_FILE, write_atomic
+from sim.lazy import torch
 
 CHECKPOINT_FORMAT = 2
 _MAGIC = b"leadfl-sim checkpoint "
 # Keys every checkpoint holds, with their types (`global_params` and the part states are checked
-# against the run's parts when they are restored).
-CHECKPOINT_KEYS = {"format": int, "config": dict, "next_round": int, "global_params": torch.Tensor, "rows": list}
+# against the run's parts when they are restored); "Tensor" is torch.Tensor, named so that importing
+# this module does not import torch.
+CHECKPOINT_KEYS = {"format": int, "config": dict, "next_round": int, "global_params": "Tensor", "rows": list}
 
 
 class Component:
@@ -130,6 +130,7 @@ def read_checkpoint(path: str | Path) -> dict:
     if not isinstance(payload, dict):
         raise _damaged(path, f"it holds a {type(payload).__name__}, not a checkpoint")
     for key, kind in CHECKPOINT_KEYS.items():
+        kind = torch.Tensor if kind == "Tensor" else kind
         if not isinstance(payload.get(key), kind) or isinstance(payload.get(key), bool):
             raise _damaged(path, f"its '{key}' is missing or not a {kind.__name__}")
     if payload["format"] != CHECKPOINT_FORMAT:

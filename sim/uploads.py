@@ -24,14 +24,15 @@ kept, so such runs are what they were before this stage existed.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Sequence
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, Sequence
 
 from sim.attacks.model_poisoning import AttackContext, attack_generator, build_model_poisoning
 from sim.defenses.privacy import build_privacy, noise_generator
+from sim.lazy import torch
 from sim.server.krum import byzantine_f
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 __all__ = ["UploadPipeline"]
 

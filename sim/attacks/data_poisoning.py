@@ -6,11 +6,13 @@ are in `sim.attacks.data` (registry: `sim.attacks.data.registry.DATA_POISONING`)
 from __future__ import annotations
 
 import functools
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from sim.errors import ConfigError
+from sim.lazy import torch
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 BLEND_RULES = ("mgda", "fixed")
 # The values of the trigger's high / low pixels (attack.trigger_values): the data range's max / min,

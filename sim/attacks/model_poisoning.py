@@ -40,10 +40,7 @@ import math
 import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from sim.attacks.model.base import (  # noqa: F401  (the interface, re-exported)
     AttackContext,
@@ -56,10 +53,14 @@ from sim.attacks.model.base import (  # noqa: F401  (the interface, re-exported)
 from sim.attacks.model.ipm import IPM
 from sim.attacks.model.model_replacement import ModelReplacement
 from sim.defenses.privacy import noise_generator
+from sim.lazy import torch
 from sim.server.krum import Krum
 from sim import rng
 from sim.errors import ConfigError
 from sim.settings import check_settings, setting, settings_from
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 __all__ = [
     "MODEL_POISONING",
@@ -82,7 +83,6 @@ POISONEDFL_COORDINATES = ("shared", "partitioned")
 # Where searches for a scale factor stop (Fang et al.'s and Shejwalkar et al.'s threshold).
 LAMBDA_THRESHOLD = 1e-5
 MIN_MAX_START = 10.0
-
 
 
 # ----------------------------------------------------------------------------------------------

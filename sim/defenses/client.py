@@ -37,15 +37,16 @@ Adding a client defense or a LeadFL variant is one subclass of `UpdateRule` plus
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Sequence
 
 from sim.errors import ConfigError
-from sim.models import build_model, trainable_parameters
+from sim.lazy import no_grad, torch
+from sim.models import parameter_shapes
 from sim.rng import noise_generator
 from sim.settings import FLOAT32_MAX, setting
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 # The largest float32 below 1: keeps the inverse CDF finite when the uniform draw is exactly 0.
 _UNIFORM_BELOW_ONE = 1.0 - 2.0**-24
@@ -164,7 +165,7 @@ class UpdateRule:
         self.defended = [bool(flag) for flag in defended]
         self.momentum_buffers = [torch.zeros_like(p) for p in params] if self.momentum else None
 
-    @torch.no_grad()
+    @no_grad
     def finish_rows(self, rows: Sequence[int]) -> None:
         """Rows `rows` have taken their last step (called once per row, at the latest after the
         last step of all): their momentum is zeroed so that zero gradients leave them in place."""
@@ -173,7 +174,7 @@ class UpdateRule:
             for buffer in self.momentum_buffers:
                 buffer.index_fill_(0, index, 0.0)
 
-    @torch.no_grad()
+    @no_grad
     def step(self, grads: list[Tensor], lookahead: list[Tensor] | None, active: Sequence[bool],
              step_in_epoch: Sequence[int], lr: float) -> None:
         """One local step of every row; `active[k]` is False once row k has finished."""
@@ -233,7 +234,7 @@ class LaplaceNoise(UpdateRule):
         self.noise = params[0].new_zeros(self.n, sum(sizes))
         self.noise_views = [part.view_as(p) for part, p in zip(self.noise.split(sizes, dim=1), self.noised_params)]
 
-    @torch.no_grad()
+    @no_grad
     def step(self, grads, lookahead, active, step_in_epoch, lr) -> None:
         super().step(grads, lookahead, active, step_in_epoch, lr)
         if self.positions:
@@ -309,27 +310,34 @@ class LeadFL(UpdateRule):
                 "client_defense.alpha=0.4"
             )
 
-    def __init__(self, settings, *, momentum: float, names: Sequence[str], shapes=None):
-        super().__init__(settings, momentum=momentum, names=names, shapes=shapes)
+    @classmethod
+    def check(cls, settings, names: Sequence[str], shapes: Sequence[Sequence[int]] | None) -> list[bool]:
+        """The checks of the settings against a model's parameter `names` (and `shapes`), without
+        building anything; returns the `scope_flags`."""
         if not settings.q > 0:
             raise ConfigError(f"client_defense.q = {settings.q!r} must be > 0 (the clip bound). Set it to e.g. 0.2.")
         if not settings.alpha >= 0:
             raise ConfigError(f"client_defense.alpha = {settings.alpha!r} must be >= 0. Set it to e.g. 0.4.")
-        self.alpha = float(settings.alpha)
-        self.q = float(settings.q)
         scope = getattr(settings, "scope", None)
-        self.regularised = scope_flags(self.default_scope if scope is None else scope, self.names, self.shapes)
+        flags = scope_flags(cls.default_scope if scope is None else scope, names, shapes)
         reset = getattr(settings, "momentum_reset", "round")
         if reset not in MOMENTUM_RESETS:
             raise ConfigError(
                 f"client_defense.momentum_reset = {reset!r} is not allowed; allowed: {', '.join(MOMENTUM_RESETS)}. "
                 "Set client_defense.momentum_reset=round."
             )
-        if reset != "round" and not self.carries_momentum_option:
+        if reset != "round" and not cls.carries_momentum_option:
             raise ConfigError(
                 f"client_defense.momentum_reset = {reset!r} applies to client_defense.variant=original only (the "
                 f"authors' optimizer), not to {settings.variant!r}. Set client_defense.momentum_reset=round."
             )
+        return flags
+
+    def __init__(self, settings, *, momentum: float, names: Sequence[str], shapes=None):
+        super().__init__(settings, momentum=momentum, names=names, shapes=shapes)
+        self.regularised = self.check(settings, self.names, self.shapes)
+        self.alpha = float(settings.alpha)
+        self.q = float(settings.q)
         self.ext = _import_leadfl_ext()
 
     # Whether the variant reads `momentum_reset` (only `original`).
@@ -357,7 +365,7 @@ class _LeadFLFused(LeadFL):
         self.regularised_params = [params[k] for k in self.positions]
         self.other_params = [params[k] for k in self.others]
 
-    @torch.no_grad()
+    @no_grad
     def step(self, grads, lookahead, active, step_in_epoch, lr) -> None:
         if self.momentum_buffers is not None:
             torch._foreach_mul_(self.momentum_buffers, self.momentum)
@@ -454,7 +462,7 @@ class LeadFLOriginal(LeadFL):
         self.previous_params = {k: torch.zeros_like(params[k]) for k in positions}
         self.previous_grads = {k: torch.zeros_like(params[k]) for k in positions}
 
-    @torch.no_grad()
+    @no_grad
     def step(self, grads, lookahead, active, step_in_epoch, lr) -> None:
         mu, n = self.momentum, self.n
         # The task step as `leadfl_ext.reference.original_step_` writes it (W -= lr * v).
@@ -496,7 +504,7 @@ class LeadFLOriginal(LeadFL):
             self.previous_params[k].copy_(self.params[k])
             self.previous_grads[k].copy_(last_grads[k])
 
-    @torch.no_grad()
+    @no_grad
     def finish_rows(self, rows) -> None:
         if self.keeps_client_state:
             for row in rows:
@@ -562,18 +570,16 @@ def client_defense_class(settings) -> type[UpdateRule]:
     return LEADFL_VARIANTS[settings.variant]
 
 
-def check_client_defense(settings, model: str, input_shape: str, num_classes: int, *, momentum: float) -> None:
-    """Builds the rule of the `client_defense` section for `model` (its parameter names and shapes
-    from a copy on the meta device: no memory, no random draws), so a bad setting (a scope naming
-    a parameter the model lacks) is reported before any data is loaded."""
-    client_defense_class(settings)
+def check_client_defense(settings, model: str, input_shape: str, num_classes: int) -> None:
+    """Checks the `client_defense` section against `model`'s declared parameter names and shapes
+    (`sim.models.parameter_shapes`: nothing is built), so a bad setting (a scope naming a
+    parameter the model lacks) is reported before any data is loaded."""
+    rule = client_defense_class(settings)
     if settings.type != "leadfl":
         return
     shape = tuple(int(part) for part in input_shape.split("x"))
-    with torch.device("meta"):
-        named = trainable_parameters(build_model(model, shape, num_classes))
-    build_update_rule(settings, momentum=momentum, names=[name for name, _ in named],
-                      shapes=[tuple(param.shape) for _, param in named])
+    named = parameter_shapes(model, shape, num_classes)
+    rule.check(settings, [name for name, _ in named], [param_shape for _, param_shape in named])
 
 
 def build_update_rule(settings, *, momentum: float, names: Sequence[str],

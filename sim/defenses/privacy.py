@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Any, Iterable, Sequence
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from sim import rng
 from sim.errors import ConfigError
+from sim.lazy import torch
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 __all__ = [
     "PRIVACY_TYPES",
@@ -132,15 +133,25 @@ class GaussianPrivacy:
         )
 
 
-def build_privacy(privacy) -> GaussianPrivacy | None:
-    """The mechanism for the `privacy` config section, or None for `type: none`."""
+def check_privacy(privacy) -> None:
+    """The checks of the `privacy` config section (its type, and the settings the noise's sigma is
+    computed from), without building the mechanism."""
     kind = privacy.type
     if kind == "none":
-        return None
+        return
     if kind != "gaussian":
         raise ConfigError(
             f"privacy.type={kind!r} is not one of {', '.join(PRIVACY_TYPES)}; fix: --set privacy.type=gaussian"
         )
+    rdp_order = None if privacy.rdp_order is None else float(privacy.rdp_order)
+    gaussian_sigma(float(privacy.epsilon), float(privacy.delta), float(privacy.clip), rdp_order)
+
+
+def build_privacy(privacy) -> GaussianPrivacy | None:
+    """The mechanism for the `privacy` config section, or None for `type: none`."""
+    check_privacy(privacy)
+    if privacy.type == "none":
+        return None
     return GaussianPrivacy(privacy.clip, privacy.epsilon, privacy.delta, privacy.rdp_order)
 
 

@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Sequence
-
-import torch
-import torch.nn.functional as F
-from torch import Tensor
-from torch.func import functional_call, grad_and_value, vmap
+from typing import TYPE_CHECKING, Sequence
 
 from sim.data import Dataset
 from sim.engines.client_training import ClientTraining
 from sim.engines.sequential import ClientStateOfEngine, check_client_ids
 from sim.errors import ConfigError
+from sim.lazy import F, func, torch
 from sim.models import build_model, trainable_parameters
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 # Share of the free memory the stacked clients may take when `client_chunk` is not set.
 MEMORY_SHARE = 0.5
@@ -74,7 +73,7 @@ def _activations_per_sample(model: torch.nn.Module, image_shape: tuple[int, int,
 
     def count(_module, _inputs, output):
         nonlocal total
-        if isinstance(output, Tensor):
+        if isinstance(output, torch.Tensor):
             total += output[0].numel()
 
     leaves = [module for module in model.modules() if not list(module.children())]
@@ -93,14 +92,14 @@ class _VmapGradients:
 
     def __init__(self, model: torch.nn.Module, names: list[str]):
         def loss(params, x, y):
-            return F.cross_entropy(functional_call(model, dict(zip(names, params)), (x,)), y)
+            return F.cross_entropy(func.functional_call(model, dict(zip(names, params)), (x,)), y)
 
         def blended_loss(params, x, y, poisoned_x, poisoned_y, weight):
             # Two forward passes, so BatchNorm normalises clean and triggered images separately.
             return weight * loss(params, poisoned_x, poisoned_y) + (1.0 - weight) * loss(params, x, y)
 
-        self._task = vmap(grad_and_value(loss))
-        self._blended = vmap(grad_and_value(blended_loss), in_dims=(0, 0, 0, 0, 0, None))
+        self._task = func.vmap(func.grad_and_value(loss))
+        self._blended = func.vmap(func.grad_and_value(blended_loss), in_dims=(0, 0, 0, 0, 0, None))
 
     def task(self, params, x, y):
         grads, losses = self._task(params, x, y)

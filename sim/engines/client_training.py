@@ -29,17 +29,18 @@ numbers and its role: training a client again, e.g. with another role, changes n
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 from sim.attacks.data.registry import build_attack, check_attack
 from sim.data import Dataset
 from sim.defenses.client import SGD, build_update_rule
 from sim.engines.schedules import local_lr, num_local_steps, plan_batches
 from sim.errors import ConfigError
-from sim.models import memory_format_of
+from sim.lazy import torch
+from sim.models import memory_format_name
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 BENIGN = "benign"
 # The server training on data of its own (FLTrust's root set): plain local SGD, no client defense,
@@ -97,7 +98,7 @@ def check_training_settings(training, attack, num_classes: int) -> None:
         )
     check_attack(attack, num_classes)
     _require(attack.boost > 0, f"attack.boost = {attack.boost!r} must be > 0 (1 = no boosting).")
-    memory_format_of(training)
+    memory_format_name(training)
 
 
 class ClientTraining:

@@ -22,11 +22,13 @@ those of a single process, bit for bit.
 from __future__ import annotations
 
 import os
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from sim.errors import ConfigError
+from sim.lazy import torch
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 ENV_WORLD_SIZE = "WORLD_SIZE"
 ENV_RANK = "RANK"

@@ -7,15 +7,16 @@ how they get gradients and where the clients run.
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 from sim.engines import distributed
 from sim.engines.batched import BatchedEngine
 from sim.engines.sequential import SequentialEngine
 from sim.errors import ConfigError
+from sim.lazy import torch
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 class Engine(Protocol):
@@ -50,10 +51,10 @@ def choose_engine(device) -> tuple[str, str]:
     which the CPU kernels run slower than the plain loop's; on a GPU one client's step leaves
     the device mostly idle, and stacking clients fills it.
     """
-    device = torch.device(device)
-    if device.type == "cuda":
+    kind = str(device).split(":")[0]  # `device` as the config spells it (cpu, cuda, cuda:N) or a torch.device
+    if kind == "cuda":
         return "batched", "on a GPU, stacked clients fill the device where one client at a time leaves it idle"
-    return "sequential", f"on {device.type}, a plain loop per client outruns vmapped steps; see bench/results/sim_throughput_cpu.md"
+    return "sequential", f"on {kind}, a plain loop per client outruns vmapped steps; see bench/results/sim_throughput_cpu.md"
 
 
 def resolve_engine(cfg) -> tuple[str, str]:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from sim import rng
 from sim.errors import ConfigError
+from sim.lazy import torch
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 LR_SCHEDULES = ("constant", "step", "cosine")

@@ -13,14 +13,11 @@ elements by their place in memory), and the flat vectors keep their logical orde
 from __future__ import annotations
 
 import copy
-from typing import Sequence
-
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+from typing import TYPE_CHECKING, Sequence
 
 from sim.data import Dataset
 from sim.engines.client_training import ClientTraining
+from sim.lazy import F, torch
 from sim.models import (
     batchnorm_layers,
     build_model,
@@ -29,6 +26,9 @@ from sim.models import (
     memory_format_of,
     trainable_parameters,
 )
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 def check_client_ids(clients: Sequence[int], num_clients: int) -> None:
@@ -41,7 +41,7 @@ class _ModelGradients:
     """`Gradients` for one row by autograd on a model; rows other than the model's own (the
     LeadFL lookahead point) are evaluated on a twin, so the model itself is never swapped."""
 
-    def __init__(self, model: torch.nn.Module, memory_format: torch.memory_format = torch.contiguous_format):
+    def __init__(self, model: torch.nn.Module, memory_format: torch.memory_format):
         self.model = model
         self.params = [param for _, param in trainable_parameters(model)]
         self.rows = [param.detach().unsqueeze(0) for param in self.params]

@@ -8,11 +8,13 @@ combines these; none of them knows a configuration.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-from torch import Tensor
+from sim.lazy import np, torch
+
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 def split_finite(updates: Tensor) -> tuple[Tensor, list[int], list[int]]:
     if updates.dim() != 2:
@@ -234,7 +236,6 @@ def check_count(name: str, value: Any, minimum: int) -> int:
     return value
 
 
-
 def check_counters(counters: Tensor, rows: int, rule: str, accepted: bool) -> Tensor:
     if not accepted:
         raise ValueError(
@@ -258,7 +259,6 @@ def distances_with_counters(updates: Tensor, counters: Tensor | None) -> Tensor:
         return distances
     difference = counters[:, None, :] - counters[None, :, :]  # exact: whole numbers in float64
     return distances + (difference * difference).sum(dim=2)
-
 
 
 def two_means_low_cluster(scores: Tensor) -> list[int]:

@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Sequence
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 from sim import rng
 from sim.errors import ConfigError
+from sim.lazy import torch
 from sim.server.aggregate import check_counters, split_finite
 from sim.settings import check_settings, settings_from
 from sim.state import Component
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 @dataclass
@@ -71,18 +72,26 @@ class Aggregator(Component):
     """Base rule: set aside non-finite rows, run ``_aggregate`` on the rest.
 
     ``settings`` is the dataclass of the rule's parameters (``sim.settings``; None: it has none);
-    ``from_config`` builds the rule from it. ``needs`` names the context fields the rule reads.
+    ``check`` holds the checks that need the shared settings (``server.f``, the client counts) and
+    gives the constructor's arguments, so a config is checked without building the rule;
+    ``from_config`` builds it. ``needs`` names the context fields the rule reads.
     """
 
     settings: ClassVar[type | None] = None
     needs: frozenset[str] = frozenset()
 
     @classmethod
-    def from_config(cls, settings: Any, setup: ServerSetup) -> "Aggregator":
-        """The rule for its checked `settings` (an instance of `cls.settings`, or None)."""
+    def check(cls, settings: Any, setup: ServerSetup) -> dict[str, Any]:
+        """The constructor's keyword arguments for `settings` (an instance of `cls.settings`,
+        checked against its declaration, or None), after the checks that need `setup`."""
         if settings is None:
-            return cls()
-        return cls(**dataclasses.asdict(settings))
+            return {}
+        return dataclasses.asdict(settings)
+
+    @classmethod
+    def from_config(cls, settings: Any, setup: ServerSetup) -> "Aggregator":
+        """The rule for its checked `settings`: built from `check`'s arguments."""
+        return cls(**cls.check(settings, setup))
 
     def __call__(self, updates: Tensor, context: AggregationContext | None = None) -> Aggregation:
         context = AggregationContext() if context is None else context
@@ -105,13 +114,18 @@ class Aggregator(Component):
         raise NotImplementedError
 
 
-def build_rule(rule: type[Aggregator], raw_settings: Any, setup: ServerSetup, prefix: str) -> Aggregator:
+def build_rule(rule: type[Aggregator], raw_settings: Any, setup: ServerSetup, prefix: str, *,
+               build: bool = True) -> Aggregator | None:
     """`rule` from its settings (an instance, a mapping, or None for the defaults), each checked
-    against its declaration; a rule's own refusal (ValueError) is reported as a `ConfigError`
-    naming the settings at `prefix` (e.g. `server.sparsefed.`)."""
+    against its declaration and by the rule's `check`; with `build=False` only checked (None).
+    A rule's own refusal (ValueError) is reported as a `ConfigError` naming the settings at
+    `prefix` (e.g. `server.sparsefed.`)."""
     settings = settings_from(rule.settings, raw_settings)
     check_settings(settings, prefix)
     try:
+        if not build:
+            rule.check(settings, setup)
+            return None
         return rule.from_config(settings, setup)
     except ValueError as error:
         if isinstance(error, ConfigError):

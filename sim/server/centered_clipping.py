@@ -6,13 +6,15 @@ clipped differences."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
-
+from sim.lazy import torch
 from sim.server.aggregate import distances_to_point, weighted_row_sum
 from sim.server.base import AggregationContext, Aggregator
 from sim.settings import setting
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 @dataclass

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-from torch import Tensor
-
+from sim.lazy import np, torch
 from sim.server.aggregate import coordinate_median, per_column_chunk, row_mean
 from sim.server.base import AggregationContext, Aggregator
 from sim.settings import setting
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 class Median(Aggregator):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import torch
-from torch import Tensor
-
+from sim.lazy import torch
 from sim.server.aggregate import row_mean, split_finite
 from sim.server.base import Aggregation, AggregationContext, Aggregator
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 class FedAvg(Aggregator):

@@ -21,15 +21,16 @@ model):
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import numpy as np
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from sim.errors import ConfigError
+from sim.lazy import np, torch
 from sim.server.aggregate import gram_matrix, row_dots, weighted_rows
 from sim.server.base import AggregationContext, Aggregator, ServerSetup
 from sim.settings import setting
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 CLUSTER_ON = ("model", "update")
 
@@ -79,7 +80,7 @@ class Flame(Aggregator):
     settings = FlameSettings
 
     @classmethod
-    def from_config(cls, settings: FlameSettings, setup: ServerSetup) -> "Flame":
+    def check(cls, settings: FlameSettings, setup: ServerSetup) -> dict[str, Any]:
         size, n = settings.min_cluster_size, setup.clients_per_round
         if size is not None and size > n:
             raise ConfigError(
@@ -87,7 +88,7 @@ class Flame(Aggregator):
                 f"could form; it must be an integer in [2, {n}] or null (n // 2 + 1 = {n // 2 + 1}); "
                 "fix: --set server.flame.min_cluster_size=null"
             )
-        return cls(settings.noise, size, settings.cluster_on)
+        return {"noise": settings.noise, "min_cluster_size": size, "cluster_on": settings.cluster_on}
 
     def __init__(self, noise: float = 0.001, min_cluster_size: int | None = None, cluster_on: str = "model"):
         if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not noise >= 0 or noise == float("inf"):

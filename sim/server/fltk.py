@@ -19,12 +19,14 @@ models keep no BatchNorm buffers (docs/algorithms.md).
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from sim.server.aggregate import check_count, distances_with_counters, lowest, row_mean, sum_of_nearest
 from sim.server.base import AggregationContext, Aggregator
 from sim.settings import setting
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 @dataclass

@@ -18,13 +18,15 @@ Decided: when every trust score is 0 (or ``g0 = 0``) the update is zero and no r
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
-
+from sim.lazy import torch
 from sim.server.aggregate import row_dots, weighted_rows
 from sim.server.base import AggregationContext, Aggregator
 from sim.settings import setting
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 @dataclass

@@ -28,14 +28,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
-
+from sim.lazy import torch
 from sim.server.aggregate import gram_matrix, weighted_rows
 from sim.server.base import AggregationContext, Aggregator
 from sim.settings import setting
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 @dataclass

@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from sim.errors import ConfigError
+from sim.lazy import torch
 from sim.server.aggregate import (
     check_count,
     krum_neighbours,
@@ -33,6 +31,9 @@ from sim.server.aggregate import (
 )
 from sim.server.base import AggregationContext, Aggregator, ServerSetup
 from sim.settings import setting
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 def default_f(clients_per_round: int, num_clients: int, num_malicious: int) -> int:
@@ -103,8 +104,8 @@ class _AssumesF(Aggregator):
         return f
 
     @classmethod
-    def from_config(cls, settings: Any, setup: ServerSetup) -> Aggregator:
-        return cls(cls.resolve_f(setup))
+    def check(cls, settings: Any, setup: ServerSetup) -> dict[str, Any]:
+        return {"f": cls.resolve_f(setup)}
 
 
 class Krum(_AssumesF):
@@ -131,7 +132,7 @@ class MultiKrum(_AssumesF):
     settings = MultiKrumSettings
 
     @classmethod
-    def from_config(cls, settings: MultiKrumSettings, setup: ServerSetup) -> Aggregator:
+    def check(cls, settings: MultiKrumSettings, setup: ServerSetup) -> dict[str, Any]:
         f = cls.resolve_f(setup)
         m, n = settings.m, setup.clients_per_round
         if m is not None and (isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= n):
@@ -139,7 +140,7 @@ class MultiKrum(_AssumesF):
                 f"server.multikrum.m={m!r} is invalid for multikrum with clients_per_round={n}: it must be an "
                 f"integer in [1, {n}] or null (= n - f = {n - f}); fix: --set server.multikrum.m=null"
             )
-        return cls(f, m)
+        return {"f": f, "m": m}
 
     def __init__(self, f: int, m: int | None = None):
         self.f = check_count("f", f, 0)

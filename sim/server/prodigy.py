@@ -29,15 +29,17 @@ rule then runs on the mixed rows, and ``kept`` lists the rows whose mixed row ha
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from sim.errors import ConfigError
+from sim.lazy import torch
 from sim.server.aggregate import pairwise_squared_distances, row_dots, weighted_rows
 from sim.server.base import AggregationContext, Aggregator, ServerSetup
 from sim.server.krum import default_f
 from sim.settings import setting
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 @dataclass
@@ -121,7 +123,7 @@ class Prodigy(Aggregator):
     settings = ProdigySettings
 
     @classmethod
-    def from_config(cls, settings: ProdigySettings, setup: ServerSetup) -> "Prodigy":
+    def check(cls, settings: ProdigySettings, setup: ServerSetup) -> dict[str, Any]:
         n, configured = setup.clients_per_round, setup.f
         if configured is None:
             f = default_f(n, setup.num_clients, setup.num_malicious)
@@ -145,7 +147,7 @@ class Prodigy(Aggregator):
                 f"2 <= f (its neighbourhoods hold f rows) and n >= 2f + 1 (its proximity score sums the "
                 f"distances at ranks f-1 .. n-f-2); fix: {fix}"
             )
-        return cls(f, nnm=settings.nnm)
+        return {"f": f, "nnm": settings.nnm}
 
     def __init__(self, f: int, nnm: bool = False):
         if isinstance(f, bool) or not isinstance(f, int) or f < 2:

@@ -58,10 +58,12 @@ def _read(server: Any, name: str, default: Any) -> Any:
     return getattr(server, name, default)
 
 
-def build_aggregator(server: Any, clients_per_round: int, num_clients: int, num_malicious: int) -> Aggregator:
+def build_aggregator(server: Any, clients_per_round: int, num_clients: int, num_malicious: int, *,
+                     build: bool = True) -> Aggregator | None:
     """Build the rule named by ``server.aggregator`` (a mapping or an object with the fields
     of the ``server`` config section; the rule's own settings under ``server.<name>``), checking
-    every setting against ``clients_per_round`` before any training starts.
+    every setting against ``clients_per_round`` before any training starts; with ``build=False``
+    the same checks through the rule's declaration and ``check``, and nothing built (None).
 
     ``server.f = null`` resolves to ``sim.server.krum.default_f``: the expected number of
     malicious clients among those selected, rounded up (3 for the default 10 of 100 with 25
@@ -88,4 +90,9 @@ def build_aggregator(server: Any, clients_per_round: int, num_clients: int, num_
             f"server.aggregator={name!r} is not a known rule; allowed: {', '.join(AGGREGATORS)}"
         )
     setup = ServerSetup(_read(server, "f", None), clients_per_round, num_clients, num_malicious, name)
-    return build_rule(AGGREGATORS[name], _read(server, name, None), setup, f"server.{name}.")
+    return build_rule(AGGREGATORS[name], _read(server, name, None), setup, f"server.{name}.", build=build)
+
+
+def check_aggregator(server: Any, clients_per_round: int, num_clients: int, num_malicious: int) -> None:
+    """`build_aggregator`'s checks, through the rule's declaration and `check`: nothing is built."""
+    build_aggregator(server, clients_per_round, num_clients, num_malicious, build=False)

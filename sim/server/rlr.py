@@ -5,15 +5,17 @@ agree on the coordinate's sign than disagree, and is negated elsewhere."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from sim.errors import ConfigError
+from sim.lazy import torch
 from sim.server.aggregate import row_mean
 from sim.server.base import AggregationContext, Aggregator, ServerSetup
 from sim.server.krum import default_f
 from sim.settings import setting
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 CHUNK = 1 << 18  # elements per column chunk
 
@@ -38,7 +40,7 @@ class RLR(Aggregator):
     settings = RLRSettings
 
     @classmethod
-    def from_config(cls, settings: RLRSettings, setup: ServerSetup) -> "RLR":
+    def check(cls, settings: RLRSettings, setup: ServerSetup) -> dict[str, Any]:
         n = setup.clients_per_round
         threshold = settings.threshold
         if threshold is None:
@@ -60,7 +62,7 @@ class RLR(Aggregator):
                 f"signs can agree, so every coordinate's learning rate would be negated; "
                 f"fix: --set server.rlr.threshold={max(1, min(n, n // 2 + 1))}"
             )
-        return cls(threshold)
+        return {"threshold": threshold}
 
     def __init__(self, threshold: int = 4):
         if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 0:

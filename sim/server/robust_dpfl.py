@@ -4,11 +4,14 @@ rows of the lower-score cluster are averaged."""
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
+from sim.lazy import torch
 from sim.server.aggregate import column_chunks, row_mean, two_means_low_cluster
 from sim.server.base import AggregationContext, Aggregator
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 class RobustDPFL(Aggregator):

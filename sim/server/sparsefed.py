@@ -7,15 +7,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
-
+from sim.lazy import torch
 from sim.server.aggregate import row_mean
 from sim.errors import ConfigError
 from sim.server.base import AggregationContext, Aggregator, ServerSetup
 from sim.settings import setting
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 def check_k(k: Any) -> float:
@@ -48,7 +49,7 @@ class SparseFed(Aggregator):
     settings = SparseFedSettings
 
     @classmethod
-    def from_config(cls, settings: SparseFedSettings, setup: ServerSetup) -> "SparseFed":
+    def check(cls, settings: SparseFedSettings, setup: ServerSetup) -> dict[str, Any]:
         try:
             check_k(settings.k)
         except ValueError:
@@ -56,7 +57,7 @@ class SparseFed(Aggregator):
                 f"server.sparsefed.k={settings.k!r} is invalid for sparsefed: it must be a fraction of the "
                 "coordinates in (0, 1] or a whole count > 1; fix: --set server.sparsefed.k=0.1"
             ) from None
-        return cls(settings.k, settings.clip)
+        return {"k": settings.k, "clip": settings.clip}
 
     def __init__(self, k: float = 0.1, clip: float | None = 1.0):
         self.k = check_k(k)

@@ -101,3 +101,49 @@ def test_help_and_list_presets_do_not_load_torch():
                             env={"PYTHONPATH": str(SIM.parent), "PATH": "/usr/bin:/bin"}, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "table1-fmnist" in result.stdout and result.stdout.strip().endswith("torch not loaded")
+
+
+def test_sweep_dry_run_and_config_checks_do_not_load_torch_or_numpy(tmp_path):
+    """`sweep --dry-run` validates every trial's config; the checks read the components'
+    declarations (sim.lazy keeps torch and numpy out until a tensor is needed)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from sim.cli import main\n"
+        "from sim.config import load_config\n"
+        "from sim.errors import ConfigError\n"
+        f"for grid in ('leaderboard', 'poisoning-small'):\n"
+        f"    assert main(['sweep', '--grid', grid, '--out', {str(tmp_path)!r} + '/' + grid, '--dry-run']) == 0\n"
+        "load_config('table1-fmnist', None, ['client_defense.type=leadfl', 'client_defense.scope=conv', 'engine=auto'])\n"
+        "try:\n"
+        "    load_config(None, None, ['client_defense.type=leadfl', 'client_defense.scope=[fc.weight, nope]'])\n"
+        "except ConfigError as error:\n"
+        "    print('refused:', error)\n"
+        "print('loaded:', [name for name in ('torch', 'numpy', 'matplotlib') if name in sys.modules])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=SIM.parent,
+                            env={"PYTHONPATH": str(SIM.parent), "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "trial" in result.stdout and "refused: client_defense.scope names 'nope'" in result.stdout
+    assert result.stdout.strip().endswith("loaded: []")
+
+
+def test_the_lazy_decorators_run_the_function_without_gradients():
+    import torch
+
+    from sim.lazy import inference_mode, no_grad
+
+    @no_grad
+    def grad_enabled(x):
+        return torch.is_grad_enabled(), (x * 2).requires_grad
+
+    @inference_mode
+    def in_inference():
+        return torch.is_inference_mode_enabled()
+
+    assert grad_enabled(torch.ones(2, requires_grad=True)) == (False, False)
+    assert in_inference() is True
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+    assert grad_enabled.__name__ == "grad_enabled"

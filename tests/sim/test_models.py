@@ -8,6 +8,8 @@ from sim.models import (
     flatten_parameters,
     load_flat_parameters_,
     num_trainable_parameters,
+    parameter_shapes,
+    trainable_parameters,
 )
 
 
@@ -72,3 +74,23 @@ def test_unknown_model_and_unfit_input_are_config_errors():
         build_model("resnet18", (1, 28, 28), 10)
     with pytest.raises(ConfigError, match="cannot take inputs"):
         build_model("cifar_cnn", (3, 4, 4), 10)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("in_shape, num_classes", [((1, 28, 28), 10), ((3, 32, 32), 10), ((2, 19, 30), 3), ((3, 8, 9), 7)])
+def test_declared_parameter_shapes_are_the_built_models(name, in_shape, num_classes):
+    """The names and shapes the settings are checked against (nothing built) are the model's own,
+    in the flat vector's order."""
+    with torch.device("meta"):
+        model = build_model(name, in_shape, num_classes)
+    built = [(param_name, tuple(param.shape)) for param_name, param in trainable_parameters(model)]
+    assert parameter_shapes(name, in_shape, num_classes) == built
+
+
+def test_declared_parameter_shapes_refuse_what_building_refuses():
+    for name, in_shape in (("resnet18", (1, 28, 28)), ("cifar_cnn", (3, 4, 4)), ("fmnist_cnn", (1, 3, 28))):
+        with pytest.raises(ConfigError) as building:
+            build_model(name, in_shape, 10)
+        with pytest.raises(ConfigError) as declared:
+            parameter_shapes(name, in_shape, 10)
+        assert str(declared.value) == str(building.value)

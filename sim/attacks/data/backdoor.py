@@ -6,11 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from sim.attacks.data.base import DataPoisoningAttack
 from sim.attacks.data_poisoning import BLEND_RULES, mgda_backdoor_weights, poison_batch, trigger_values
 from sim.errors import ConfigError
+from sim.lazy import torch
 from sim.settings import setting
 
 

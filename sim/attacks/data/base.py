@@ -27,9 +27,11 @@ attack's name.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from torch import Tensor
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 # The metric names of the `backdoor_accuracy` score.
 BACKDOOR_METRIC = "backdoor accuracy"

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from sim.attacks.data.backdoor import Backdoor, BackdoorSettings
 from sim.attacks.data_poisoning import TRIGGER_PIXELS, split_trigger, stamp_trigger
+from sim.lazy import torch
 from sim.settings import setting
 
 

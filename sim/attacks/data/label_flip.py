@@ -3,10 +3,9 @@ random r in 1..C-1 per batch, drawn from the client's order stream after its bat
 
 from __future__ import annotations
 
-import torch
-
 from sim.attacks.data.base import DataPoisoningAttack
 from sim.attacks.data_poisoning import draw_label_shifts, flip_labels
+from sim.lazy import torch
 
 
 class LabelFlip(DataPoisoningAttack):

@@ -14,9 +14,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
-
 from sim.attacks.data.backdoor import Backdoor, BackdoorSettings
+from sim.lazy import torch
 from sim.settings import setting
 
 

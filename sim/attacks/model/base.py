@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Sequence
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, Sequence
 
 from sim import rng
+from sim.lazy import torch
 from sim.state import Component
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 @dataclass

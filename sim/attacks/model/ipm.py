@@ -13,11 +13,13 @@ ByzFL ships it as `InnerProductManipulation(tau)`."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from sim.attacks.model.base import AttackContext, ModelPoisoningAttack
 from sim.settings import setting
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 @dataclass

@@ -13,12 +13,14 @@ constrain step projects during local training as well)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from sim.attacks.model.base import AttackContext, ModelPoisoningAttack
+from sim.lazy import torch
 from sim.settings import setting
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 @dataclass
