@@ -28,6 +28,7 @@ from sim.attacks.data.registry import trigger_pieces
 from sim.attacks.data_poisoning import stamp_trigger, trigger_values
 from sim.config import Config, to_dict, validate
 from sim.data import check_data_files, hold_out, load_dataset, partition
+from sim.defenses.client import client_defense_class
 from sim.engines import distributed
 from sim.engines.client_training import SERVER
 from sim.engines.registry import build_engine, describe_engine, resolve_engine
@@ -197,6 +198,7 @@ def run(
     never rewritten.
     """
     validate(cfg)
+    client_defense_class(cfg.client_defense).check_available()  # e.g. the compiled extension, before any data
     check_data_files(cfg.data.dataset, cfg.data.data_dir)  # before the run folder is made
     # Under torchrun: join the process group; this rank's device (cuda -> its LOCAL_RANK's GPU).
     device = distributed.init_from_env(_check_device(cfg.device))

@@ -151,6 +151,11 @@ class UpdateRule:
         """The defense in a plot title."""
         return settings.type
 
+    @classmethod
+    def check_available(cls) -> None:
+        """Refuses, with the fix, when what the rule runs on cannot be loaded (called by a run
+        before any data is read; settings validation stays free of libraries)."""
+
     def __init__(self, settings, *, momentum: float, names: Sequence[str], shapes: Sequence[Sequence[int]] | None = None):
         self.momentum = float(momentum)
         self.names = list(names)
@@ -299,6 +304,10 @@ class LeadFL(UpdateRule):
     @classmethod
     def title(cls, settings) -> str:
         return f"leadfl ({settings.variant}, alpha {settings.alpha:g})"
+
+    @classmethod
+    def check_available(cls) -> None:
+        _import_leadfl_ext()
 
     @classmethod
     def check_with(cls, settings, training) -> None:

@@ -356,3 +356,26 @@ def test_a_settings_file_that_is_not_a_mapping_says_the_fix(tmp_path, capsys, te
     path.write_text(text)
     one_line_error(capsys, ["run", "--config", str(path), "--out", str(tmp_path / "r")], "must be a mapping",
                    "fix:")
+
+
+def test_a_leadfl_run_without_the_extension_is_refused_before_any_folder_or_data(tmp_path, capsys, monkeypatch):
+    import builtins
+    import sys
+
+    real_import = builtins.__import__
+
+    def no_extension(name, *args, **kwargs):
+        if name == "leadfl_ext" or name.startswith("leadfl_ext."):
+            raise ImportError("libleadfl missing (simulated)")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "leadfl_ext", raising=False)
+    monkeypatch.setattr(builtins, "__import__", no_extension)
+    out = tmp_path / "run"
+    argv = ["run", "--out", str(out), "--no-progress",
+            *flags(*TINY, "client_defense.type=leadfl", "client_defense.variant=original")]
+    one_line_error(capsys, argv, "needs the leadfl_ext package", "pip install -e .")
+    assert not out.exists()
+    # the settings alone still validate (a dry run needs no library)
+    from sim.config import load_config, validate
+    validate(load_config(overrides=[*TINY, "client_defense.type=leadfl"]))
