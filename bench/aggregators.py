@@ -25,6 +25,8 @@ shared machine hits them alike:
 * foolsgold: scikit-learn `cosine_similarity` (below 1e8 elements) or a numpy chunked Gram, then
   the pardoning and logit vectorised in numpy and the weighted sum;
 * fltrust: numpy dot products with the server's update, ReLU, the rescaled weighted sum.
+  For these four rules the operation count (below) adds to the passes the multiply-adds of their
+  Gram matrix, priced at the float64 matrix-product rate measured in the same run.
 
 The rules that read a context get one per call: the round's generator, the global model (random,
 for flame's local models), client ids 0..n-1 (foolsgold, a first round) and a server update (the
@@ -259,9 +261,11 @@ def plain_centered_clipping(x, tau: float, steps: int, lib):
 
 
 def input_passes(name: str, rule) -> int | None:
-    """The rule's operation count, as reads of the [n, d] input (see the module docstring). The
-    first read of every rule is the check for non-finite rows (`sim.server.aggregate.split_finite`,
-    a row sum), which the plain baselines do not make."""
+    """The rule's operation count, as passes over the [n, d] input (see the module docstring). The
+    first pass of every rule is the check for non-finite rows (`sim.server.aggregate.split_finite`,
+    a row sum), which the plain baselines do not make. The Gram-matrix rules count the passes their
+    algorithm needs at least (norms read off the Gram's diagonal where the rule allows), not the
+    passes this implementation makes, so `x floor` shows what an implementation leaves on the table."""
     if name == "norm_clipping":
         return 1 + 2  # row norms, one matrix-vector product
     if name == "rlr":
@@ -270,7 +274,25 @@ def input_passes(name: str, rule) -> int | None:
         return 1 + 2 + 2 * rule.steps_run  # mean, first distances, then per step a product and distances
     if name == "centered_clipping":
         return 1 + 2 * rule.iterations  # per step: distances, one matrix-vector product
+    if name == "prodigy":
+        return 1 + 1 + 1  # the Gram matrix (norms on its diagonal), the weighted sum
+    if name == "flame":
+        # the Gram of the local models (updates + global model), the updates' own norms, the weighted sum
+        return 1 + 1 + 1 + 1 if rule.cluster_on == "model" else 1 + 1 + 1
+    if name == "foolsgold":
+        return 1 + 2 + 1 + 1  # history = update (a read and a write: a first round), the histories' Gram, the weighted sum
+    if name == "fltrust":
+        return 1 + 1 + 1  # dot products with the server's update and norms in one pass, the weighted sum
     return None
+
+
+def gram_multiply_adds(name: str, n: int, d: int) -> int:
+    """Multiply-adds of the rule's [n, n] Gram matrix (its symmetric half: n(n+1)/2 dot products of
+    length d); 0 for rules without one."""
+    return n * (n + 1) // 2 * d if name in ("prodigy", "flame", "foolsgold") else 0
+
+
+MATMUL_SIDE = 512
 
 
 def baselines(name: str, x: torch.Tensor, on_cpu: bool, inputs: dict | None = None) -> dict:
@@ -405,11 +427,15 @@ def run_size(n: int, d: int, device: str, repeats: int, warm_up: bool, seed: int
 
         fns = {"rule": call, **baselines(name, x, device == "cpu", inputs)}
         counted = input_passes(name, rule) is not None
+        multiply_adds = gram_multiply_adds(name, n, d)
         if counted:
             fns["one read (torch.sum over rows)"] = lambda: x.sum(dim=1)
+        products = matmuls(device) if multiply_adds else {}
+        fns.update(products)
         print(f"  {name} ...", file=sys.stderr, flush=True)
         measured = timed(fns, device, repeats, warm_up)
         one_read = measured.pop("one read (torch.sum over rows)")["best_s"] if counted else None
+        matmul_s = min(measured.pop(k)["best_s"] for k in products) if products else None
         passes = input_passes(name, rule)
         base = {k: v for k, v in measured.items() if k != "rule"}
         fastest = min(base, key=lambda k: base[k]["best_s"]) if base else None
@@ -425,14 +451,38 @@ def run_size(n: int, d: int, device: str, repeats: int, warm_up: bool, seed: int
             "x_fastest_baseline": base[fastest]["best_s"] / measured["rule"]["best_s"] if base else None,
         })
         if counted:
+            rule_s = measured["rule"]["best_s"]
             rows[-1].update({
                 "input_passes": passes,
                 "one_read_s": one_read,
-                "x_pass_bound": passes * one_read / measured["rule"]["best_s"],
-                "effective_gb_s": passes * n * d * x.element_size() / measured["rule"]["best_s"] / 1e9,
+                "x_pass_bound": passes * one_read / rule_s,
+                "effective_gb_s": passes * n * d * x.element_size() / rule_s / 1e9,
             })
+            if multiply_adds:
+                rate = MATMUL_SIDE**3 / matmul_s  # multiply-adds per second
+                arithmetic_s = multiply_adds / rate
+                rows[-1].update({
+                    "gram_multiply_adds": multiply_adds,
+                    "matmul_gflops_f64": 2 * rate / 1e9,
+                    "arithmetic_s": arithmetic_s,
+                    "floor_s": passes * one_read + arithmetic_s,
+                    "x_floor": (passes * one_read + arithmetic_s) / rule_s,
+                })
     del x
     return rows
+
+
+def matmuls(device: str) -> dict:
+    """A float64 [512, 512] matrix product in torch and in numpy (numpy only on CPU): the faster sets
+    the rate of a Gram matrix's multiply-adds in the operation floor (the rules build their Grams in
+    float64 with numpy's BLAS on CPU, torch's elsewhere)."""
+    generator = torch.Generator().manual_seed(1)
+    a = torch.randn(MATMUL_SIDE, MATMUL_SIDE, generator=generator, dtype=torch.float64).to(device)
+    out = {"torch 512x512 float64 matmul": lambda: a @ a}
+    if device == "cpu":
+        values = a.numpy()
+        out["numpy 512x512 float64 matmul"] = lambda: values @ values
+    return out
 
 
 def fits(n: int, d: int, device: str, max_gb: float) -> tuple[bool, str]:
@@ -472,17 +522,22 @@ def markdown(result: dict) -> str:
     if counted:
         lines += [
             "",
-            "Operation counts (reads of the [n, d] float32 input; one read timed as `torch.sum` of each row in the "
-            "same run):",
+            "Operation counts: passes over the [n, d] float32 input, one pass timed as `torch.sum` of each row; for "
+            "the Gram-matrix rules also the Gram's multiply-adds (n(n+1)/2 x d) at the rate of the faster float64 "
+            "512x512 matrix product (torch or numpy), both timed in the same run, interleaved with the rule. "
+            "floor = passes x one pass + multiply-adds / rate (taken one after the other, no overlap); "
+            "'x floor' = floor / rule time (1: as fast as that floor).",
             "",
-            "| clients | d | rule | passes | one read (ms) | passes x one read (ms) | rule (ms) | x pass bound | GB/s |",
-            "|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+            "| clients | d | rule | passes | one pass (ms) | Gram multiply-adds | float64 GFLOP/s | floor (ms) | rule (ms) | x floor | GB/s |",
+            "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in counted:
+            gram = r.get("gram_multiply_adds")
+            floor = r.get("floor_s", r["input_passes"] * r["one_read_s"])
             lines.append(
                 f"| {r['clients']} | {r['dim']:,} | {r['rule']} | {r['input_passes']} | {r['one_read_s'] * 1e3:,.2f} | "
-                f"{r['input_passes'] * r['one_read_s'] * 1e3:,.1f} | {r['rule_s'] * 1e3:,.1f} | "
-                f"{r['x_pass_bound']:.2f} | {r['effective_gb_s']:.1f} |"
+                + (f"{gram:.3g} | {r['matmul_gflops_f64']:.1f} | " if gram else "0 | | ")
+                + f"{floor * 1e3:,.1f} | {r['rule_s'] * 1e3:,.1f} | {floor / r['rule_s']:.2f} | {r['effective_gb_s']:.1f} |"
             )
     lines += ["", "Targets:"] + [f"- {t}" for t in result["targets"]]
     return "\n".join(lines) + "\n"
