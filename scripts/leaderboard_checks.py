@@ -10,7 +10,8 @@ From the folder's `results.csv` (a row per finished trial) and each trial's `met
              the best and each other rule; the rules whose paired interval includes 0 are tied with
              the best. The figure is the average backdoor accuracy for the backdoor attacks (lower
              is better) and the final main accuracy for the others (higher is better; beside it the
-             drop from the same rule and seed without an attack).
+             drop from the same rule and seed without an attack, at the end and after the last round
+             with malicious clients, i.e. before the benign rounds that follow the last burst).
   leadfl     per backdoor attack and server rule: LeadFL (`original`) minus no client defense, and
              LeadFL with the attacker following it minus no client defense, paired by seed, for the
              average backdoor accuracy and the final main accuracy; the share of LeadFL's backdoor
@@ -38,11 +39,18 @@ SEEDS = 3
 
 
 def read_rows(folder: Path) -> list[dict]:
+    """results.csv's rows, plus `burst_main_accuracy`: the main accuracy after the last round in
+    which malicious clients were selected (the end of the last burst), from the trial's metrics.csv
+    (the attack-free trials have the same selections, seed by seed)."""
     with open(folder / "results.csv", newline="") as stream:
         rows = list(csv.DictReader(stream))
     for row in rows:
         for key in ("final_main_accuracy", "mean_backdoor_accuracy", "final_backdoor_accuracy"):
             row[key] = float(row[key]) if row[key] != "" else None
+        with open(folder / "trials" / row["trial"] / "metrics.csv", newline="") as stream:
+            rounds = list(csv.DictReader(stream))
+        bursts = [r for r in rounds if int(r["malicious_selected"]) > 0 and r["main_accuracy"] != ""]
+        row["burst_main_accuracy"] = float(bursts[-1]["main_accuracy"]) if bursts else None
     return rows
 
 
@@ -100,7 +108,8 @@ def ranking(rows: list[dict]) -> list[str]:
         elif attack == "none":
             title, columns = "final main accuracy (%) without an attack", ["main final"]
         else:
-            title, columns = "final main accuracy (%), higher is better", ["main final", "drop from no attack"]
+            title, columns = "final main accuracy (%), higher is better", [
+                "main final", "drop from no attack", "drop at the last burst's end"]
         columns = ["rule", *columns, "paired vs best", "tied with best"]
         lines += [f"### {attack}: {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         tied, undecided = [], []
@@ -111,6 +120,8 @@ def ranking(rows: list[dict]) -> list[str]:
                 cells.append(text(figure(rows, attack, rule, "none", "final_main_accuracy").values()))
             elif attack != "none":
                 cells.append(text(paired(figure(rows, "none", rule, "none", "final_main_accuracy"), mine)))
+                cells.append(text(paired(figure(rows, "none", rule, "none", "burst_main_accuracy"),
+                                         figure(rows, attack, rule, "none", "burst_main_accuracy"))))
             if rule == best:
                 cells += ["(best)", ""]
             else:
