@@ -149,7 +149,9 @@ class ClientTraining:
         for role, indices in zip(roles, client_indices):
             samples = int(indices.numel())
             steps = num_local_steps(self.training, samples) if samples > 0 else 0
-            if role != BENIGN:
+            if role == SERVER:  # plain training, no client defense
+                per_step = 1
+            elif role != BENIGN:
                 # Following the defense, the attack's loss is evaluated again at the lookahead point.
                 per_step = self.poisoning.passes_per_step * (2 if self.follow and self.rule.needs_lookahead else 1)
             elif self.rule.needs_lookahead:
@@ -171,7 +173,7 @@ class ClientTraining:
         holding the global model), `out` the `[n, d]` updates `local - global` written here."""
         n = len(clients)
         lr = local_lr(self.training, round, self.rounds)
-        defended = [role == BENIGN or self.follow for role in roles]
+        defended = [role == BENIGN or (self.follow and role != SERVER) for role in roles]
         # A rule with per-client state trains every row, so that state follows every client.
         rule = self.rule if any(defended) or self.rule.keeps_client_state else self.plain_rule
         rule.start(params, defended, clients=clients, seed=self.seed, round=round)
@@ -246,7 +248,8 @@ class ClientTraining:
         groups: dict[tuple[str, int], list[int]] = {}
         for row, (indices, _) in enumerate(batches):
             if indices is not None:
-                own = roles[row] != BENIGN and not self.poisoning.joins_task_group
+                # the server's own training (FLTrust's root set) is plain task training, whatever the attack
+                own = roles[row] not in (BENIGN, SERVER) and not self.poisoning.joins_task_group
                 kind = roles[row] if own else "task"
                 groups.setdefault((kind, int(indices.numel())), []).append(row)
 

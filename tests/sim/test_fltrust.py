@@ -165,3 +165,35 @@ def test_fltrust_under_two_gloo_ranks_gives_the_metrics_of_one_process(tmp_path)
     finally:
         torch.set_num_threads(threads)
     assert metrics_without_timing(tmp_path / "two") == metrics_without_timing(tmp_path / "one")
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("engine", ["sequential", "batched"])
+def test_the_servers_update_is_plain_task_training_whatever_the_attack(engine):
+    # The server is neither an attacker nor a client under the client defense: its root-set update
+    # is the same with no attack, with any data-poisoning attack (those with a loss of their own
+    # included) and with an attacker that follows the client defense.
+    settings = {
+        "none": ["attack.type=none"],
+        "backdoor": ["attack.type=backdoor"],
+        "dba": ["attack.type=dba"],
+        "neurotoxin": ["attack.type=neurotoxin"],
+        "label_flip": ["attack.type=label_flip"],
+        "lie": ["attack.type=none", "model_poisoning.type=lie"],
+        "backdoor, LeadFL followed": ["attack.type=backdoor", "client_defense.type=leadfl",
+                                      "client_defense.variant=original", "attack.follow_client_defense=true"],
+    }
+    references = {}
+    for name, extra in settings.items():
+        parts = runner._Parts(tiny(f"engine={engine}", *extra), torch.device("cpu"))
+        references[name] = parts.reference_update(0, parts.initial_params)
+    for name, reference in references.items():
+        assert torch.equal(reference, references["none"]), name
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_fltrust_runs_with_no_attack_and_with_model_poisoning(tmp_path):
+    for name, extra in {"clean": ["attack.type=none"],
+                        "lie": ["attack.type=none", "model_poisoning.type=lie"]}.items():
+        summary = run(tiny("rounds=2", *extra), tmp_path / name, progress=False)
+        assert summary["rounds"] == 2
