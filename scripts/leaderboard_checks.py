@@ -15,7 +15,7 @@ From the folder's `results.csv` (a row per finished trial) and each trial's `met
   leadfl     per backdoor attack and server rule: LeadFL (`original`) minus no client defense, and
              LeadFL with the attacker following it minus no client defense, paired by seed, for the
              average backdoor accuracy and the final main accuracy; the share of LeadFL's backdoor
-             reduction that survives the following attacker where LeadFL's own interval excludes 0.
+             reduction that survives the following attacker where LeadFL's own interval lies below 0.
   kept       per backdoor attack and client setting: the malicious uploads the server rule kept, over
              all rounds and seeds (`malicious_ids`, `kept` of metrics.csv).
 A combination without all seeds finished is shown with the seeds it has (n) and left out of the
@@ -148,18 +148,22 @@ def leadfl(rows: list[dict]) -> list[str]:
     lines = ["## What LeadFL adds, and what survives the following attacker (paired by seed)", "",
              "Differences in points: LeadFL (`original`, alpha 0.4, q 0.2) minus no client defense (`LeadFL`), "
              "and LeadFL with the attacker following it minus no client defense (`followed`). "
-             "`surviving` = followed / LeadFL of the backdoor difference, where LeadFL's interval excludes 0.", ""]
+             "`surviving` = followed / LeadFL of the backdoor difference, where LeadFL lowers the backdoor (its interval below 0).", ""]
     for attack in BACKDOOR_ATTACKS:
         lines += [f"### {attack}", "",
                   "| rule | backdoor avg, none | LeadFL - none | followed - none | surviving | "
                   "main final, none | LeadFL - none (main) | followed - none (main) |",
                   "|---|---|---|---|---|---|---|---|"]
+        verdicts = {"LeadFL": ([], []), "followed": ([], [])}
         for rule in rules:
             base = figure(rows, attack, rule, "none", "mean_backdoor_accuracy")
             lead = paired(figure(rows, attack, rule, "leadfl", "mean_backdoor_accuracy"), base)
             follow = paired(figure(rows, attack, rule, "leadfl_followed", "mean_backdoor_accuracy"), base)
+            for name, differences in (("LeadFL", lead), ("followed", follow)):
+                if separated(differences):
+                    verdicts[name][0 if sum(differences) < 0 else 1].append(rule)
             share = ""
-            if separated(lead) and len(follow) == SEEDS:
+            if separated(lead) and sum(lead) < 0 and len(follow) == SEEDS:
                 share = f"{100 * (sum(follow) / len(follow)) / (sum(lead) / len(lead)):.0f}%"
             main = figure(rows, attack, rule, "none", "final_main_accuracy")
             lines.append("| " + " | ".join([
@@ -167,6 +171,10 @@ def leadfl(rows: list[dict]) -> list[str]:
                 text(paired(figure(rows, attack, rule, "leadfl", "final_main_accuracy"), main)),
                 text(paired(figure(rows, attack, rule, "leadfl_followed", "final_main_accuracy"), main)),
             ]) + " |")
+        lines.append("")
+        for name, (lower, higher) in verdicts.items():
+            lines.append(f"- {name}: average backdoor lower than with no client defense (paired interval below 0) "
+                         f"under {', '.join(lower) or 'no rule'}; higher (above 0) under {', '.join(higher) or 'no rule'}.")
         lines.append("")
     return lines
 
