@@ -782,6 +782,9 @@ def plot_heatmap(cells: list[dict[str, Any]], record: dict[str, Any], layout: tu
     row_axis, column_axis, _ = layout
     replicate = record.get("replicate_axis")
     scale = (0.0, 100.0) if metric.endswith("_accuracy") else None
+    if metric.endswith(DROP_SUFFIX):  # a panel without the reference level has no difference to show
+        shown = {cell["panel"] for cell in cells if cell["mean"] is not None}
+        cells = [cell for cell in cells if cell["panel"] in shown] or cells
     title = metric_title(metric, reference)
     paired = f", paired by {replicate}" if metric.endswith(DROP_SUFFIX) and replicate else ""
     return draw(cells, record["axes"][row_axis], record["axes"][column_axis], row_axis, column_axis,
