@@ -542,13 +542,24 @@ def sweep(grid: Grid, out_dir: str | Path, backend, resume: bool = False,
         lock.release()
 
 
+def _same_trials(saved_grid: Path, trials: list[PlannedTrial]) -> bool:
+    """Whether the grid a sweep started with plans the same trials (names and settings) as
+    `trials`: a grid edited only in what it reports may continue the sweep."""
+    try:
+        saved = expand(load_grid(str(saved_grid)))
+    except ConfigError:
+        return False
+    return [(t.name, to_dict(t.config)) for t in saved] == [(t.name, to_dict(t.config)) for t in trials]
+
+
 def _sweep_locked(grid: Grid, trials: list[PlannedTrial], out_dir: Path, backend, resume: bool,
                   echo: Callable[[str], None]) -> dict[str, int]:
     if (out_dir / SWEEP_FILE).exists() and not resume:
         raise ConfigError(f"{out_dir} already holds a sweep ({SWEEP_FILE} exists); "
                           "fix: pass --resume to continue it, or choose another --out")
     saved_grid = out_dir / GRID_FILE
-    if resume and saved_grid.is_file() and saved_grid.read_bytes() != grid.text.encode():
+    if resume and saved_grid.is_file() and saved_grid.read_bytes() != grid.text.encode() \
+            and not _same_trials(saved_grid, trials):
         raise ConfigError(
             f"{out_dir} was started with another grid (its {GRID_FILE} differs from {grid.source}); resuming with "
             "this one would replace its record and drop finished trials; nothing was changed; fix: --grid "

@@ -89,6 +89,18 @@ def test_a_sweep_resumed_with_another_grid_is_refused_unchanged(tmp_path, capsys
     assert digest(out) == before
 
 
+def test_a_sweep_resumes_with_a_grid_edited_only_in_its_report(tmp_path, capsys):
+    grid = write_grid(tmp_path / "grid.yaml", {"seed": [0, 1]})
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--grid", str(grid), "--out", str(out)]) == 0
+    edited = write_grid(tmp_path / "edited.yaml", {"seed": [0, 1]}, report={"metrics": ["final_test_loss"]})
+    assert edited.read_text() != (out / "grid.yaml").read_text()
+    assert main(["sweep", "--grid", str(edited), "--out", str(out), "--resume"]) == 0
+    assert "2 already done, 0 to run" in capsys.readouterr().out
+    assert (out / "grid.yaml").read_text() == edited.read_text()  # the record is the grid now in force
+    assert (out / "final_test_loss-vs-seed.png").is_file()
+
+
 def test_damaged_sweep_trials_run_again_and_stay_out_of_the_report(tmp_path, capsys):
     grid = write_grid(tmp_path / "grid.yaml", {"seed": [0, 1]})
     out = tmp_path / "sweep"
