@@ -47,6 +47,12 @@ BENIGN = "benign"
 # no attack, no boost.
 SERVER = "server"
 
+
+def is_attacker(role: str) -> bool:
+    """Whether a row of this role is a malicious client (not a benign one, not the server's own
+    training, which is plain task training without the client defense)."""
+    return role not in (BENIGN, SERVER)
+
 # Forward passes a client runs after its local training: the LeadFL code tests every client on
 # its local test shard (one batch) before it returns its state dict.
 LOCAL_TEST_PASSES = 1
@@ -149,12 +155,10 @@ class ClientTraining:
         for role, indices in zip(roles, client_indices):
             samples = int(indices.numel())
             steps = num_local_steps(self.training, samples) if samples > 0 else 0
-            if role == SERVER:  # plain training, no client defense
-                per_step = 1
-            elif role != BENIGN:
+            if is_attacker(role):
                 # Following the defense, the attack's loss is evaluated again at the lookahead point.
                 per_step = self.poisoning.passes_per_step * (2 if self.follow and self.rule.needs_lookahead else 1)
-            elif self.rule.needs_lookahead:
+            elif role == BENIGN and self.rule.needs_lookahead:
                 per_step = 2
             else:
                 per_step = 1
@@ -173,7 +177,7 @@ class ClientTraining:
         holding the global model), `out` the `[n, d]` updates `local - global` written here."""
         n = len(clients)
         lr = local_lr(self.training, round, self.rounds)
-        defended = [role == BENIGN or (self.follow and role != SERVER) for role in roles]
+        defended = [role == BENIGN or (self.follow and is_attacker(role)) for role in roles]
         # A rule with per-client state trains every row, so that state follows every client.
         rule = self.rule if any(defended) or self.rule.keeps_client_state else self.plain_rule
         rule.start(params, defended, clients=clients, seed=self.seed, round=round)
@@ -204,7 +208,7 @@ class ClientTraining:
         with torch.no_grad():
             torch.cat([p.reshape(n, -1) for p in params], dim=1, out=out)
             out.sub_(global_params)
-            boosted = [row for row, role in enumerate(roles) if role not in (BENIGN, SERVER)]
+            boosted = [row for row, role in enumerate(roles) if is_attacker(role)]
             if boosted and self.attack.boost != 1:
                 index = torch.tensor(boosted, device=out.device)
                 out.index_copy_(0, index, out.index_select(0, index).mul_(float(self.attack.boost)))
@@ -248,8 +252,7 @@ class ClientTraining:
         groups: dict[tuple[str, int], list[int]] = {}
         for row, (indices, _) in enumerate(batches):
             if indices is not None:
-                # the server's own training (FLTrust's root set) is plain task training, whatever the attack
-                own = roles[row] not in (BENIGN, SERVER) and not self.poisoning.joins_task_group
+                own = is_attacker(roles[row]) and not self.poisoning.joins_task_group
                 kind = roles[row] if own else "task"
                 groups.setdefault((kind, int(indices.numel())), []).append(row)
 
