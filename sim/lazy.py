@@ -42,23 +42,22 @@ func = LazyModule("torch.func")
 np = LazyModule("numpy")
 
 
-def no_grad(function: Callable) -> Callable:
-    """`@torch.no_grad()` that imports torch at the first call, not at the definition."""
+def _within(context: str, doc: str) -> Callable[[Callable], Callable]:
+    """A decorator running the function inside `torch.<context>()`, torch imported at the first
+    call, not at the definition."""
 
-    @functools.wraps(function)
-    def without_grad(*args, **kwargs):
-        with torch.no_grad():
-            return function(*args, **kwargs)
+    def decorate(function: Callable) -> Callable:
+        @functools.wraps(function)
+        def wrapped(*args, **kwargs):
+            with getattr(torch, context)():
+                return function(*args, **kwargs)
 
-    return without_grad
+        return wrapped
+
+    decorate.__doc__ = doc
+    return decorate
 
 
-def inference_mode(function: Callable) -> Callable:
-    """`@torch.inference_mode()` that imports torch at the first call, not at the definition."""
-
-    @functools.wraps(function)
-    def in_inference_mode(*args, **kwargs):
-        with torch.inference_mode():
-            return function(*args, **kwargs)
-
-    return in_inference_mode
+no_grad = _within("no_grad", "`@torch.no_grad()` that imports torch at the first call, not at the definition.")
+inference_mode = _within("inference_mode",
+                         "`@torch.inference_mode()` that imports torch at the first call, not at the definition.")
