@@ -83,10 +83,16 @@ def test_the_cycle_finder_sees_a_circle_through_a_function_level_import():
     assert "sim.records" in import_graph()["sim.resume"]
 
 
-def test_help_and_list_presets_do_not_load_torch():
+def run_fresh(script: str):
+    """`script` in a fresh interpreter importing this tree's `sim`."""
     import subprocess
     import sys
 
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=SIM.parent,
+                          env={"PYTHONPATH": str(SIM.parent), "PATH": "/usr/bin:/bin"}, timeout=120)
+
+
+def test_help_and_list_presets_do_not_load_torch():
     script = (
         "import sys\n"
         "from sim.cli import main\n"
@@ -97,8 +103,7 @@ def test_help_and_list_presets_do_not_load_torch():
         "main(['list-presets'])\n"
         "print('torch loaded' if 'torch' in sys.modules else 'torch not loaded')\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=SIM.parent,
-                            env={"PYTHONPATH": str(SIM.parent), "PATH": "/usr/bin:/bin"}, timeout=120)
+    result = run_fresh(script)
     assert result.returncode == 0, result.stderr
     assert "table1-fmnist" in result.stdout and result.stdout.strip().endswith("torch not loaded")
 
@@ -106,9 +111,6 @@ def test_help_and_list_presets_do_not_load_torch():
 def test_sweep_dry_run_and_config_checks_do_not_load_torch_or_numpy(tmp_path):
     """`sweep --dry-run` validates every trial's config; the checks read the components'
     declarations (sim.lazy keeps torch and numpy out until a tensor is needed)."""
-    import subprocess
-    import sys
-
     script = (
         "import sys\n"
         "from sim.cli import main\n"
@@ -123,8 +125,7 @@ def test_sweep_dry_run_and_config_checks_do_not_load_torch_or_numpy(tmp_path):
         "    print('refused:', error)\n"
         "print('loaded:', [name for name in ('torch', 'numpy', 'matplotlib') if name in sys.modules])\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=SIM.parent,
-                            env={"PYTHONPATH": str(SIM.parent), "PATH": "/usr/bin:/bin"}, timeout=120)
+    result = run_fresh(script)
     assert result.returncode == 0, result.stderr
     assert "trial" in result.stdout and "refused: client_defense.scope names 'nope'" in result.stdout
     assert result.stdout.strip().endswith("loaded: []")
