@@ -51,6 +51,9 @@ def read_rows(folder: Path) -> list[dict]:
             rounds = list(csv.DictReader(stream))
         bursts = [r for r in rounds if int(r["malicious_selected"]) > 0 and r["main_accuracy"] != ""]
         row["burst_main_accuracy"] = float(bursts[-1]["main_accuracy"]) if bursts else None
+        malicious = [set(r["malicious_ids"].split()) for r in rounds]
+        row["malicious_sent"] = sum(len(ids) for ids in malicious)
+        row["malicious_kept"] = sum(len(ids & set(r["kept"].split())) for ids, r in zip(malicious, rounds))
     return rows
 
 
@@ -179,7 +182,7 @@ def leadfl(rows: list[dict]) -> list[str]:
     return lines
 
 
-def kept_counts(folder: Path, rows: list[dict]) -> list[str]:
+def kept_counts(rows: list[dict]) -> list[str]:
     rules = rules_of(rows)
     clients = ["none", "leadfl", "leadfl_followed"]
     lines = ["## Malicious uploads kept by the server rule (all rounds, finished seeds)", "",
@@ -188,16 +191,10 @@ def kept_counts(folder: Path, rows: list[dict]) -> list[str]:
         for rule in rules:
             cells = []
             for client in clients:
-                kept = sent = 0
-                for row in rows:
-                    if (row["attack"], row["server.aggregator"], row["client"]) != (attack, rule, client):
-                        continue
-                    with open(folder / "trials" / row["trial"] / "metrics.csv", newline="") as stream:
-                        for record in csv.DictReader(stream):
-                            malicious = set(record["malicious_ids"].split())
-                            sent += len(malicious)
-                            kept += len(malicious & set(record["kept"].split()))
-                cells.append(f"{kept} of {sent}" if sent else "n/a")
+                chosen = [row for row in rows if (row["attack"], row["server.aggregator"], row["client"]) ==
+                          (attack, rule, client)]
+                sent = sum(row["malicious_sent"] for row in chosen)
+                cells.append(f"{sum(row['malicious_kept'] for row in chosen)} of {sent}" if sent else "n/a")
             lines.append(f"| {attack} | {rule} | " + " | ".join(cells) + " |")
     return lines + [""]
 
@@ -212,7 +209,7 @@ def main(argv=None) -> int:
     body = "\n".join([
         f"# Leaderboard analysis ({len(rows)} finished trials)", "",
         "Made by `python scripts/leaderboard_checks.py --write` from `results.csv` and the trials' `metrics.csv`.",
-        "", *ranking(rows), *leadfl(rows), *kept_counts(folder, rows)])
+        "", *ranking(rows), *leadfl(rows), *kept_counts(rows)])
     print(body)
     if args.write:
         (folder / "analysis.md").write_text(body + "\n")
