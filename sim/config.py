@@ -230,6 +230,9 @@ class MetricsConfig:
     # the rule; `run`, the mean of its rows at the positions the run's aggregator kept (only for
     # the rules whose aggregate is the mean of the rows they keep: sim.attack_effect.SHADOW_KEPT_RULES).
     shadow_kept: str = setting("own", "str", choices=SHADOW_KEPT)
+    # Each round, where the malicious uploads sit among the benign ones as the server receives
+    # them: norms, distance and cosine to the benign centre (sim.upload_stats; metrics.csv columns).
+    upload_stats: bool = setting(False, "bool")
 
 
 @dataclass

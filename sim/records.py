@@ -51,6 +51,14 @@ class RoundRecord:
     # shadow model (sim.attack_effect.backdoor_gradient; every round).
     shadow_backdoor_margin: float | None = None
     attack_effect_backdoor: float | None = None
+    # With `metrics.upload_stats`, else empty: each group's mean upload norm, mean distance and mean
+    # cosine to the benign centre (benign rows: the mean of the other benign rows), sim.upload_stats.
+    upload_norm_benign: float | None = None
+    upload_norm_malicious: float | None = None
+    upload_distance_benign: float | None = None
+    upload_distance_malicious: float | None = None
+    upload_cosine_benign: float | None = None
+    upload_cosine_malicious: float | None = None
 
     def as_row(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

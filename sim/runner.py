@@ -47,6 +47,7 @@ from sim.selection import Selector
 from sim.server.base import aggregation_context
 from sim.server.registry import build_aggregator
 from sim.state import restore_parts, save_checkpoint
+from sim.upload_stats import upload_statistics
 from sim.uploads import UploadPipeline
 
 
@@ -300,6 +301,8 @@ def _round(cfg: Config, parts: _Parts, global_params: torch.Tensor, round_index:
     selected = parts.selector.select(round_index)
     updates = parts.engine.train_clients(global_params, selected, round_index)
     updates = parts.uploads(updates, selected, round_index, global_params)  # DP, model poisoning
+    malicious = set(parts.malicious)
+    placement = upload_statistics(updates, [c in malicious for c in selected]) if cfg.metrics.upload_stats else {}
     aggregation = parts.aggregator(updates, parts.aggregation_context(cfg, round_index, selected, global_params))
     update = aggregation.update.to(device=global_params.device, dtype=global_params.dtype)
     candidate = global_params + update
@@ -326,7 +329,6 @@ def _round(cfg: Config, parts: _Parts, global_params: torch.Tensor, round_index:
     # The shadow step comes after everything of the run's own round, so it changes nothing of it.
     effect = {} if parts.shadow is None else parts.shadow.step(global_params, selected, round_index, scored=scored,
                                                                    run_kept=aggregation.kept)
-    malicious = set(parts.malicious)
     malicious_in_round = [c for c in selected if c in malicious]
     scores = scores or {"main_accuracy": None, "backdoor_accuracy": None, "test_loss": None,  # an unscored round
                         "backdoor_accuracy_pieces": []}
@@ -346,6 +348,7 @@ def _round(cfg: Config, parts: _Parts, global_params: torch.Tensor, round_index:
         backdoor_margin=_float_or_none(scores.get("backdoor_margin")),
         wall_time_s=round(time.perf_counter() - started, 4),
         **effect,
+        **placement,
     )
 
 
