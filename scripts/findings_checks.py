@@ -33,6 +33,16 @@ Checks:
                    defense, paired seed by seed with the decomposition's runs
                    (docs/results/detection-confound/, docs/results/decomposition/)
 
+  switch-replication  section 4: the authors' setting's first 20 rounds with no defense, LeadFL and
+                   LeadFL alpha 0 over seeds 0-4, backdoor after the isolated burst (round 9), after
+                   the late bursts (round 19) and on average, paired seed by seed
+                   (docs/results/switch-replication/, seed 0 from table1-fmnist-authors{,-switches})
+  crossover        section 4: the same measures with the local work swapped, the authors' setting
+                   at 20 local steps and the demo at 380 (docs/results/crossover/)
+  table1-detection section 5: the first 10 rounds of Table I per client defense, with and without
+                   the attacker that follows it: malicious uploads kept, and where they sat
+                   (`metrics.upload_stats`; docs/results/table1-detection/)
+
 Intervals are the project's: mean and Student-t 95% half-width over the seeds (`sim.stats`), of
 per-seed differences where two variants share a seed (same selections, malicious set, model).
 """
@@ -75,6 +85,14 @@ def estimate_text(values: list[float]) -> str:
     if estimate.half_width is None:
         return f"{estimate.mean:+.1f} (one seed, no interval)"
     return f"{estimate.mean:+.1f} ± {estimate.half_width:.1f} (n {estimate.n})"
+
+
+def level_text(values: list[float]) -> str:
+    """Like `estimate_text`, for a level rather than a difference (no sign)."""
+    estimate = mean_interval(values)
+    if estimate.half_width is None:
+        return f"{estimate.mean:.1f} (one seed, no interval)"
+    return f"{estimate.mean:.1f} ± {estimate.half_width:.1f} (n {estimate.n})"
 
 
 def seeds_text(differences: dict[int, float], digits: int = 1) -> str:
@@ -446,13 +464,125 @@ def check_detection_followed() -> None:
     print()
 
 
+def rows_of(folder: Path) -> list[dict[str, str]] | None:
+    """The rows of a run's metrics.csv (cells as text), None where the run has none."""
+    path = folder / "metrics.csv"
+    if not path.is_file():
+        return None
+    with open(path, newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+def decay_measures(rows: list[dict[str, str]], first: int, last: int) -> dict[str, float]:
+    """Backdoor accuracy at round 9 and round `last`, and its mean over rounds `first`-`last`,
+    where the rows reach them."""
+    backdoor = {int(row["round"]): float(row["backdoor_accuracy"]) for row in rows}
+    measures = {}
+    if 9 in backdoor:
+        measures["round 9"] = backdoor[9]
+    if last in backdoor:
+        measures[f"round {last}"] = backdoor[last]
+        measures[f"mean {first}-{last}"] = sum(backdoor[r] for r in range(first, last + 1)) / (last - first + 1)
+    return measures
+
+
+def print_decay_study(title: str, runs: dict[str, dict[int, Path]], reference: str, last: int = 19) -> None:
+    """Per variant the decay measures over its seeds, then each variant minus `reference` and the
+    first two variants' difference, paired seed by seed."""
+    print(title)
+    values: dict[str, dict[str, dict[int, float]]] = {}
+    for label, folders in runs.items():
+        for seed, folder in sorted(folders.items()):
+            rows = rows_of(folder)
+            if rows is None:
+                continue
+            for measure, value in decay_measures(rows, 0, last).items():
+                values.setdefault(label, {}).setdefault(measure, {})[seed] = value
+    measures = ("round 9", f"round {last}", f"mean 0-{last}")
+    for label in runs:
+        for measure in measures:
+            by_seed = values.get(label, {}).get(measure, {})
+            if by_seed:
+                print(f"  {label}, backdoor {measure} (%): {level_text(list(by_seed.values()))}; "
+                      + ", ".join(f"seed {seed} {value:.1f}" for seed, value in by_seed.items()))
+    labels = list(runs)
+    pairs = [(label, reference) for label in labels if label != reference]
+    others = [label for label in labels if label != reference]
+    if len(others) >= 2:
+        pairs.append((others[0], others[1]))
+    for first, second in pairs:
+        for measure in measures:
+            a, b = values.get(first, {}).get(measure, {}), values.get(second, {}).get(measure, {})
+            if set(a) & set(b):
+                differences, text = paired(a, b)
+                print(f"  {first} - {second}, backdoor {measure}: {text}; {seeds_text(differences)}")
+    print()
+
+
+def check_switch_replication() -> None:
+    folder = RESULTS / "switch-replication"
+    seeds = sorted(int(path.name[4:]) for path in folder.glob("seed*"))
+    runs = {"None": {0: RESULTS / "table1-fmnist-authors" / "None"},
+            "LeadFL": {0: RESULTS / "table1-fmnist-authors" / "LeadFL"},
+            "LeadFL alpha 0": {0: RESULTS / "table1-fmnist-authors-switches" / "LeadFL-alpha-0"}}
+    for seed in seeds:
+        for label in runs:
+            run = folder / f"seed{seed}" / label.replace(" ", "-")
+            if (run / "summary.json").is_file():  # finished runs only
+                runs[label][seed] = run
+    print_decay_study("## switch-replication: the authors' setting, rounds 0-19 (seed 0: the 80-round runs' first 20 "
+                      "rounds; its alpha 0 run has 10), finished runs only", runs, "None")
+
+
+def check_crossover() -> None:
+    folder = RESULTS / "crossover"
+    for study, labels, reference in (("authors-20-steps", ("None", "LeadFL", "LeadFL alpha 0"), "None"),
+                                     ("demo-380-steps", ("none", "original", "original alpha 0"), "none")):
+        seeds = sorted(int(path.name[4:]) for path in (folder / study).glob("seed*"))
+        runs = {label: {seed: folder / study / f"seed{seed}" / label.replace(" ", "-") for seed in seeds
+                        if (folder / study / f"seed{seed}" / label.replace(" ", "-") / "summary.json").is_file()}
+                for label in labels}
+        print_decay_study(f"## crossover: docs/results/crossover/{study}/, finished runs only", runs, reference)
+
+
+UPLOAD_COLUMNS = ("upload_norm_benign", "upload_norm_malicious", "upload_distance_benign", "upload_distance_malicious",
+                  "upload_cosine_benign", "upload_cosine_malicious")
+
+
+def check_table1_detection() -> None:
+    folder = RESULTS / "table1-detection"
+    print("## table1-detection: docs/results/table1-detection/, rounds with malicious clients")
+    for run in sorted(path for path in folder.iterdir() if (path / "metrics.csv").is_file()):
+        rows = rows_of(run)
+        kept = malicious_kept_by_round(run)
+        print(f"  {run.name}: {kept_text(kept)}; final backdoor {float(rows[-1]['backdoor_accuracy']):.1f}%, "
+              f"main {float(rows[-1]['main_accuracy']):.1f}%")
+        ratios = []
+        for row in rows:
+            if not row["upload_distance_malicious"]:
+                continue
+            cells = {column: float(row[column]) for column in UPLOAD_COLUMNS}
+            ratio = cells["upload_distance_malicious"] / cells["upload_distance_benign"]
+            ratios.append(ratio)
+            count, held = kept[int(row["round"])]
+            print(f"    round {row['round']}: kept {held} of {count}; norm benign {cells['upload_norm_benign']:.3f} "
+                  f"malicious {cells['upload_norm_malicious']:.3f}; distance to the benign centre benign "
+                  f"{cells['upload_distance_benign']:.3f} malicious {cells['upload_distance_malicious']:.3f} "
+                  f"(x{ratio:.2f}); cosine benign {cells['upload_cosine_benign']:.3f} malicious "
+                  f"{cells['upload_cosine_malicious']:.3f}")
+        if ratios:
+            print(f"    distance ratio malicious / benign: {min(ratios):.2f}-{max(ratios):.2f}")
+    print()
+
+
 CHECKS = {"lr-x2": check_lr_x2, "drift-alpha": check_drift_alpha,
           "table1-original": check_table1_original, "r-share": check_r_share,
           "original-demo": check_original_demo, "curvature-alpha": check_curvature_alpha,
           "frontier-tables": check_frontier_tables, "table1-kept": check_table1_kept,
           "table1-hessian": check_table1_hessian, "switches-kept": check_switches_kept,
           "authors-bursts": check_authors_bursts, "demo-kept": check_demo_kept,
-          "detection-followed": check_detection_followed}
+          "detection-followed": check_detection_followed, "switch-replication": check_switch_replication,
+          "crossover": check_crossover, "table1-detection": check_table1_detection}
 
 
 def main(argv=None) -> int:
