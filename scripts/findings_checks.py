@@ -552,6 +552,9 @@ UPLOAD_COLUMNS = ("upload_norm_benign", "upload_norm_malicious", "upload_distanc
 def check_table1_detection() -> None:
     folder = RESULTS / "table1-detection"
     print("## table1-detection: docs/results/table1-detection/, rounds with malicious clients")
+    if not folder.is_dir():
+        print("  no such folder: not run\n")
+        return
     for run in sorted(path for path in folder.iterdir() if (path / "metrics.csv").is_file()):
         rows = rows_of(run)
         kept = malicious_kept_by_round(run)
