@@ -39,6 +39,10 @@ Checks:
                    (docs/results/switch-replication/, seed 0 from table1-fmnist-authors{,-switches})
   crossover        section 4: the same measures with the local work swapped, the authors' setting
                    at 20 local steps and the demo at 380 (docs/results/crossover/)
+  effect-measures  section 3: at demo scale, what is left of each burst eight benign rounds later by
+                   three measures: the L2 attack effect, the gap between the real and the shadow
+                   model's backdoor margin, and the effect along the backdoor gradient
+                   (docs/results/attack-effect-measures/)
   table1-detection section 5: the first 10 rounds of Table I per client defense, with and without
                    the attacker that follows it: malicious uploads kept, and where they sat
                    (`metrics.upload_stats`; docs/results/table1-detection/)
@@ -87,12 +91,12 @@ def estimate_text(values: list[float]) -> str:
     return f"{estimate.mean:+.1f} ± {estimate.half_width:.1f} (n {estimate.n})"
 
 
-def level_text(values: list[float]) -> str:
+def level_text(values: list[float], digits: int = 1) -> str:
     """Like `estimate_text`, for a level rather than a difference (no sign)."""
     estimate = mean_interval(values)
     if estimate.half_width is None:
-        return f"{estimate.mean:.1f} (one seed, no interval)"
-    return f"{estimate.mean:.1f} ± {estimate.half_width:.1f} (n {estimate.n})"
+        return f"{estimate.mean:.{digits}f} (one seed, no interval)"
+    return f"{estimate.mean:.{digits}f} ± {estimate.half_width:.{digits}f} (n {estimate.n})"
 
 
 def seeds_text(differences: dict[int, float], digits: int = 1) -> str:
@@ -545,6 +549,41 @@ def check_crossover() -> None:
         print_decay_study(f"## crossover: docs/results/crossover/{study}/, finished runs only", runs, reference)
 
 
+def check_effect_measures() -> None:
+    """Per variant, for each burst (rounds 0-1 and 10-11 of the demo's periodic selection), the
+    share of each measure left after the eight benign rounds that follow: value at the burst's last
+    round + 8 over value at its last round, mean ± 95% half-width over the seeds (both bursts of a
+    seed averaged first)."""
+    folder = RESULTS / "attack-effect-measures"
+    print("## effect-measures: docs/results/attack-effect-measures/, share of each measure left 8 benign rounds "
+          "after a burst (value at round 9 / round 1 and round 19 / round 11), finished runs only")
+    if not folder.is_dir():
+        print("  no such folder: not run\n")
+        return
+    measures = {"backdoor accuracy": lambda row: float(row["backdoor_accuracy"]),
+                "L2 attack effect": lambda row: float(row["attack_effect"]),
+                "margin gap (real - shadow)": lambda row: float(row["backdoor_margin"]) - float(row["shadow_backdoor_margin"]),
+                "effect along the backdoor gradient": lambda row: float(row["attack_effect_backdoor"])}
+    seeds = sorted(int(path.name[4:]) for path in folder.glob("seed*"))
+    for variant in ("none", "hessian", "original"):
+        runs = {seed: folder / f"seed{seed}" / variant for seed in seeds
+                if (folder / f"seed{seed}" / variant / "summary.json").is_file()}
+        if not runs:
+            print(f"  {variant}: no finished run")
+            continue
+        for name, value in measures.items():
+            shares, starts = {}, {}
+            for seed, run in runs.items():
+                rows = {int(row["round"]): row for row in rows_of(run)}
+                pairs = [(value(rows[last]), value(rows[last + 8])) for last in (1, 11) if last + 8 in rows]
+                shares[seed] = sum(after / before for before, after in pairs) / len(pairs)
+                starts[seed] = sum(before for before, _ in pairs) / len(pairs)
+            print(f"  {variant}, {name}: at the burst's end {level_text(list(starts.values()), 3)}; left 8 rounds later "
+                  f"{level_text(list(shares.values()), 2)} (shares; " + ", ".join(f"seed {seed} {share:.2f}" for seed, share
+                                                                   in shares.items()) + ")")
+    print()
+
+
 UPLOAD_COLUMNS = ("upload_norm_benign", "upload_norm_malicious", "upload_distance_benign", "upload_distance_malicious",
                   "upload_cosine_benign", "upload_cosine_malicious")
 
@@ -585,7 +624,8 @@ CHECKS = {"lr-x2": check_lr_x2, "drift-alpha": check_drift_alpha,
           "table1-hessian": check_table1_hessian, "switches-kept": check_switches_kept,
           "authors-bursts": check_authors_bursts, "demo-kept": check_demo_kept,
           "detection-followed": check_detection_followed, "switch-replication": check_switch_replication,
-          "crossover": check_crossover, "table1-detection": check_table1_detection}
+          "crossover": check_crossover, "effect-measures": check_effect_measures,
+          "table1-detection": check_table1_detection}
 
 
 def main(argv=None) -> int:
