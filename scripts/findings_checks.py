@@ -597,7 +597,8 @@ def check_table1_detection() -> None:
     for run in sorted(path for path in folder.iterdir() if (path / "metrics.csv").is_file()):
         rows = rows_of(run)
         kept = malicious_kept_by_round(run)
-        print(f"  {run.name}: {kept_text(kept)}; final backdoor {float(rows[-1]['backdoor_accuracy']):.1f}%, "
+        state = "" if (run / "summary.json").is_file() else f" (unfinished: {len(rows)} rounds so far)"
+        print(f"  {run.name}{state}: {kept_text(kept)}; last backdoor {float(rows[-1]['backdoor_accuracy']):.1f}%, "
               f"main {float(rows[-1]['main_accuracy']):.1f}%")
         ratios = []
         for row in rows:
