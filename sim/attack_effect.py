@@ -65,8 +65,8 @@ def split_uniform(delta: Tensor, sizes: Sequence[int]) -> tuple[float, float, fl
 
 # The rules whose aggregate is the unweighted mean of the rows they keep (`Aggregation.kept`), the
 # ones `metrics.shadow_kept: run` accepts: FedAvg (the round loop passes no weights), Krum (one
-# row kept) and Multi-Krum.
-SHADOW_KEPT_RULES = ("fedavg", "krum", "multikrum")
+# row kept), Multi-Krum, and the LeadFL code's `multiKrum` and `bulyan` (sim.server.fltk).
+SHADOW_KEPT_RULES = ("fedavg", "krum", "multikrum", "fltk_multikrum", "fltk_bulyan")
 SHADOW_KEPT = ("own", "run")
 
 
@@ -97,8 +97,10 @@ def along(delta: Tensor, direction: Tensor) -> float | None:
 
 
 def kept_mean(updates: Tensor, kept: Sequence[int]) -> Tensor:
-    """The unweighted mean of the rows `kept` of `updates` (`metrics.shadow_kept: run`); rows
-    holding NaN or Inf are set aside as every rule sets them aside; zeros when none is left."""
+    """The unweighted mean of the rows `kept` of `updates`, added in that order
+    (`metrics.shadow_kept: run` passes the run's `Aggregation.order`, so that equal rows give the
+    rule's own bits); rows holding NaN or Inf are set aside as every rule sets them aside; zeros
+    when none is left."""
     rows = updates[list(kept)] if len(kept) else updates[:0]
     finite, _, _ = split_finite(rows)
     if finite.shape[0] == 0:

@@ -328,7 +328,7 @@ def _round(cfg: Config, parts: _Parts, global_params: torch.Tensor, round_index:
         parts.engine.observe_global_update(parts.uploads.last_global_update)
     # The shadow step comes after everything of the run's own round, so it changes nothing of it.
     effect = {} if parts.shadow is None else parts.shadow.step(global_params, selected, round_index, scored=scored,
-                                                                   run_kept=aggregation.kept)
+                                                                   run_kept=aggregation.order)
     malicious_in_round = [c for c in selected if c in malicious]
     scores = scores or {"main_accuracy": None, "backdoor_accuracy": None, "test_loss": None,  # an unscored round
                         "backdoor_accuracy_pieces": []}

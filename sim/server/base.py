@@ -33,8 +33,15 @@ if TYPE_CHECKING:
 @dataclass
 class Aggregation:
     update: Tensor  # [d]
-    kept: list[int]  # row indices of the input that contributed
+    kept: list[int]  # row indices of the input that contributed, ascending
     rejected_nonfinite: list[int]  # row indices dropped for holding NaN or Inf
+    # The kept rows in the order the rule took them (its mean adds them in this order, so a mean of
+    # the same rows in this order has the same bits: `metrics.shadow_kept: run`); `kept` when not given.
+    order: list[int] | None = None
+
+    def __post_init__(self):
+        if self.order is None:
+            self.order = list(self.kept)
 
 
 @dataclass
@@ -107,8 +114,8 @@ class Aggregator(Component):
             # the client ids of the rows the rule sees, one per row as before
             context = dataclasses.replace(context, clients=[context.clients[i] for i in finite_rows])
         update, kept_local = self._aggregate(finite_updates, context)
-        kept = sorted(finite_rows[i] for i in kept_local)
-        return Aggregation(update, kept, rejected_rows)
+        order = [finite_rows[i] for i in kept_local]
+        return Aggregation(update, sorted(order), rejected_rows, order)
 
     def _aggregate(self, updates: Tensor, context: AggregationContext) -> tuple[Tensor, list[int]]:
         raise NotImplementedError

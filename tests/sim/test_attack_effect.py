@@ -251,7 +251,7 @@ def test_shadow_kept_run_averages_the_shadows_rows_at_the_runs_kept_positions():
         shadow.step(torch.zeros(2), [0], 2, scored=False)
 
 
-@pytest.mark.parametrize("aggregator", ["fedavg", "krum"])
+@pytest.mark.parametrize("aggregator", ["fedavg", "krum", "multikrum", "fltk_multikrum", "fltk_bulyan"])
 def test_shadow_kept_run_without_a_malicious_client_follows_the_run_exactly(tmp_path, aggregator):
     cfg = config(f"server.aggregator={aggregator}", "server.f=1", "selection.fixed_malicious=0", "metrics.attack_effect=true",
                  "metrics.shadow_kept=run")
@@ -274,7 +274,7 @@ def test_shadow_kept_settings_are_checked():
     with pytest.raises(ConfigError, match=r"metrics.shadow_kept=run .* metrics.attack_effect=false runs no shadow; "
                                           r"fix: --set metrics.attack_effect=true"):
         load_config(overrides=["metrics.shadow_kept=run"])
-    with pytest.raises(ConfigError, match=r"server.aggregator='median' is not one; allowed: fedavg, krum, multikrum; "
+    with pytest.raises(ConfigError, match=r"server.aggregator='median' is not one; allowed: fedavg, krum, multikrum, fltk_multikrum, fltk_bulyan; "
                                           r"fix: --set metrics.shadow_kept=own"):
         load_config(overrides=["metrics.attack_effect=true", "metrics.shadow_kept=run", "server.aggregator=median"])
     assert load_config(overrides=["metrics.attack_effect=true", "metrics.shadow_kept=run",
