@@ -502,7 +502,7 @@ def print_decay_study(title: str, runs: dict[str, dict[int, Path]], reference: s
                 continue
             for measure, value in decay_measures(rows, 0, last).items():
                 values.setdefault(label, {}).setdefault(measure, {})[seed] = value
-    measures = ("round 9", f"round {last}", f"mean 0-{last}")
+    measures = tuple(dict.fromkeys(("round 9", f"round {last}", f"mean 0-{last}")))
     for label in runs:
         for measure in measures:
             by_seed = values.get(label, {}).get(measure, {})
@@ -540,13 +540,13 @@ def check_switch_replication() -> None:
 
 def check_crossover() -> None:
     folder = RESULTS / "crossover"
-    for study, labels, reference in (("authors-20-steps", ("None", "LeadFL", "LeadFL alpha 0"), "None"),
-                                     ("demo-380-steps", ("none", "original", "original alpha 0"), "none")):
+    for study, labels, reference, last in (("authors-20-steps", ("None", "LeadFL", "LeadFL alpha 0"), "None", 19),
+                                           ("demo-380-steps", ("none", "original", "original alpha 0"), "none", 9)):
         seeds = sorted(int(path.name[4:]) for path in (folder / study).glob("seed*"))
         runs = {label: {seed: folder / study / f"seed{seed}" / label.replace(" ", "-") for seed in seeds
                         if (folder / study / f"seed{seed}" / label.replace(" ", "-") / "summary.json").is_file()}
                 for label in labels}
-        print_decay_study(f"## crossover: docs/results/crossover/{study}/, finished runs only", runs, reference)
+        print_decay_study(f"## crossover: docs/results/crossover/{study}/, finished runs only", runs, reference, last)
 
 
 def check_effect_measures() -> None:
