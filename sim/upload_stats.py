@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from sim.lazy import F, inference_mode, torch
+from sim.server.aggregate import split_finite
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -35,10 +36,10 @@ def upload_statistics(updates: Tensor, malicious: Sequence[bool]) -> dict[str, f
     if updates.dim() != 2 or updates.shape[0] != len(malicious):
         raise ValueError(f"updates of shape {tuple(updates.shape)} need one row per entry of malicious "
                          f"({len(malicious)})")
-    rows = updates.to(torch.float64)
-    finite = torch.isfinite(rows).all(dim=1).tolist()
-    bad = [i for i, (flag, ok) in enumerate(zip(malicious, finite)) if flag and ok]
-    good = [i for i, (flag, ok) in enumerate(zip(malicious, finite)) if not flag and ok]
+    finite_updates, finite_rows, _ = split_finite(updates)  # the rows every rule sees
+    rows = finite_updates.to(torch.float64)
+    bad = [i for i, row in enumerate(finite_rows) if malicious[row]]
+    good = [i for i, row in enumerate(finite_rows) if not malicious[row]]
     benign = rows[good]
     out: dict[str, float | None] = dict.fromkeys(UPLOAD_STAT_COLUMNS)
     if good:
