@@ -61,6 +61,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from sim.compare import folder_name  # noqa: E402
 from sim.stats import mean_interval  # noqa: E402
 
 RESULTS = ROOT / "docs" / "results"
@@ -291,15 +292,23 @@ def check_frontier_tables() -> int:
     return failures
 
 
-def malicious_kept_by_round(folder: Path) -> dict[int, tuple[int, int]]:
+def rows_of(folder: Path) -> list[dict[str, str]] | None:
+    """The rows of a run's metrics.csv (cells as text), None where the run has none."""
+    path = folder / "metrics.csv"
+    if not path.is_file():
+        return None
+    with open(path, newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+def malicious_kept_by_round(folder: Path, rows: list[dict[str, str]] | None = None) -> dict[int, tuple[int, int]]:
     """{round: (malicious clients selected, of them kept by the server)} from a run's metrics.csv
-    (`malicious_ids` and `kept` are space-separated client ids)."""
-    with open(folder / "metrics.csv", newline="") as stream:
-        rows = {}
-        for row in csv.DictReader(stream):
-            malicious, kept = set(row["malicious_ids"].split()), set(row["kept"].split())
-            rows[int(row["round"])] = (len(malicious), len(malicious & kept))
-        return rows
+    (`malicious_ids` and `kept` are space-separated client ids), or from its `rows` already read."""
+    by_round = {}
+    for row in rows_of(folder) if rows is None else rows:
+        malicious, kept = set(row["malicious_ids"].split()), set(row["kept"].split())
+        by_round[int(row["round"])] = (len(malicious), len(malicious & kept))
+    return by_round
 
 
 def kept_text(by_round: dict[int, tuple[int, int]], rounds=None) -> str:
@@ -468,19 +477,10 @@ def check_detection_followed() -> None:
     print()
 
 
-def rows_of(folder: Path) -> list[dict[str, str]] | None:
-    """The rows of a run's metrics.csv (cells as text), None where the run has none."""
-    path = folder / "metrics.csv"
-    if not path.is_file():
-        return None
-    with open(path, newline="") as stream:
-        return list(csv.DictReader(stream))
-
-
-def decay_measures(rows: list[dict[str, str]], first: int, last: int) -> dict[str, float]:
-    """Backdoor accuracy at round 9 and round `last`, and its mean over rounds `first`-`last`,
-    where the rows reach them."""
-    backdoor = {int(row["round"]): float(row["backdoor_accuracy"]) for row in rows}
+def decay_measures(folder: Path, first: int, last: int) -> dict[str, float]:
+    """A run's backdoor accuracy at round 9 and round `last`, and its mean over rounds
+    `first`-`last`, where the run reaches them."""
+    backdoor = {round_: value for round_, (value, _) in backdoor_by_round(folder).items()}
     measures = {}
     if 9 in backdoor:
         measures["round 9"] = backdoor[9]
@@ -490,6 +490,20 @@ def decay_measures(rows: list[dict[str, str]], first: int, last: int) -> dict[st
     return measures
 
 
+def finished_runs(study: Path, labels, seeds=None) -> dict[str, dict[int, Path]]:
+    """{label: {seed: run folder}} of a `compare --seeds` output folder, finished runs only (those
+    with a summary.json); the seeds are the folder's own unless given."""
+    if seeds is None:
+        seeds = sorted(int(path.name[4:]) for path in study.glob("seed*"))
+    runs = {label: {} for label in labels}
+    for label in labels:
+        for seed in seeds:
+            run = study / f"seed{seed}" / folder_name(label)
+            if (run / "summary.json").is_file():
+                runs[label][seed] = run
+    return runs
+
+
 def print_decay_study(title: str, runs: dict[str, dict[int, Path]], reference: str, last: int = 19) -> None:
     """Per variant the decay measures over its seeds, then each variant minus `reference` and the
     first two variants' difference, paired seed by seed."""
@@ -497,10 +511,7 @@ def print_decay_study(title: str, runs: dict[str, dict[int, Path]], reference: s
     values: dict[str, dict[str, dict[int, float]]] = {}
     for label, folders in runs.items():
         for seed, folder in sorted(folders.items()):
-            rows = rows_of(folder)
-            if rows is None:
-                continue
-            for measure, value in decay_measures(rows, 0, last).items():
+            for measure, value in decay_measures(folder, 0, last).items():
                 values.setdefault(label, {}).setdefault(measure, {})[seed] = value
     measures = tuple(dict.fromkeys(("round 9", f"round {last}", f"mean 0-{last}")))
     for label in runs:
@@ -524,16 +535,11 @@ def print_decay_study(title: str, runs: dict[str, dict[int, Path]], reference: s
 
 
 def check_switch_replication() -> None:
-    folder = RESULTS / "switch-replication"
-    seeds = sorted(int(path.name[4:]) for path in folder.glob("seed*"))
-    runs = {"None": {0: RESULTS / "table1-fmnist-authors" / "None"},
-            "LeadFL": {0: RESULTS / "table1-fmnist-authors" / "LeadFL"},
-            "LeadFL alpha 0": {0: RESULTS / "table1-fmnist-authors-switches" / "LeadFL-alpha-0"}}
-    for seed in seeds:
-        for label in runs:
-            run = folder / f"seed{seed}" / label.replace(" ", "-")
-            if (run / "summary.json").is_file():  # finished runs only
-                runs[label][seed] = run
+    runs = finished_runs(RESULTS / "switch-replication", ("None", "LeadFL", "LeadFL alpha 0"))
+    for label, seed0 in (("None", RESULTS / "table1-fmnist-authors" / "None"),
+                         ("LeadFL", RESULTS / "table1-fmnist-authors" / "LeadFL"),
+                         ("LeadFL alpha 0", RESULTS / "table1-fmnist-authors-switches" / "LeadFL-alpha-0")):
+        runs[label] = {0: seed0, **runs[label]}
     print_decay_study("## switch-replication: the authors' setting, rounds 0-19 (seed 0: the 80-round runs' first 20 "
                       "rounds; its alpha 0 run has 10), finished runs only", runs, "None")
 
@@ -542,11 +548,8 @@ def check_crossover() -> None:
     folder = RESULTS / "crossover"
     for study, labels, reference, last in (("authors-20-steps", ("None", "LeadFL", "LeadFL alpha 0"), "None", 19),
                                            ("demo-380-steps", ("none", "original", "original alpha 0"), "none", 9)):
-        seeds = sorted(int(path.name[4:]) for path in (folder / study).glob("seed*"))
-        runs = {label: {seed: folder / study / f"seed{seed}" / label.replace(" ", "-") for seed in seeds
-                        if (folder / study / f"seed{seed}" / label.replace(" ", "-") / "summary.json").is_file()}
-                for label in labels}
-        print_decay_study(f"## crossover: docs/results/crossover/{study}/, finished runs only", runs, reference, last)
+        print_decay_study(f"## crossover: docs/results/crossover/{study}/, finished runs only",
+                          finished_runs(folder / study, labels), reference, last)
 
 
 def check_effect_measures() -> None:
@@ -564,10 +567,7 @@ def check_effect_measures() -> None:
                 "L2 attack effect": lambda row: float(row["attack_effect"]),
                 "margin gap (real - shadow)": lambda row: float(row["backdoor_margin"]) - float(row["shadow_backdoor_margin"]),
                 "effect along the backdoor gradient": lambda row: float(row["attack_effect_backdoor"])}
-    seeds = sorted(int(path.name[4:]) for path in folder.glob("seed*"))
-    for variant in ("none", "hessian", "original"):
-        runs = {seed: folder / f"seed{seed}" / variant for seed in seeds
-                if (folder / f"seed{seed}" / variant / "summary.json").is_file()}
+    for variant, runs in finished_runs(folder, ("none", "hessian", "original")).items():
         if not runs:
             print(f"  {variant}: no finished run")
             continue
@@ -596,7 +596,7 @@ def check_table1_detection() -> None:
         return
     for run in sorted(path for path in folder.iterdir() if (path / "metrics.csv").is_file()):
         rows = rows_of(run)
-        kept = malicious_kept_by_round(run)
+        kept = malicious_kept_by_round(run, rows)
         state = "" if (run / "summary.json").is_file() else f" (unfinished: {len(rows)} rounds so far)"
         print(f"  {run.name}{state}: {kept_text(kept)}; last backdoor {float(rows[-1]['backdoor_accuracy']):.1f}%, "
               f"main {float(rows[-1]['main_accuracy']):.1f}%")
