@@ -63,6 +63,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from sim.compare import folder_name  # noqa: E402
 from sim.stats import mean_interval  # noqa: E402
+from sim.upload_stats import UPLOAD_STAT_COLUMNS  # noqa: E402
 
 RESULTS = ROOT / "docs" / "results"
 ALPHAS = ("0.025", "0.05", "0.1", "0.2", "0.4")
@@ -584,8 +585,6 @@ def check_effect_measures() -> None:
     print()
 
 
-UPLOAD_COLUMNS = ("upload_norm_benign", "upload_norm_malicious", "upload_distance_benign", "upload_distance_malicious",
-                  "upload_cosine_benign", "upload_cosine_malicious")
 
 
 def check_table1_detection() -> None:
@@ -604,7 +603,7 @@ def check_table1_detection() -> None:
         for row in rows:
             if not row["upload_distance_malicious"]:
                 continue
-            cells = {column: float(row[column]) for column in UPLOAD_COLUMNS}
+            cells = {column: float(row[column]) for column in UPLOAD_STAT_COLUMNS}
             ratio = cells["upload_distance_malicious"] / cells["upload_distance_benign"]
             ratios.append(ratio)
             count, held = kept[int(row["round"])]
