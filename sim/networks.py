@@ -9,6 +9,7 @@ client defenses regularise) is said in `sim.models`.
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch
 from torch import Tensor, nn
@@ -144,9 +145,41 @@ class _ChunkedConv2d(_KeptOutputs):
         return out
 
 
+# Inputs on which `exact_batch_norm_kernel` compares leadfl_ext's kernel with ATen's: channel
+# counts on both sides of its 4- and 16-channel groups, images of 2 to 196 values, odd and even.
+_BATCH_NORM_CHECK_SHAPES = ((37, 5, 3, 3), (64, 16, 7, 7), (23, 19, 5, 6), (30, 32, 14, 14), (9, 3, 2))
+
+
+@functools.cache
+def exact_batch_norm_kernel() -> bool:
+    """Whether leadfl_ext's `batch_norm_scoring_` (a batch-statistics BatchNorm forward that
+    keeps ATen's per-channel summing order, 4 to 16 channels at a time) runs on this CPU and
+    gives `native_batch_norm`'s bits here, on random inputs of several shapes. Checked once per
+    process, so a CPU without AVX2/FMA or a torch whose kernel rounds otherwise falls back to
+    ATen's kernel instead of changing a score."""
+    try:
+        import leadfl_ext  # noqa: F401  (registers torch.ops.leadfl)
+
+        if not torch.ops.leadfl.batch_norm_scoring_available():
+            return False
+        kernel = torch.ops.leadfl.batch_norm_scoring_
+    except (ImportError, AttributeError, RuntimeError):
+        return False
+    generator = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        for shape in _BATCH_NORM_CHECK_SHAPES:
+            x = torch.randn(shape, generator=generator) * 3.0 + 1.0
+            weight, bias = torch.randn(shape[1], generator=generator), torch.randn(shape[1], generator=generator)
+            expected = torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, 1e-5)[0]
+            if not torch.equal(kernel(x, weight, bias, 1e-5, torch.empty_like(x)), expected):
+                return False
+    return True
+
+
 class _BatchNormInto(_KeptOutputs):
-    """A batch-statistics BatchNorm layer computed by the same CPU kernel (`native_batch_norm`,
-    its `out=` form) into kept tensors."""
+    """A batch-statistics BatchNorm layer computed into kept tensors, by leadfl_ext's kernel where
+    `exact_batch_norm_kernel()` found it to give ATen's bits on this machine, else by ATen's own
+    (`native_batch_norm`, its `out=` form)."""
 
     def __init__(self, norm: nn.modules.batchnorm._BatchNorm):
         super().__init__()
@@ -158,6 +191,9 @@ class _BatchNormInto(_KeptOutputs):
             return norm(x)  # (one value per channel: the layer's own error)
         channels = (x.shape[1],)
         out = self.kept("out", tuple(x.shape), x)
+        if (x.dtype == torch.float32 and x.numel() > x.shape[0] * x.shape[1] and not torch.is_grad_enabled()
+                and exact_batch_norm_kernel()):
+            return torch.ops.leadfl.batch_norm_scoring_(x, norm.weight, norm.bias, norm.eps, out)
         torch.ops.aten.native_batch_norm.out(x, norm.weight, norm.bias, None, None, True, 0.0, norm.eps, out=out,
                                              save_mean=self.kept("mean", channels, x),
                                              save_invstd=self.kept("invstd", channels, x))

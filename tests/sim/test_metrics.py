@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from sim import networks
 from sim.attacks.data_poisoning import TRIGGER_PIXELS, stamp_trigger
 from sim.metrics import Scorer, TestSet, evaluate, margins, score, trigger_to_target_rate
 from sim.models import build_model, load_flat_parameters_, scoring_copy
@@ -146,8 +147,11 @@ def test_the_scorer_gives_the_per_batch_loops_scores_bit_for_bit(name, shape, co
         assert expected["backdoor_accuracy"] is not None
 
 
+@pytest.mark.parametrize("batch_norm_kernel", ["leadfl_ext", "aten"])
 @pytest.mark.parametrize("name, shape", [("fmnist_cnn", (1, 28, 28)), ("cifar_cnn", (3, 32, 32))])
-def test_the_scoring_copy_gives_the_models_logits_bit_for_bit(name, shape):
+def test_the_scoring_copy_gives_the_models_logits_bit_for_bit(name, shape, batch_norm_kernel, monkeypatch):
+    if batch_norm_kernel == "aten":
+        monkeypatch.setattr(networks, "exact_batch_norm_kernel", lambda: False)
     model = trained_like(build_model(name, shape, 10, seed=0), seed=5)
     copy = scoring_copy(model, conv_chunk=16)
     x = torch.randn((70, *shape), generator=torch.Generator().manual_seed(3))
@@ -161,6 +165,14 @@ def test_the_scoring_copy_gives_the_models_logits_bit_for_bit(name, shape):
     # its own parameters, in the model's order, so that a flat vector loads alike
     assert [param.shape for param in copy.parameters()] == [param.shape for param in model.parameters()]
     assert all(a.data_ptr() != b.data_ptr() for a, b in zip(copy.parameters(), model.parameters()))
+
+
+def test_the_scoring_batch_norm_kernel_is_used_where_the_cpu_has_it():
+    # On an AVX2/FMA CPU with this torch, leadfl_ext's kernel matched ATen's bits on the check's
+    # inputs; if a new torch rounds otherwise this fails (scoring then falls back to ATen's kernel).
+    import leadfl_ext  # noqa: F401
+
+    assert networks.exact_batch_norm_kernel() == bool(torch.ops.leadfl.batch_norm_scoring_available())
 
 
 def test_each_trigger_piece_is_scored_as_the_per_batch_loop_scores_it():
