@@ -153,8 +153,10 @@ _BATCH_NORM_CHECK_SHAPES = ((37, 5, 3, 3), (64, 16, 7, 7), (23, 19, 5, 6), (30, 
 @functools.cache
 def exact_batch_norm_kernel() -> bool:
     """Whether leadfl_ext's `batch_norm_scoring_` (a batch-statistics BatchNorm forward that
-    keeps ATen's per-channel summing order, 4 to 16 channels at a time) runs on this CPU and
-    gives `native_batch_norm`'s bits here, on random inputs of several shapes. Checked once per
+    keeps ATen's per-channel summing order, 4 to 16 channels at a time) and
+    `batch_norm_relu_pool_scoring_` (the same, then ReLU and a 2x2 max-pool in one pass) run on
+    this CPU and give the bits of `native_batch_norm` (then `relu`, `max_pool2d`) here, on random
+    inputs of several shapes. Checked once per
     process, so a CPU without AVX2/FMA or a torch whose kernel rounds otherwise falls back to
     ATen's kernel instead of changing a score."""
     try:
@@ -165,6 +167,7 @@ def exact_batch_norm_kernel() -> bool:
         kernel = torch.ops.leadfl.batch_norm_scoring_
     except (ImportError, AttributeError, RuntimeError):
         return False
+    fused = torch.ops.leadfl.batch_norm_relu_pool_scoring_
     generator = torch.Generator().manual_seed(0)
     with torch.inference_mode():
         for shape in _BATCH_NORM_CHECK_SHAPES:
@@ -173,6 +176,10 @@ def exact_batch_norm_kernel() -> bool:
             expected = torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, 1e-5)[0]
             if not torch.equal(kernel(x, weight, bias, 1e-5, torch.empty_like(x)), expected):
                 return False
+            if x.dim() == 4:
+                pooled = torch.nn.functional.max_pool2d(torch.relu(expected), 2)
+                if not torch.equal(fused(x, weight, bias, 1e-5, torch.empty_like(pooled)), pooled):
+                    return False
     return True
 
 
@@ -222,6 +229,26 @@ class _MaxPool2x2(_KeptOutputs):
         return out.relu_() if self.relu else out
 
 
+class _BatchNormReluPool(nn.Module):
+    """BatchNorm (batch statistics), ReLU and a 2x2 max-pool, as they follow one another in a
+    model, in one pass of leadfl_ext's `batch_norm_relu_pool_scoring_` where
+    `exact_batch_norm_kernel()` holds, into a kept tensor; else the two scoring layers it joins."""
+
+    def __init__(self, norm: _BatchNormInto, pool: _MaxPool2x2):
+        super().__init__()
+        self.norm = norm
+        self.pool = pool
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and x.is_contiguous()
+                and x.shape[2] >= 2 and x.shape[3] >= 2 and not torch.is_grad_enabled()
+                and exact_batch_norm_kernel()):
+            layer = self.norm.norm
+            out = self.pool.kept("out", (*x.shape[:2], x.shape[2] // 2, x.shape[3] // 2), x)
+            return torch.ops.leadfl.batch_norm_relu_pool_scoring_(x, layer.weight, layer.bias, layer.eps, out)
+        return self.pool(self.norm(x))
+
+
 def _is_plain_2x2_pool(module: nn.Module) -> bool:
     def pair(value):
         return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
@@ -247,6 +274,11 @@ def _rewrite_for_scoring(module: nn.Module, chunk: int) -> None:
             if type(module._modules[first]) is nn.ReLU and type(module._modules[second]) is _MaxPool2x2:
                 module._modules[first] = nn.Identity()
                 module._modules[second] = _MaxPool2x2(relu=True)
+        for norm, relu, pool in zip(names, names[1:], names[2:]):
+            if (type(module._modules[norm]) is _BatchNormInto and type(module._modules[relu]) is nn.Identity
+                    and type(module._modules[pool]) is _MaxPool2x2 and module._modules[pool].relu):
+                module._modules[norm] = _BatchNormReluPool(module._modules[norm], module._modules[pool])
+                module._modules[pool] = nn.Identity()
 
 
 def scoring_copy(model: nn.Module, *, conv_chunk: int = SCORING_CONV_CHUNK) -> nn.Module:
@@ -254,7 +286,9 @@ def scoring_copy(model: nn.Module, *, conv_chunk: int = SCORING_CONV_CHUNK) -> n
     `load_flat_parameters_` fills it like the model) and, for every input, the same output bit
     for bit, computed faster on a CPU: convolutions over chunks of `conv_chunk` images into one
     buffer (BatchNorm still sees the whole batch), 2x2 max-pooling as a maximum of strided views,
-    ReLU moved after a 2x2 max-pool that follows it, and the whole-batch activations written into
+    ReLU moved after a 2x2 max-pool that follows it, batch-statistics BatchNorm (and a ReLU and
+    2x2 max-pool after it, in the same pass) by leadfl_ext's kernels where they give ATen's bits
+    on this machine (`exact_batch_norm_kernel`), and the whole-batch activations written into
     tensors kept from one call to the next. So an activation of one call is overwritten by the
     next: the copy is for scoring, whose logits (a Linear layer's fresh output) are used before the
     next batch. `model` is left as it is."""

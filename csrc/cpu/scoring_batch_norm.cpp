@@ -147,11 +147,11 @@ bool cpu_has_avx2_fma() {
 #endif
 }
 
-void check_param(const c10::optional<at::Tensor>& t, const char* name, int64_t channels) {
+void check_param(const char* op, const c10::optional<at::Tensor>& t, const char* name, int64_t channels) {
   if (!t.has_value() || !t->defined()) return;
   TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kFloat && t->dim() == 1 && t->numel() == channels &&
                   t->is_contiguous(),
-              "leadfl::batch_norm_scoring_: ", name, " must be a contiguous float32 CPU tensor of ", channels,
+              "leadfl::", op, ": ", name, " must be a contiguous float32 CPU tensor of ", channels,
               " values (one per channel), got ", t->scalar_type(), " of shape ", t->sizes(), " on ", t->device(),
               "; fix: pass the BatchNorm layer's own ", name, " or None");
 }
@@ -160,45 +160,58 @@ void check_param(const c10::optional<at::Tensor>& t, const char* name, int64_t c
 
 bool batch_norm_scoring_available() { return cpu_has_avx2_fma(); }
 
-at::Tensor& batch_norm_scoring_(const at::Tensor& input, const c10::optional<at::Tensor>& weight,
-                                const c10::optional<at::Tensor>& bias, double eps, at::Tensor& out) {
-  TORCH_CHECK(cpu_has_avx2_fma(),
-              "leadfl::batch_norm_scoring_ needs a CPU with AVX2 and FMA, which this one does not report; "
+namespace {
+
+// The checks both ops share, before any work; `op` names the op in the messages.
+void check_input(const char* op, const at::Tensor& input, const c10::optional<at::Tensor>& weight,
+                 const c10::optional<at::Tensor>& bias, double eps) {
+  TORCH_CHECK(cpu_has_avx2_fma(), "leadfl::", op,
+              " needs a CPU with AVX2 and FMA, which this one does not report; "
               "fix: use torch.native_batch_norm (check leadfl::batch_norm_scoring_available() first)");
   TORCH_CHECK(input.device().is_cpu() && input.scalar_type() == at::kFloat && input.is_contiguous() && input.dim() >= 2,
-              "leadfl::batch_norm_scoring_: input must be a contiguous float32 CPU tensor with a batch and a channel "
-              "dimension, got ",
+              "leadfl::", op, ": input must be a contiguous float32 CPU tensor with a batch and a channel dimension, got ",
               input.scalar_type(), " of shape ", input.sizes(), " on ", input.device(),
               "; fix: .contiguous() / .float(), or use torch.native_batch_norm");
-  TORCH_CHECK(out.device().is_cpu() && out.scalar_type() == at::kFloat && out.is_contiguous() &&
-                  out.sizes() == input.sizes() && !out.is_same(input),
-              "leadfl::batch_norm_scoring_: out must be a contiguous float32 CPU tensor of the input's shape ",
-              input.sizes(), " and not the input itself, got ", out.scalar_type(), " of shape ", out.sizes(),
-              "; fix: out = torch.empty_like(input)");
   const int64_t batch = input.size(0), channels = input.size(1);
-  TORCH_CHECK(channels > 0 && input.numel() > channels,
-              "leadfl::batch_norm_scoring_: expected more than 1 value per channel, got input of shape ",
-              input.sizes(), "; fix: score a batch of more than one value per channel");
-  TORCH_CHECK(std::isfinite(eps) && eps >= 0, "leadfl::batch_norm_scoring_: eps=", eps,
+  TORCH_CHECK(channels > 0 && input.numel() > channels, "leadfl::", op,
+              ": expected more than 1 value per channel, got input of shape ", input.sizes(),
+              "; fix: score a batch of more than one value per channel");
+  TORCH_CHECK(std::isfinite(eps) && eps >= 0, "leadfl::", op, ": eps=", eps,
               " is not allowed; eps must be a finite number >= 0");
-  TORCH_CHECK(input.numel() / batch / channels > 1,
-              "leadfl::batch_norm_scoring_: input of shape ", input.sizes(),
+  TORCH_CHECK(input.numel() / batch / channels > 1, "leadfl::", op, ": input of shape ", input.sizes(),
               " has one value per channel and image, which ATen normalises by another kernel (its channels-last "
               "one); fix: use torch.native_batch_norm for such inputs");
-  check_param(weight, "weight", channels);
-  check_param(bias, "bias", channels);
+  check_param(op, weight, "weight", channels);
+  check_param(op, bias, "bias", channels);
+}
+
+void check_out(const char* op, const at::Tensor& input, const at::Tensor& out, c10::IntArrayRef shape) {
+  TORCH_CHECK(out.device().is_cpu() && out.scalar_type() == at::kFloat && out.is_contiguous() && out.sizes() == shape &&
+                  !out.is_same(input),
+              "leadfl::", op, ": out must be a contiguous float32 CPU tensor of shape ", shape,
+              " and not the input itself, got ", out.scalar_type(), " of shape ", out.sizes(),
+              "; fix: out = torch.empty(", shape, ")");
+}
+
 #ifdef LEADFL_SCORING_BN_AVX2
+// Per channel, ATen's batch statistics turned into the affine map it applies:
+// out = fma(x, alpha[c], beta[c]).
+void affine_terms(const at::Tensor& input, const c10::optional<at::Tensor>& weight,
+                  const c10::optional<at::Tensor>& bias, double eps, std::vector<float>& alpha,
+                  std::vector<float>& beta) {
+  const int64_t batch = input.size(0), channels = input.size(1);
   const int64_t image = input.numel() / batch / channels;
   const int64_t count = batch * image;
   const float* x = input.const_data_ptr<float>();
-  float* y = out.mutable_data_ptr<float>();
   std::vector<double> sums(channels);
-  std::vector<float> mean(channels), alpha(channels), beta(channels);
+  std::vector<float> mean(channels);
   all_channel_sums<false>(x, batch, channels, image, nullptr, sums.data());
   for (int64_t c = 0; c < channels; ++c) mean[c] = static_cast<float>(sums[c] / count);
   all_channel_sums<true>(x, batch, channels, image, mean.data(), sums.data());
   const float* w = weight.has_value() && weight->defined() ? weight->const_data_ptr<float>() : nullptr;
   const float* b = bias.has_value() && bias->defined() ? bias->const_data_ptr<float>() : nullptr;
+  alpha.resize(channels);
+  beta.resize(channels);
   for (int64_t c = 0; c < channels; ++c) {
     const double var = static_cast<float>(sums[c]) / count;  // float / int64 in float, as ATen
     double invstd = 0;
@@ -206,7 +219,91 @@ at::Tensor& batch_norm_scoring_(const at::Tensor& input, const c10::optional<at:
     alpha[c] = static_cast<float>(invstd) * (w ? w[c] : 1.0f);
     beta[c] = fma_float(-mean[c], alpha[c], b ? b[c] : 0.0f);
   }
-  normalise(x, y, batch, channels, image, alpha.data(), beta.data());
+}
+
+// The larger of a and b, NaN if either is (torch.maximum's rule).
+__attribute__((target("avx2,fma"))) inline __m256 nan_max(__m256 a, __m256 b) {
+  return _mm256_blendv_ps(_mm256_max_ps(a, b), a, _mm256_cmp_ps(a, a, _CMP_UNORD_Q));
+}
+
+__attribute__((target("avx2,fma"))) inline float nan_max(float a, float b) {
+  return (a != a || a > b) ? a : b;  // b when b is NaN and a is not: b > a is false either way
+}
+
+// ReLU (max(v, 0), NaN kept) of the 2x2 max-pool of the normalised plane: out[h][w] is the
+// maximum of fma(x, alpha, beta) over rows 2h, 2h+1 and columns 2w, 2w+1 (a trailing odd row or
+// column is left out, as max_pool2d does).
+__attribute__((target("avx2,fma"))) void normalise_relu_pool(const float* x, float* y, int64_t planes,
+                                                             int64_t channels, int64_t height,
+                                                             int64_t width, const float* alpha, const float* beta) {
+  const int64_t out_h = height / 2, out_w = width / 2;
+  const int64_t body = out_w - out_w % 8;
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256i order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
+  for (int64_t p = 0; p < planes; ++p) {
+    const int64_t c = p % channels;
+    const __m256 a = _mm256_set1_ps(alpha[c]), b = _mm256_set1_ps(beta[c]);
+    const float* plane = x + p * height * width;
+    float* dst = y + p * out_h * out_w;
+    for (int64_t h = 0; h < out_h; ++h) {
+      const float* top = plane + 2 * h * width;
+      const float* bottom = top + width;
+      int64_t w = 0;
+      for (; w < body; w += 8) {
+        // 16 columns of each row: the 8 windows 2w .. 2w+15
+        const __m256 t0 = _mm256_fmadd_ps(_mm256_loadu_ps(top + 2 * w), a, b);
+        const __m256 t1 = _mm256_fmadd_ps(_mm256_loadu_ps(top + 2 * w + 8), a, b);
+        const __m256 b0 = _mm256_fmadd_ps(_mm256_loadu_ps(bottom + 2 * w), a, b);
+        const __m256 b1 = _mm256_fmadd_ps(_mm256_loadu_ps(bottom + 2 * w + 8), a, b);
+        const __m256 v0 = nan_max(t0, b0), v1 = nan_max(t1, b1);  // columns 0-7 and 8-15, rows merged
+        // even and odd columns (within 128-bit halves), then the halves back in column order
+        const __m256 even = _mm256_shuffle_ps(v0, v1, 0x88), odd = _mm256_shuffle_ps(v0, v1, 0xDD);
+        __m256 m = nan_max(even, odd);
+        m = _mm256_castsi256_ps(_mm256_permutevar8x32_epi32(_mm256_castps_si256(m), order));
+        _mm256_storeu_ps(dst + h * out_w + w, nan_max(m, zero));
+      }
+      for (; w < out_w; ++w) {
+        const float t0 = fma_float(top[2 * w], alpha[c], beta[c]), t1 = fma_float(top[2 * w + 1], alpha[c], beta[c]);
+        const float b0 = fma_float(bottom[2 * w], alpha[c], beta[c]),
+                    b1 = fma_float(bottom[2 * w + 1], alpha[c], beta[c]);
+        dst[h * out_w + w] = nan_max(nan_max(nan_max(t0, b0), nan_max(t1, b1)), 0.0f);
+      }
+    }
+  }
+}
+#endif  // LEADFL_SCORING_BN_AVX2
+
+}  // namespace
+
+at::Tensor& batch_norm_scoring_(const at::Tensor& input, const c10::optional<at::Tensor>& weight,
+                                const c10::optional<at::Tensor>& bias, double eps, at::Tensor& out) {
+  check_input("batch_norm_scoring_", input, weight, bias, eps);
+  check_out("batch_norm_scoring_", input, out, input.sizes());
+#ifdef LEADFL_SCORING_BN_AVX2
+  std::vector<float> alpha, beta;
+  affine_terms(input, weight, bias, eps, alpha, beta);
+  const int64_t batch = input.size(0), channels = input.size(1);
+  normalise(input.const_data_ptr<float>(), out.mutable_data_ptr<float>(), batch, channels,
+            input.numel() / batch / channels, alpha.data(), beta.data());
+#endif
+  return out;
+}
+
+at::Tensor& batch_norm_relu_pool_scoring_(const at::Tensor& input, const c10::optional<at::Tensor>& weight,
+                                          const c10::optional<at::Tensor>& bias, double eps, at::Tensor& out) {
+  constexpr const char* op = "batch_norm_relu_pool_scoring_";
+  check_input(op, input, weight, bias, eps);
+  TORCH_CHECK(input.dim() == 4 && input.size(2) >= 2 && input.size(3) >= 2, "leadfl::", op,
+              ": input must be (N, C, H, W) with H, W >= 2 for a 2x2 max-pool, got shape ", input.sizes(),
+              "; fix: use batch_norm_scoring_ and max_pool2d");
+  const int64_t batch = input.size(0), channels = input.size(1), height = input.size(2), width = input.size(3);
+  const std::vector<int64_t> shape = {batch, channels, height / 2, width / 2};
+  check_out(op, input, out, shape);
+#ifdef LEADFL_SCORING_BN_AVX2
+  std::vector<float> alpha, beta;
+  affine_terms(input, weight, bias, eps, alpha, beta);
+  normalise_relu_pool(input.const_data_ptr<float>(), out.mutable_data_ptr<float>(), batch * channels, channels,
+                      height, width, alpha.data(), beta.data());
 #endif
   return out;
 }
@@ -215,6 +312,10 @@ TORCH_LIBRARY_FRAGMENT(leadfl, m) {
   m.def("batch_norm_scoring_available() -> bool", &batch_norm_scoring_available);
   m.def("batch_norm_scoring_(Tensor input, Tensor? weight, Tensor? bias, float eps, Tensor(a!) out) -> Tensor(a!)",
         &batch_norm_scoring_);
+  m.def(
+      "batch_norm_relu_pool_scoring_(Tensor input, Tensor? weight, Tensor? bias, float eps, Tensor(a!) out) -> "
+      "Tensor(a!)",
+      &batch_norm_relu_pool_scoring_);
 }
 
 }  // namespace leadfl

@@ -85,3 +85,59 @@ def test_bad_input_is_refused_with_the_fix():
         kernel(x, None, None, -1.0, torch.empty_like(x))
     with pytest.raises(RuntimeError, match="more than 1 value per channel"):
         kernel(torch.randn(1, 3, 1, 1), None, None, 1e-5, torch.empty(1, 3, 1, 1))
+
+
+fused = torch.ops.leadfl.batch_norm_relu_pool_scoring_
+
+
+def aten_relu_pool(x, weight, bias, eps):
+    return torch.nn.functional.max_pool2d(torch.relu(aten(x, weight, bias, eps)), 2)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_fused_relu_and_pool_give_atens_bits_on_random_inputs(seed):
+    generator = torch.Generator().manual_seed(100 + seed)
+    for _ in range(20):
+        x, weight, bias, eps = random_case(generator)
+        if x.dim() == 3:
+            x = torch.stack([x, x * 0.5 - 1, -x], dim=3)  # (N, C, L, 3)
+        elif x.dim() == 5:
+            x = x.flatten(2, 3)
+        for dim in (2, 3):  # at least one 2x2 window
+            if x.shape[dim] < 2:
+                x = torch.cat([x, 2 - x], dim=dim)
+        expected = aten_relu_pool(x, weight, bias, eps)
+        out = torch.full_like(expected, 7.0)
+        fused(x, weight, bias, eps, out)
+        assert torch.equal(out, expected), (tuple(x.shape), eps)
+
+
+@pytest.mark.parametrize("shape", [(1000, 16, 28, 28), (1000, 32, 14, 14), (7, 5, 33, 35), (3, 4, 2, 2)])
+def test_the_fused_op_on_the_models_shapes_and_odd_sizes(shape):
+    generator = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(shape, generator=generator).relu_() * 4 - 0.5
+    weight, bias = torch.randn(shape[1], generator=generator), torch.randn(shape[1], generator=generator)
+    expected = aten_relu_pool(x, weight, bias, 1e-5)
+    out = torch.empty_like(expected)
+    fused(x, weight, bias, 1e-5, out)
+    assert torch.equal(out, expected)
+
+
+def test_the_fused_op_keeps_nan_where_max_pool2d_does():
+    x = torch.randn(5, 6, 8, 10, generator=torch.Generator().manual_seed(2))
+    x[1, 2, 3, 4] = float("nan")  # channel 2's statistics become NaN: all its outputs are NaN, as in ATen
+    x[3, 4, 0, 9] = float("inf")
+    weight, bias = torch.randn(6), torch.randn(6)
+    expected = aten_relu_pool(x, weight, bias, 1e-5)
+    out = torch.empty_like(expected)
+    fused(x, weight, bias, 1e-5, out)
+    assert torch.equal(out.isnan(), expected.isnan())
+    assert expected.isnan().any() and not expected.isnan().all()
+    assert torch.equal(out.nan_to_num(nan=0.0), expected.nan_to_num(nan=0.0))
+
+
+def test_the_fused_op_refuses_what_it_cannot_pool():
+    with pytest.raises(RuntimeError, match=r"\(N, C, H, W\) with H, W >= 2"):
+        fused(torch.randn(4, 3, 5), None, None, 1e-5, torch.empty(4, 3, 2))
+    with pytest.raises(RuntimeError, match=r"out must be .* of shape \[4, 3, 2, 2\]"):
+        fused(torch.randn(4, 3, 5, 5), None, None, 1e-5, torch.empty(4, 3, 5, 5))
