@@ -553,38 +553,65 @@ def check_crossover() -> None:
                           finished_runs(folder / study, labels), reference, last)
 
 
+EFFECT_MEASURES = {"backdoor accuracy": lambda row: float(row["backdoor_accuracy"]),
+                   "L2 attack effect": lambda row: float(row["attack_effect"]),
+                   "margin gap (real - shadow)": lambda row: float(row["backdoor_margin"])
+                   - float(row["shadow_backdoor_margin"]),
+                   "effect along the backdoor gradient": lambda row: float(row["attack_effect_backdoor"])}
+
+
+def print_effect_shares(runs: dict[str, dict[int, Path]], bursts: tuple[int, ...], later: int = 8) -> None:
+    """Per variant and measure: its value at the end of each burst (round b) and the share left
+    `later` rounds on (value at b + later over value at b), the bursts of a seed averaged first;
+    mean ± 95% half-width over the seeds."""
+    for variant, folders in runs.items():
+        if not folders:
+            print(f"  {variant}: no finished run")
+            continue
+        for name, value in EFFECT_MEASURES.items():
+            shares, starts = {}, {}
+            for seed, run in folders.items():
+                rows = {int(row["round"]): row for row in rows_of(run)}
+                pairs = [(value(rows[last]), value(rows[last + later])) for last in bursts if last + later in rows]
+                shares[seed] = sum(after / before for before, after in pairs) / len(pairs)
+                starts[seed] = sum(before for before, _ in pairs) / len(pairs)
+            print(f"  {variant}, {name}: at the burst's end {level_text(list(starts.values()), 3)}; left {later} rounds "
+                  f"later {level_text(list(shares.values()), 2)} (shares; "
+                  + ", ".join(f"seed {seed} {share:.2f}" for seed, share in shares.items()) + ")")
+
+
 def check_effect_measures() -> None:
-    """Per variant, for each burst (rounds 0-1 and 10-11 of the demo's periodic selection), the
-    share of each measure left after the eight benign rounds that follow: value at the burst's last
-    round + 8 over value at its last round, mean ± 95% half-width over the seeds (both bursts of a
-    seed averaged first)."""
+    """The demo's bursts (rounds 0-1 and 10-11 of its periodic selection): the share of each
+    measure left after the eight benign rounds that follow (round 9 / round 1, round 19 / round 11)."""
     folder = RESULTS / "attack-effect-measures"
     print("## effect-measures: docs/results/attack-effect-measures/, share of each measure left 8 benign rounds "
           "after a burst (value at round 9 / round 1 and round 19 / round 11), finished runs only")
     if not folder.is_dir():
         print("  no such folder: not run\n")
         return
-    measures = {"backdoor accuracy": lambda row: float(row["backdoor_accuracy"]),
-                "L2 attack effect": lambda row: float(row["attack_effect"]),
-                "margin gap (real - shadow)": lambda row: float(row["backdoor_margin"]) - float(row["shadow_backdoor_margin"]),
-                "effect along the backdoor gradient": lambda row: float(row["attack_effect_backdoor"])}
-    for variant, runs in finished_runs(folder, ("none", "hessian", "original")).items():
-        if not runs:
-            print(f"  {variant}: no finished run")
-            continue
-        for name, value in measures.items():
-            shares, starts = {}, {}
-            for seed, run in runs.items():
-                rows = {int(row["round"]): row for row in rows_of(run)}
-                pairs = [(value(rows[last]), value(rows[last + 8])) for last in (1, 11) if last + 8 in rows]
-                shares[seed] = sum(after / before for before, after in pairs) / len(pairs)
-                starts[seed] = sum(before for before, _ in pairs) / len(pairs)
-            print(f"  {variant}, {name}: at the burst's end {level_text(list(starts.values()), 3)}; left 8 rounds later "
-                  f"{level_text(list(shares.values()), 2)} (shares; " + ", ".join(f"seed {seed} {share:.2f}" for seed, share
-                                                                   in shares.items()) + ")")
+    print_effect_shares(finished_runs(folder, ("none", "hessian", "original")), (1, 11))
     print()
 
 
+def check_authors_measures() -> None:
+    """The authors' setting's first 10 rounds (one burst, round 0; then 0-3 attackers a round,
+    dropped or kept alike in the real run and its shadow): each measure per round, and the share
+    left 8 rounds after the burst (round 8 / round 0)."""
+    folder = RESULTS / "attack-effect-authors-measures"
+    print("## authors-measures: docs/results/attack-effect-authors-measures/ (seed 0), each measure by round and "
+          "the share left at round 8 of its round-0 value, finished runs only")
+    if not folder.is_dir():
+        print("  no such folder: not run\n")
+        return
+    runs = {label: {0: folder / label} for label in ("None", "LeadFL") if (folder / label / "summary.json").is_file()}
+    for label, folders in runs.items():
+        rows = rows_of(folders[0])
+        kept = malicious_kept_by_round(folders[0], rows)
+        print(f"  {label}: malicious uploads kept {kept_text(kept)}")
+        for name, value in EFFECT_MEASURES.items():
+            print(f"    {name}: " + ", ".join(f"{value(row):.3f}" for row in rows))
+    print_effect_shares(runs, (0,))
+    print()
 
 
 def check_table1_detection() -> None:
@@ -625,6 +652,7 @@ CHECKS = {"lr-x2": check_lr_x2, "drift-alpha": check_drift_alpha,
           "authors-bursts": check_authors_bursts, "demo-kept": check_demo_kept,
           "detection-followed": check_detection_followed, "switch-replication": check_switch_replication,
           "crossover": check_crossover, "effect-measures": check_effect_measures,
+          "authors-measures": check_authors_measures,
           "table1-detection": check_table1_detection}
 
 
