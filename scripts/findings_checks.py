@@ -607,7 +607,7 @@ def check_authors_measures() -> None:
     for label, folders in runs.items():
         rows = rows_of(folders[0])
         kept = malicious_kept_by_round(folders[0], rows)
-        print(f"  {label}: malicious uploads kept {kept_text(kept)}")
+        print(f"  {label}: {kept_text(kept)}")
         for name, value in EFFECT_MEASURES.items():
             print(f"    {name}: " + ", ".join(f"{value(row):.3f}" for row in rows))
     print_effect_shares(runs, (0,))
