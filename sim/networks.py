@@ -178,7 +178,7 @@ def exact_batch_norm_kernel() -> bool:
                 return False
             if x.dim() == 4:
                 pooled = torch.nn.functional.max_pool2d(torch.relu(expected), 2)
-                if not torch.equal(fused(x, weight, bias, 1e-5, torch.empty_like(pooled)), pooled):
+                if not torch.equal(fused([x[:5], x[5:]], weight, bias, 1e-5, torch.empty_like(pooled)), pooled):
                     return False
     return True
 
@@ -245,8 +245,33 @@ class _BatchNormReluPool(nn.Module):
                 and exact_batch_norm_kernel()):
             layer = self.norm.norm
             out = self.pool.kept("out", (*x.shape[:2], x.shape[2] // 2, x.shape[3] // 2), x)
-            return torch.ops.leadfl.batch_norm_relu_pool_scoring_(x, layer.weight, layer.bias, layer.eps, out)
+            return torch.ops.leadfl.batch_norm_relu_pool_scoring_([x], layer.weight, layer.bias, layer.eps, out)
         return self.pool(self.norm(x))
+
+
+class _ConvBatchNormReluPool(nn.Module):
+    """A chunked convolution followed by BatchNorm, ReLU and a 2x2 max-pool: where the kernel
+    holds, the convolution's chunks go to `batch_norm_relu_pool_scoring_` as they are (it sums
+    them as one batch, in order), so the whole batch's convolution output is never copied into
+    one tensor; else the two scoring layers it joins."""
+
+    def __init__(self, conv: _ChunkedConv2d, rest: _BatchNormReluPool):
+        super().__init__()
+        self.conv = conv
+        self.rest = rest
+
+    def forward(self, x: Tensor) -> Tensor:
+        conv, chunk = self.conv.conv, self.conv.chunk
+        if (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and not torch.is_grad_enabled()
+                and x.shape[0] > chunk and exact_batch_norm_kernel()):
+            chunks = [conv(x[start : start + chunk]) for start in range(0, x.shape[0], chunk)]
+            if chunks[0].shape[2] >= 2 and chunks[0].shape[3] >= 2 and all(c.is_contiguous() for c in chunks):
+                layer = self.rest.norm.norm
+                out = self.rest.pool.kept("out", (x.shape[0], chunks[0].shape[1], chunks[0].shape[2] // 2,
+                                                  chunks[0].shape[3] // 2), chunks[0])
+                return torch.ops.leadfl.batch_norm_relu_pool_scoring_(chunks, layer.weight, layer.bias, layer.eps,
+                                                                      out)
+        return self.rest(self.conv(x))
 
 
 def _is_plain_2x2_pool(module: nn.Module) -> bool:
@@ -279,6 +304,10 @@ def _rewrite_for_scoring(module: nn.Module, chunk: int) -> None:
                     and type(module._modules[pool]) is _MaxPool2x2 and module._modules[pool].relu):
                 module._modules[norm] = _BatchNormReluPool(module._modules[norm], module._modules[pool])
                 module._modules[pool] = nn.Identity()
+        for conv, rest in zip(names, names[1:]):
+            if type(module._modules[conv]) is _ChunkedConv2d and type(module._modules[rest]) is _BatchNormReluPool:
+                module._modules[conv] = _ConvBatchNormReluPool(module._modules[conv], module._modules[rest])
+                module._modules[rest] = nn.Identity()
 
 
 def scoring_copy(model: nn.Module, *, conv_chunk: int = SCORING_CONV_CHUNK) -> nn.Module:

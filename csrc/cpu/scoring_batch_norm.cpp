@@ -37,8 +37,9 @@ __attribute__((target("avx2,fma"))) inline __m256d gather4(const float* const* r
   return _mm256_cvtps_pd(_mm_set_ps(rows[3][i], rows[2][i], rows[1][i], rows[0][i]));
 }
 
-// Sums of G groups of 4 channel rows: sum[g] += x (Square = false) or += (x - mean)^2 in float
-// (Square = true), over all images and positions in ATen's order.
+// Sums of G groups of 4 channel rows: out[c] += x (Square = false) or += (x - mean)^2 in float
+// (Square = true), over all images and positions in ATen's order, continuing the sums in `out`
+// (so a batch given in consecutive chunks is summed as one).
 template <int G, bool Square>
 __attribute__((target("avx2,fma"))) void channel_sums(const float* x, int64_t batch, int64_t channels,
                                                       int64_t image, int64_t c0, const float* mean,
@@ -46,7 +47,7 @@ __attribute__((target("avx2,fma"))) void channel_sums(const float* x, int64_t ba
   __m256d acc[G];
   __m128 m[G];
   for (int g = 0; g < G; ++g) {
-    acc[g] = _mm256_setzero_pd();
+    acc[g] = _mm256_loadu_pd(out + c0 + 4 * g);
     m[g] = Square ? _mm_loadu_ps(mean + c0 + 4 * g) : _mm_setzero_ps();
   }
   const int64_t body = image - image % 4;
@@ -101,7 +102,7 @@ __attribute__((target("avx2,fma"))) void all_channel_sums(const float* x, int64_
     c += 4;
   }
   for (; c < channels; ++c) {  // the last channels one by one, as ATen
-    double sum = 0;
+    double sum = out[c];
     const float m = Square ? mean[c] : 0.0f;
     for (int64_t n = 0; n < batch; ++n) {
       const float* r = x + (n * channels + c) * image;
@@ -194,20 +195,25 @@ void check_out(const char* op, const at::Tensor& input, const at::Tensor& out, c
 }
 
 #ifdef LEADFL_SCORING_BN_AVX2
-// Per channel, ATen's batch statistics turned into the affine map it applies:
-// out = fma(x, alpha[c], beta[c]).
-void affine_terms(const at::Tensor& input, const c10::optional<at::Tensor>& weight,
+// Per channel, ATen's batch statistics of the batch that `chunks` make one after another (split
+// along the batch dimension), turned into the affine map it applies: out = fma(x, alpha[c], beta[c]).
+void affine_terms(at::TensorList chunks, const c10::optional<at::Tensor>& weight,
                   const c10::optional<at::Tensor>& bias, double eps, std::vector<float>& alpha,
                   std::vector<float>& beta) {
-  const int64_t batch = input.size(0), channels = input.size(1);
-  const int64_t image = input.numel() / batch / channels;
-  const int64_t count = batch * image;
-  const float* x = input.const_data_ptr<float>();
-  std::vector<double> sums(channels);
+  const int64_t channels = chunks[0].size(1);
+  const int64_t image = chunks[0].numel() / chunks[0].size(0) / channels;
+  int64_t count = 0;
+  for (const auto& chunk : chunks) count += chunk.size(0) * image;
+  std::vector<double> sums(channels, 0.0);
   std::vector<float> mean(channels);
-  all_channel_sums<false>(x, batch, channels, image, nullptr, sums.data());
-  for (int64_t c = 0; c < channels; ++c) mean[c] = static_cast<float>(sums[c] / count);
-  all_channel_sums<true>(x, batch, channels, image, mean.data(), sums.data());
+  for (const auto& chunk : chunks)
+    all_channel_sums<false>(chunk.const_data_ptr<float>(), chunk.size(0), channels, image, nullptr, sums.data());
+  for (int64_t c = 0; c < channels; ++c) {
+    mean[c] = static_cast<float>(sums[c] / count);
+    sums[c] = 0.0;
+  }
+  for (const auto& chunk : chunks)
+    all_channel_sums<true>(chunk.const_data_ptr<float>(), chunk.size(0), channels, image, mean.data(), sums.data());
   const float* w = weight.has_value() && weight->defined() ? weight->const_data_ptr<float>() : nullptr;
   const float* b = bias.has_value() && bias->defined() ? bias->const_data_ptr<float>() : nullptr;
   alpha.resize(channels);
@@ -281,7 +287,7 @@ at::Tensor& batch_norm_scoring_(const at::Tensor& input, const c10::optional<at:
   check_out("batch_norm_scoring_", input, out, input.sizes());
 #ifdef LEADFL_SCORING_BN_AVX2
   std::vector<float> alpha, beta;
-  affine_terms(input, weight, bias, eps, alpha, beta);
+  affine_terms({input}, weight, bias, eps, alpha, beta);
   const int64_t batch = input.size(0), channels = input.size(1);
   normalise(input.const_data_ptr<float>(), out.mutable_data_ptr<float>(), batch, channels,
             input.numel() / batch / channels, alpha.data(), beta.data());
@@ -289,21 +295,41 @@ at::Tensor& batch_norm_scoring_(const at::Tensor& input, const c10::optional<at:
   return out;
 }
 
-at::Tensor& batch_norm_relu_pool_scoring_(const at::Tensor& input, const c10::optional<at::Tensor>& weight,
+at::Tensor& batch_norm_relu_pool_scoring_(at::TensorList chunks, const c10::optional<at::Tensor>& weight,
                                           const c10::optional<at::Tensor>& bias, double eps, at::Tensor& out) {
   constexpr const char* op = "batch_norm_relu_pool_scoring_";
-  check_input(op, input, weight, bias, eps);
-  TORCH_CHECK(input.dim() == 4 && input.size(2) >= 2 && input.size(3) >= 2, "leadfl::", op,
-              ": input must be (N, C, H, W) with H, W >= 2 for a 2x2 max-pool, got shape ", input.sizes(),
+  TORCH_CHECK(!chunks.empty(), "leadfl::", op,
+              ": got no input; fix: pass the batch, or its chunks along the batch dimension, as a list of tensors");
+  const at::Tensor& first = chunks[0];
+  TORCH_CHECK(first.dim() == 4 && first.size(2) >= 2 && first.size(3) >= 2, "leadfl::", op,
+              ": input must be (N, C, H, W) with H, W >= 2 for a 2x2 max-pool, got shape ", first.sizes(),
               "; fix: use batch_norm_scoring_ and max_pool2d");
-  const int64_t batch = input.size(0), channels = input.size(1), height = input.size(2), width = input.size(3);
+  int64_t batch = 0;
+  for (size_t k = 0; k < chunks.size(); ++k) {
+    const at::Tensor& chunk = chunks[k];
+    TORCH_CHECK(chunk.dim() == 4 && chunk.size(0) > 0 && chunk.sizes().slice(1) == first.sizes().slice(1), "leadfl::",
+                op, ": chunk ", k, " has shape ", chunk.sizes(), ", the first ", first.sizes(),
+                "; fix: chunks of one batch split along dimension 0, none empty");
+    TORCH_CHECK(chunk.device().is_cpu() && chunk.scalar_type() == at::kFloat && chunk.is_contiguous(), "leadfl::", op,
+                ": chunk ", k, " must be a contiguous float32 CPU tensor, got ", chunk.scalar_type(), " on ",
+                chunk.device(), "; fix: .contiguous() / .float()");
+    batch += chunk.size(0);
+  }
+  const int64_t channels = first.size(1), height = first.size(2), width = first.size(3);
+  check_input(op, first, weight, bias, eps);  // the AVX2 check, eps, the parameters' shapes
   const std::vector<int64_t> shape = {batch, channels, height / 2, width / 2};
-  check_out(op, input, out, shape);
+  check_out(op, first, out, shape);
+  for (const auto& chunk : chunks)
+    TORCH_CHECK(!out.is_same(chunk), "leadfl::", op, ": out must not be one of the chunks; fix: a fresh tensor");
 #ifdef LEADFL_SCORING_BN_AVX2
   std::vector<float> alpha, beta;
-  affine_terms(input, weight, bias, eps, alpha, beta);
-  normalise_relu_pool(input.const_data_ptr<float>(), out.mutable_data_ptr<float>(), batch * channels, channels,
-                      height, width, alpha.data(), beta.data());
+  affine_terms(chunks, weight, bias, eps, alpha, beta);
+  float* y = out.mutable_data_ptr<float>();
+  for (const auto& chunk : chunks) {
+    normalise_relu_pool(chunk.const_data_ptr<float>(), y, chunk.size(0) * channels, channels, height, width,
+                        alpha.data(), beta.data());
+    y += chunk.size(0) * channels * (height / 2) * (width / 2);
+  }
 #endif
   return out;
 }
@@ -313,7 +339,7 @@ TORCH_LIBRARY_FRAGMENT(leadfl, m) {
   m.def("batch_norm_scoring_(Tensor input, Tensor? weight, Tensor? bias, float eps, Tensor(a!) out) -> Tensor(a!)",
         &batch_norm_scoring_);
   m.def(
-      "batch_norm_relu_pool_scoring_(Tensor input, Tensor? weight, Tensor? bias, float eps, Tensor(a!) out) -> "
+      "batch_norm_relu_pool_scoring_(Tensor[] chunks, Tensor? weight, Tensor? bias, float eps, Tensor(a!) out) -> "
       "Tensor(a!)",
       &batch_norm_relu_pool_scoring_);
 }

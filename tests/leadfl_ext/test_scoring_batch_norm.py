@@ -108,7 +108,7 @@ def test_the_fused_relu_and_pool_give_atens_bits_on_random_inputs(seed):
                 x = torch.cat([x, 2 - x], dim=dim)
         expected = aten_relu_pool(x, weight, bias, eps)
         out = torch.full_like(expected, 7.0)
-        fused(x, weight, bias, eps, out)
+        fused([x], weight, bias, eps, out)
         assert torch.equal(out, expected), (tuple(x.shape), eps)
 
 
@@ -119,7 +119,7 @@ def test_the_fused_op_on_the_models_shapes_and_odd_sizes(shape):
     weight, bias = torch.randn(shape[1], generator=generator), torch.randn(shape[1], generator=generator)
     expected = aten_relu_pool(x, weight, bias, 1e-5)
     out = torch.empty_like(expected)
-    fused(x, weight, bias, 1e-5, out)
+    fused([x], weight, bias, 1e-5, out)
     assert torch.equal(out, expected)
 
 
@@ -130,7 +130,7 @@ def test_the_fused_op_keeps_nan_where_max_pool2d_does():
     weight, bias = torch.randn(6), torch.randn(6)
     expected = aten_relu_pool(x, weight, bias, 1e-5)
     out = torch.empty_like(expected)
-    fused(x, weight, bias, 1e-5, out)
+    fused([x], weight, bias, 1e-5, out)
     assert torch.equal(out.isnan(), expected.isnan())
     assert expected.isnan().any() and not expected.isnan().all()
     assert torch.equal(out.nan_to_num(nan=0.0), expected.nan_to_num(nan=0.0))
@@ -138,6 +138,27 @@ def test_the_fused_op_keeps_nan_where_max_pool2d_does():
 
 def test_the_fused_op_refuses_what_it_cannot_pool():
     with pytest.raises(RuntimeError, match=r"\(N, C, H, W\) with H, W >= 2"):
-        fused(torch.randn(4, 3, 5), None, None, 1e-5, torch.empty(4, 3, 2))
+        fused([torch.randn(4, 3, 5)], None, None, 1e-5, torch.empty(4, 3, 2))
     with pytest.raises(RuntimeError, match=r"out must be .* of shape \[4, 3, 2, 2\]"):
-        fused(torch.randn(4, 3, 5, 5), None, None, 1e-5, torch.empty(4, 3, 5, 5))
+        fused([torch.randn(4, 3, 5, 5)], None, None, 1e-5, torch.empty(4, 3, 5, 5))
+    with pytest.raises(RuntimeError, match="chunk 1 has shape"):
+        fused([torch.randn(4, 3, 6, 6), torch.randn(2, 3, 6, 4)], None, None, 1e-5, torch.empty(6, 3, 3, 3))
+    with pytest.raises(RuntimeError, match="got no input"):
+        fused([], None, None, 1e-5, torch.empty(6, 3, 3, 3))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_batch_in_chunks_gives_the_whole_batchs_bits(seed):
+    generator = torch.Generator().manual_seed(200 + seed)
+    batch = int(torch.randint(2, 90, (1,), generator=generator))
+    channels = [3, 16, 21, 32][seed]
+    height, width = [(28, 28), (14, 14), (9, 7), (4, 2)][seed]
+    x = torch.randn(batch, channels, height, width, generator=generator).relu_() * 3 - 0.2
+    weight, bias = torch.randn(channels, generator=generator), torch.randn(channels, generator=generator)
+    cuts = sorted(set(torch.randint(1, batch, (3,), generator=generator).tolist()))
+    chunks = [piece.contiguous() for piece in torch.tensor_split(x, cuts)]
+    expected = aten_relu_pool(x, weight, bias, 1e-5)
+    out = torch.empty_like(expected)
+    fused(chunks, weight, bias, 1e-5, out)
+    assert len(chunks) > 1
+    assert torch.equal(out, expected)
