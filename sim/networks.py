@@ -316,8 +316,9 @@ def scoring_copy(model: nn.Module, *, conv_chunk: int = SCORING_CONV_CHUNK) -> n
     for bit, computed faster on a CPU: convolutions over chunks of `conv_chunk` images into one
     buffer (BatchNorm still sees the whole batch), 2x2 max-pooling as a maximum of strided views,
     ReLU moved after a 2x2 max-pool that follows it, batch-statistics BatchNorm (and a ReLU and
-    2x2 max-pool after it, in the same pass) by leadfl_ext's kernels where they give ATen's bits
-    on this machine (`exact_batch_norm_kernel`), and the whole-batch activations written into
+    2x2 max-pool after it, in the same pass, fed the convolution's chunks as they are) by
+    leadfl_ext's kernels where they give ATen's bits on this machine (`exact_batch_norm_kernel`),
+    and the whole-batch activations written into
     tensors kept from one call to the next. So an activation of one call is overwritten by the
     next: the copy is for scoring, whose logits (a Linear layer's fresh output) are used before the
     next batch. `model` is left as it is."""
