@@ -614,6 +614,31 @@ def check_authors_measures() -> None:
     print()
 
 
+def check_late_burst() -> None:
+    """The authors' setting with its bursts at rounds 0, 10 and 12, one more isolated burst at round
+    60 and no attacker otherwise: each row's backdoor accuracy after every burst (rounds b to b + 9
+    where run), the malicious uploads kept, and whether the run has finished."""
+    folder = RESULTS / "late-burst"
+    print("## late-burst: docs/results/late-burst/, backdoor accuracy (%) after each burst")
+    if not folder.is_dir():
+        print("  no such folder: not run\n")
+        return
+    for label in ("LeadFL", "None"):
+        run = folder / label
+        if not (run / "metrics.csv").is_file():
+            print(f"  {label}: not started")
+            continue
+        rows = rows_of(run)
+        state = "finished" if (run / "summary.json").is_file() else f"unfinished: {len(rows)} rounds so far"
+        backdoor = {round_: value for round_, (value, _) in backdoor_by_round(run).items()}
+        print(f"  {label} ({state}): {kept_text(malicious_kept_by_round(run, rows))}")
+        for burst in (0, 12, 60):
+            shown = [r for r in range(burst, burst + 12) if r in backdoor]
+            if shown:
+                print(f"    from round {burst}: " + ", ".join(f"{r}: {backdoor[r]:.1f}" for r in shown))
+    print()
+
+
 def check_table1_detection() -> None:
     folder = RESULTS / "table1-detection"
     print("## table1-detection: docs/results/table1-detection/, rounds with malicious clients")
@@ -652,7 +677,7 @@ CHECKS = {"lr-x2": check_lr_x2, "drift-alpha": check_drift_alpha,
           "authors-bursts": check_authors_bursts, "demo-kept": check_demo_kept,
           "detection-followed": check_detection_followed, "switch-replication": check_switch_replication,
           "crossover": check_crossover, "effect-measures": check_effect_measures,
-          "authors-measures": check_authors_measures,
+          "authors-measures": check_authors_measures, "late-burst": check_late_burst,
           "table1-detection": check_table1_detection}
 
 
