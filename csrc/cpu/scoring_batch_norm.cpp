@@ -11,7 +11,7 @@
 //   mean   = float(sum / N)                       (double division)
 //   invstd = float(1 / sqrt(double(float(var_sum) / N) + eps))
 //   alpha  = invstd * weight,  beta = fma(-mean, alpha, bias),  out = fma(x, alpha, beta)
-// (ATen's AVX2/AVX512 builds contract `bias - mean * alpha` and `x * alpha + beta` into fused
+// (ATen's AVX2 build, the one checked here, contracts `bias - mean * alpha` and `x * alpha + beta` into fused
 // multiply-adds). The Python side checks the result against native_batch_norm on this machine
 // before using it (sim.networks), so a torch whose kernel differs is never silently followed.
 #include <ATen/ATen.h>
