@@ -61,7 +61,6 @@ CASES = {
     "demo": {"preset": "demo", "overrides": ["rounds=1", "eval.test_size=null"], "local_steps": 20},
     "table1": {"preset": "table1-fmnist", "overrides": ["rounds=1"], "local_steps": 380},
 }
-MATMUL_SIZE = 512
 # The after tree with `training.memory_format: channels_last` (--channels-last).
 CHANNELS_LAST = "after, channels_last training"
 
@@ -239,23 +238,6 @@ def _spawn(mode: str, spec: dict, tree: Path) -> dict:
     return json.loads(lines[-1][len(RESULT_PREFIX):])
 
 
-def _matmul_rate(repeats: int = 30) -> float:
-    """FLOP/s of a 512x512 float32 matrix product on one thread (best of `repeats`)."""
-    import torch
-
-    torch.set_num_threads(1)
-    a, b = torch.randn(MATMUL_SIZE, MATMUL_SIZE), torch.randn(MATMUL_SIZE, MATMUL_SIZE)
-    for _ in range(3):
-        a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.process_time()
-        for _ in range(10):
-            a @ b
-        best = min(best, (time.process_time() - started) / 10)
-    return 2 * MATMUL_SIZE**3 / best
-
-
 def _floor_flops(case: dict, counts: dict) -> dict:
     """FLOPs of each part for the case's local steps, from the counts at the counted step numbers."""
     steps = sorted(int(s) for s in counts)
@@ -292,7 +274,7 @@ def main(argv=None) -> int:
         return 0
 
     sys.path.insert(0, str(REPO))
-    from bench.common import device_name
+    from bench.common import device_name, matmul_rate
 
     cases = [name.strip() for name in args.cases.split(",")]
     unknown = [name for name in cases if name not in CASES]
@@ -310,12 +292,12 @@ def main(argv=None) -> int:
             for version in (versions if repeat % 2 == 0 else versions[::-1]):
                 spec = {"preset": CASES[name]["preset"], "overrides": CASES[name]["overrides"]
                         + (["training.memory_format=channels_last"] if version == CHANNELS_LAST else [])}
-                rates.append(_matmul_rate())
+                rates.append(matmul_rate())
                 result = _spawn("child", spec, trees[version])
                 runs[name][version].append(result)
                 print(f"[{repeat + 1}/{args.repeats}] {name} {version}: round {result['seconds']['round']:.2f} s "
                       f"(evaluation {result['seconds']['evaluation']:.2f} s)", file=sys.stderr, flush=True)
-    rates.append(_matmul_rate())
+    rates.append(matmul_rate())
     rate = max(rates)
 
     report = {"device": device_name("cpu"), "threads": 1, "before": args.before_label, "after": "this tree",

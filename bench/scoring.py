@@ -33,21 +33,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-MATMUL_SIZE = 512
-
-
-def matmul_rate(torch, repeats: int = 20) -> float:
-    """FLOP/s of a 512x512 float32 matrix product on one thread (best of `repeats` x 10)."""
-    a, b = torch.randn(MATMUL_SIZE, MATMUL_SIZE), torch.randn(MATMUL_SIZE, MATMUL_SIZE)
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.process_time()
-        for _ in range(10):
-            a @ b
-        best = min(best, (time.process_time() - started) / 10)
-    return 2 * MATMUL_SIZE**3 / best
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=10)
@@ -60,7 +45,7 @@ def main(argv=None) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     torch.set_num_threads(1)
-    from bench.common import device_name
+    from bench.common import device_name, matmul_rate
     from sim import networks
     from sim.attacks.data_poisoning import stamp_trigger
     from sim.data import load_dataset
@@ -95,7 +80,7 @@ def main(argv=None) -> int:
     flops = counter.get_total_flops()
 
     times = {name: [] for name in variants}
-    rates = [matmul_rate(torch)]
+    rates = [matmul_rate(20)]
     reference = None
     for repeat in range(args.repeats):
         order = list(variants) if repeat % 2 == 0 else list(reversed(variants))
@@ -108,7 +93,7 @@ def main(argv=None) -> int:
                 reference = scores
             elif scores != reference:
                 raise SystemExit(f"{name} scored {scores}, not {reference}: the variants must score alike")
-        rates.append(matmul_rate(torch))
+        rates.append(matmul_rate(20))
         print(f"[{repeat + 1}/{args.repeats}] " + ", ".join(f"{name} {times[name][-1]:.3f} s" for name in variants)
               + f"; matmul {rates[-1] / 1e9:.1f} GFLOP/s", flush=True)
 
