@@ -183,6 +183,13 @@ def exact_batch_norm_kernel() -> bool:
     return True
 
 
+def _kernel_applies(x: Tensor) -> bool:
+    """Whether a scoring layer may hand `x` to leadfl_ext's BatchNorm kernels: a float32 CPU
+    tensor, no autograd (the kernels have none), and `exact_batch_norm_kernel()` holds."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+            and exact_batch_norm_kernel())
+
+
 class _BatchNormInto(_KeptOutputs):
     """A batch-statistics BatchNorm layer computed into kept tensors, by leadfl_ext's kernel where
     `exact_batch_norm_kernel()` found it to give ATen's bits on this machine, else by ATen's own
@@ -198,8 +205,7 @@ class _BatchNormInto(_KeptOutputs):
             return norm(x)  # (one value per channel: the layer's own error)
         channels = (x.shape[1],)
         out = self.kept("out", tuple(x.shape), x)
-        if (x.dtype == torch.float32 and x.numel() > x.shape[0] * x.shape[1] and not torch.is_grad_enabled()
-                and exact_batch_norm_kernel()):
+        if x.numel() > x.shape[0] * x.shape[1] and _kernel_applies(x):
             return torch.ops.leadfl.batch_norm_scoring_(x, norm.weight, norm.bias, norm.eps, out)
         torch.ops.aten.native_batch_norm.out(x, norm.weight, norm.bias, None, None, True, 0.0, norm.eps, out=out,
                                              save_mean=self.kept("mean", channels, x),
@@ -240,9 +246,7 @@ class _BatchNormReluPool(nn.Module):
         self.pool = pool
 
     def forward(self, x: Tensor) -> Tensor:
-        if (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and x.is_contiguous()
-                and x.shape[2] >= 2 and x.shape[3] >= 2 and not torch.is_grad_enabled()
-                and exact_batch_norm_kernel()):
+        if x.dim() == 4 and x.is_contiguous() and x.shape[2] >= 2 and x.shape[3] >= 2 and _kernel_applies(x):
             layer = self.norm.norm
             out = self.pool.kept("out", (*x.shape[:2], x.shape[2] // 2, x.shape[3] // 2), x)
             return torch.ops.leadfl.batch_norm_relu_pool_scoring_([x], layer.weight, layer.bias, layer.eps, out)
@@ -262,8 +266,7 @@ class _ConvBatchNormReluPool(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         conv, chunk = self.conv.conv, self.conv.chunk
-        if (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and not torch.is_grad_enabled()
-                and x.shape[0] > chunk and exact_batch_norm_kernel()):
+        if x.dim() == 4 and x.shape[0] > chunk and _kernel_applies(x):
             chunks = [conv(x[start : start + chunk]) for start in range(0, x.shape[0], chunk)]
             if chunks[0].shape[2] >= 2 and chunks[0].shape[3] >= 2 and all(c.is_contiguous() for c in chunks):
                 layer = self.rest.norm.norm
