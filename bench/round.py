@@ -9,9 +9,12 @@ For two settings,
             batch 16; same attack, aggregator and scoring),
 
 it runs a one-round `sim.runner.run` (no client defense, one torch thread) in a fresh process per
-measurement, once with the simulator of this working tree ("after") and once with that of another
-tree ("before", default the detached worktree /work/wt-before of commit 853196d, imported through
-PYTHONPATH), alternating before / after so that load on the shared machine hits both alike. In
+measurement: with the simulator of this working tree and the preset's settings ("after"; both presets
+train with `training.memory_format: auto`, i.e. channels_last on a CPU), with this tree and
+`training.memory_format: contiguous` ("after, contiguous training": the layout of before, so its
+scores must equal before's bit for bit), and with the simulator of another tree ("before", default
+the detached worktree /work/wt-before of commit 853196d, imported through PYTHONPATH), alternating
+the order so that load on the shared machine hits all alike. In
 each process the round is split by wrapping the runner's parts:
 
     local training   the engine's `train_clients` (every selected client's local steps)
@@ -61,8 +64,10 @@ CASES = {
     "demo": {"preset": "demo", "overrides": ["rounds=1", "eval.test_size=null"], "local_steps": 20},
     "table1": {"preset": "table1-fmnist", "overrides": ["rounds=1"], "local_steps": 380},
 }
-# The after tree with `training.memory_format: channels_last` (--channels-last).
-CHANNELS_LAST = "after, channels_last training"
+# The after tree with `training.memory_format: contiguous`: the layout of "before" and of every result
+# committed before the presets moved to `auto` (channels_last training on a CPU), so that the
+# scores can be compared bit for bit and the evaluation's gain read apart from the layout's.
+CONTIGUOUS = "after, contiguous training"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -256,8 +261,6 @@ def main(argv=None) -> int:
     parser.add_argument("--before", type=Path, default=DEFAULT_BEFORE,
                         help="the tree whose simulator is 'before' (default: /work/wt-before, commit 853196d)")
     parser.add_argument("--before-label", default="853196d")
-    parser.add_argument("--channels-last", action="store_true",
-                        help="also run the after tree with training.memory_format=channels_last")
     parser.add_argument("--out", type=Path, default=RESULTS / "round_cpu")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--flops", help=argparse.SUPPRESS)
@@ -283,15 +286,15 @@ def main(argv=None) -> int:
     if not (args.before / "sim").is_dir():
         parser.error(f"--before {args.before} holds no sim/ package; fix: "
                      f"git -C {REPO} worktree add --detach {args.before} 853196d")
-    trees = {"before": args.before.resolve(), "after": REPO, CHANNELS_LAST: REPO}
-    versions = ("before", "after", CHANNELS_LAST) if args.channels_last else ("before", "after")
+    trees = {"before": args.before.resolve(), "after": REPO, CONTIGUOUS: REPO}
+    versions = ("before", "after", CONTIGUOUS)
     started = time.time()
     rates, runs = [], {name: {version: [] for version in versions} for name in cases}
     for repeat in range(args.repeats):
         for name in cases:
             for version in (versions if repeat % 2 == 0 else versions[::-1]):
                 spec = {"preset": CASES[name]["preset"], "overrides": CASES[name]["overrides"]
-                        + (["training.memory_format=channels_last"] if version == CHANNELS_LAST else [])}
+                        + (["training.memory_format=contiguous"] if version == CONTIGUOUS else [])}
                 rates.append(matmul_rate())
                 result = _spawn("child", spec, trees[version])
                 runs[name][version].append(result)
@@ -319,18 +322,18 @@ def main(argv=None) -> int:
             "all_s": {version: [run["seconds"] for run in runs[name][version]] for version in versions},
             "all_wall_s": {version: [run["wall_seconds"] for run in runs[name][version]] for version in versions},
             "ratio_before_over_after": {key: best["before"][key] / best["after"][key] for key in (*PARTS, "round")},
-            **({"ratio_before_over_channels_last": {key: best["before"][key] / best[CHANNELS_LAST][key]
-                                                    for key in (*PARTS, "round")},
-                "ratio_after_over_channels_last": {key: best["after"][key] / best[CHANNELS_LAST][key]
-                                                   for key in (*PARTS, "round")}}
-               if CHANNELS_LAST in versions else {}),
+            "ratio_before_over_contiguous": {key: best["before"][key] / best[CONTIGUOUS][key]
+                                             for key in (*PARTS, "round")},
+            "ratio_contiguous_over_after": {key: best[CONTIGUOUS][key] / best["after"][key]
+                                            for key in (*PARTS, "round")},
             "flops": flops,
             "floor_s": {part: flops.get(part, 0) / rate for part in PARTS[:3]},
             "times_floor_after": {part: best["after"][part] / (flops[part] / rate) if flops.get(part) else None
                                   for part in PARTS[:3]},
             "times_floor_before": {part: best["before"][part] / (flops[part] / rate) if flops.get(part) else None
                                    for part in PARTS[:3]},
-            "same_scores": scores["before"] == scores["after"],
+            # the same layout as before: the change must not move a bit of the scores
+            "same_scores": scores["before"] == scores[CONTIGUOUS],
             "versions": list(versions),
             "scores": scores,
         }
@@ -352,7 +355,8 @@ def _markdown(report: dict) -> str:
         "time of the process (wall times in the JSON file). The machine is shared (2 cores, other work running) "
         "and noisy: absolute seconds move with its load (memory and cache contention reach CPU time too); before "
         "and after alternate in one run, so their ratios are the figures to read. Best of "
-        f"{report['repeats']} one-round runs per version; before = commit {report['before']}, after = this tree.",
+        f"{report['repeats']} one-round runs per version; before = commit {report['before']}, after = this tree with the presets' settings "
+        "(`training.memory_format: auto`: channels_last training on this CPU).",
         "",
         f"Arithmetic floor: FLOPs (torch.utils.flop_counter) / {report['matmul_512_gflops_best']:.1f} GFLOP/s, the "
         "best rate of a 512x512 float32 matrix product on one thread measured between the runs "
@@ -373,19 +377,19 @@ def _markdown(report: dict) -> str:
                      f"{flops / 1e9:.2f}" if flops else "-", f"{floor:.3f}" if floor else "-",
                      f"{before / floor:.2f}x" if floor else "-", f"{after / floor:.2f}x" if floor else "-"]
             lines.append("| " + " | ".join(cells) + " |")
-        if CHANNELS_LAST in case["best_s"]:
-            cl = case["best_s"][CHANNELS_LAST]
-            lines += ["", f"With `training.memory_format: channels_last` (this tree): round {cl['round']:.3f} s, local "
-                          f"training {cl['local training']:.3f} s; round before / channels_last "
-                          f"{case['ratio_before_over_channels_last']['round']:.2f}x, after (contiguous) / channels_last "
-                          f"{case['ratio_after_over_channels_last']['round']:.2f}x (local training "
-                          f"{case['ratio_after_over_channels_last']['local training']:.2f}x); scores "
-                          f"{case['scores'][CHANNELS_LAST]}."]
+        contiguous = case["best_s"][CONTIGUOUS]
+        lines += ["", f"After with `training.memory_format: contiguous` (this tree, the layout of before): round "
+                      f"{contiguous['round']:.3f} s (local training {contiguous['local training']:.3f} s, evaluation "
+                      f"{contiguous['evaluation']:.3f} s, {contiguous['evaluation'] / case['floor_s']['evaluation']:.2f}x "
+                      f"its floor); round before / contiguous {case['ratio_before_over_contiguous']['round']:.2f}x, "
+                      f"contiguous / after {case['ratio_contiguous_over_after']['round']:.2f}x (local training "
+                      f"{case['ratio_contiguous_over_after']['local training']:.2f}x). Same scores as before in the same "
+                      f"layout: {'yes' if case['same_scores'] else 'NO'} ({case['scores'][CONTIGUOUS]}); after, "
+                      f"channels_last training (float rounding of the convolutions' sums): {case['scores']['after']}."]
         lines += ["", f"Per run, not per round: set-up {case['best_s']['before']['setup']:.2f} s before, "
                       f"{case['best_s']['after']['setup']:.2f} s after; end of run (summary, plot, manifest) "
                       f"{case['best_s']['before']['end of run']:.2f} s before, {case['best_s']['after']['end of run']:.2f} s "
-                      f"after. Same scores before and after: {'yes' if case['same_scores'] else 'NO'} "
-                      f"({case['scores']['after']}).", ""]
+                      f"after.", ""]
     profile = report.get("profile_demo_after")
     if profile:
         lines += ["## Profile of a demo round after the change (torch.profiler, self CPU time)", "",

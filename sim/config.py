@@ -43,7 +43,7 @@ from sim.io import COMPARE_INPUT_FILE
 from sim.errors import ConfigError
 from sim.presets import CONFIGS_DIR, _read_yaml, list_presets, preset_path  # noqa: F401
 from sim.settings import check_value, is_int, is_setting, setting, show
-from sim.models import MEMORY_FORMATS, MODELS
+from sim.models import MEMORY_FORMAT_CHOICES, MODELS
 from sim.selection import SCHEDULES as SELECTION_SCHEDULES
 from sim.selection import SELECTION_RNGS, Selector
 from sim.server.registry import AGGREGATORS, UNAVAILABLE_AGGREGATORS, check_aggregator
@@ -159,9 +159,10 @@ class TrainingConfig:
     lr_gamma: float = setting(0.5, "float", low=0, high=1, low_open=True)
     lr_min: float = setting(0.0, "float", low=0)
     # Memory layout of the model's conv weights and the image batches in local training
-    # (sim.models.MEMORY_FORMATS): contiguous, or channels_last (NHWC, faster convolutions on CPU;
-    # equal results up to float rounding; sequential engine only).
-    memory_format: str = setting("contiguous", "str", choices=tuple(MEMORY_FORMATS))
+    # (sim.models.MEMORY_FORMATS): contiguous, channels_last (NHWC, faster convolutions on CPU; equal
+    # results up to float rounding; sequential engine only), or auto (channels_last where the
+    # sequential engine trains on a CPU, contiguous otherwise).
+    memory_format: str = setting("contiguous", "str", choices=MEMORY_FORMAT_CHOICES)
 
 
 # The data-poisoning attack of the malicious clients (sim.attacks.data): shared settings, then each

@@ -130,23 +130,32 @@ MEMORY_FORMATS: dict[str, str] = {
     "contiguous": "contiguous_format",
     "channels_last": "channels_last",
 }
+# `auto`: channels_last where the sequential engine trains on a CPU (its convolutions run 1.2-1.8x
+# faster there: bench/results/train_step_cpu.md, bench/results/round_cpu.md), contiguous anywhere
+# else (the batched engine has no channels_last stacks; on a GPU the layout is not measured). A
+# rule of the device and the engine, not a measurement, so a run's rounding never depends on load.
+AUTO_MEMORY_FORMAT = "auto"
+MEMORY_FORMAT_CHOICES = (*MEMORY_FORMATS, AUTO_MEMORY_FORMAT)
 
 
-def memory_format_name(training) -> str:
-    """`training.memory_format` (contiguous when the section predates the setting), or a
-    ConfigError naming the choices."""
+def memory_format_name(training, device="cpu") -> str:
+    """The layout `training.memory_format` trains the sequential engine's model in on `device`
+    (contiguous when the section predates the setting; `auto` resolved), or a ConfigError naming
+    the choices."""
     name = getattr(training, "memory_format", "contiguous")
+    if name == AUTO_MEMORY_FORMAT:
+        return "channels_last" if torch.device(device).type == "cpu" else "contiguous"
     if name not in MEMORY_FORMATS:
         raise ConfigError(
-            f"training.memory_format = {name!r} is not allowed; allowed: {', '.join(MEMORY_FORMATS)}. "
+            f"training.memory_format = {name!r} is not allowed; allowed: {', '.join(MEMORY_FORMAT_CHOICES)}. "
             "Set training.memory_format=contiguous."
         )
     return name
 
 
-def memory_format_of(training) -> torch.memory_format:
-    """The torch memory format `training.memory_format` names (`memory_format_name`)."""
-    return getattr(torch, MEMORY_FORMATS[memory_format_name(training)])
+def memory_format_of(training, device="cpu") -> torch.memory_format:
+    """The torch memory format `training.memory_format` names on `device` (`memory_format_name`)."""
+    return getattr(torch, MEMORY_FORMATS[memory_format_name(training, device)])
 
 
 def in_layout(tensor: Tensor, like: Tensor) -> Tensor:

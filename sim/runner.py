@@ -37,7 +37,7 @@ from sim.io import (ATTACK_EFFECT_PLOT_FILE, CHECKPOINT_FILE, CONFIG_FILE, MANIF
                     SUMMARY_FILE, check_names, lock_folder, write_atomic)
 from sim.lazy import np, torch
 from sim.metrics import Scorer, TestSet, is_scored_round
-from sim.models import build_model, flatten_parameters, trainable_parameters
+from sim.models import AUTO_MEMORY_FORMAT, build_model, flatten_parameters, memory_format_name, trainable_parameters
 from sim.reporting import (RoundRecord, ids_text, metrics_csv_text, progress_postfix, read_finished, summarize,
                            write_outputs)
 from sim.manifest import write_manifest
@@ -241,6 +241,11 @@ def _run_locked(cfg: Config, out_dir: Path, resume: bool, progress: bool, label:
         reason = resolve_engine(cfg)[1]
         choice = f"auto -> {engine_description} ({reason})" if cfg.engine == "auto" else engine_description
         print(f"engine: {choice}", file=sys.stderr, flush=True)
+    if writer and cfg.training.memory_format == AUTO_MEMORY_FORMAT:
+        engine_name = resolve_engine(cfg)[0]
+        layout = "contiguous" if engine_name == "batched" else memory_format_name(cfg.training, device)
+        print(f"training.memory_format: auto -> {layout} ({engine_name} engine on {torch.device(device).type})",
+              file=sys.stderr, flush=True)
 
     start_round, rows, global_params = 0, [], parts.initial_params.clone()
     segments: list[dict[str, Any]] = []

@@ -22,7 +22,7 @@ from sim.engines.client_training import ClientTraining
 from sim.engines.sequential import ClientStateOfEngine, check_client_ids
 from sim.errors import ConfigError
 from sim.lazy import F, func, torch
-from sim.models import build_model, trainable_parameters
+from sim.models import AUTO_MEMORY_FORMAT, build_model, trainable_parameters
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -40,12 +40,12 @@ def check_memory_format(training) -> None:
     """The batched engine trains contiguous tensors only: its rows are `[n, ...]` stacks (5-D for
     a conv weight), which have no channels_last layout, and vmap folds the clients into grouped
     convolutions, where stacks laid out client by client in NHWC ran no faster on a CPU
-    (bench/results/train_step_cpu.md)."""
+    (bench/results/train_step_cpu.md). `auto` is contiguous here."""
     memory_format = getattr(training, "memory_format", "contiguous")
-    if memory_format != "contiguous":
+    if memory_format not in ("contiguous", AUTO_MEMORY_FORMAT):
         raise ConfigError(
             f"training.memory_format = {memory_format!r} is not allowed with the batched engine, which stacks "
-            "clients into tensors that have no channels_last layout; allowed there: contiguous. Set "
+            "clients into tensors that have no channels_last layout; allowed there: contiguous or auto. Set "
             "training.memory_format=contiguous, or engine=sequential (one client at a time, where channels_last "
             "applies)."
         )

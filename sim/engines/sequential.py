@@ -4,7 +4,7 @@ Each client is `ClientTraining` on one row: the rows are `[1, ...]` views of the
 parameters, so loading the global vector is one in-place copy, a minibatch is an index gather
 from the dataset tensors already on the device, and gradients come from plain autograd.
 
-With `training.memory_format: channels_last` the model's 4-D tensors (conv weights) and the image
+With `training.memory_format: channels_last` (or `auto` on a CPU) the model's 4-D tensors (conv weights) and the image
 batches are NHWC in memory, which the CPU convolutions run faster; the rows stay views of those
 parameters, each gradient is returned in its parameter's layout (the leadfl_ext ops pair
 elements by their place in memory), and the flat vectors keep their logical order.
@@ -126,7 +126,7 @@ class SequentialEngine(ClientStateOfEngine):
         self.device = torch.device(device)
         self.client_indices = [indices.to(self.device) for indices in client_indices]
         self.malicious = frozenset(int(client) for client in malicious)
-        memory_format = memory_format_of(training)
+        memory_format = memory_format_of(training, self.device)
         self.model = build_model(model_name, dataset.image_shape, dataset.num_classes).to(self.device)
         if memory_format != torch.contiguous_format:
             self.model = self.model.to(memory_format=memory_format)

@@ -8,17 +8,19 @@ the contiguous run's up to float rounding, and the default takes exactly the pat
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+import yaml
 
 from sim.config import load_config, validate
 from sim.data import make_synthetic_dataset, partition
 from sim.engines.batched import BatchedEngine
 from sim.engines.sequential import SequentialEngine
 from sim.errors import ConfigError
-from sim.models import build_model, flatten_parameters
+from sim.models import build_model, flatten_parameters, memory_format_name
 from sim.reporting import read_metrics
 from sim.runner import run
 from sim.state import read_checkpoint
@@ -166,14 +168,14 @@ def test_channels_last_run_matches_contiguous_run(tmp_path, defense):
 # -- settings -------------------------------------------------------------------------------------
 
 def test_unknown_memory_format_is_refused_with_the_choices():
-    with pytest.raises(ConfigError, match="training.memory_format='nhwc' is not one of contiguous, channels_last; "
+    with pytest.raises(ConfigError, match="training.memory_format='nhwc' is not one of contiguous, channels_last, auto; "
                                           "fix: --set training.memory_format=contiguous"):
         load_config(overrides=["training.memory_format=nhwc"])
 
 
 def test_engine_refuses_an_unknown_memory_format(dataset, client_indices):
     with pytest.raises(ConfigError, match="training.memory_format = 'nhwc' is not allowed; allowed: contiguous, "
-                                          "channels_last"):
+                                          "channels_last, auto"):
         make_engine(dataset, client_indices, "nhwc", DEFENSES["none"])
 
 
@@ -188,3 +190,70 @@ def test_batched_engine_refuses_channels_last_before_any_work(dataset, client_in
     with pytest.raises(ConfigError, match=message):
         BatchedEngine("fmnist_cnn", dataset, client_indices, [MALICIOUS_CLIENT], training, attack, client_defense,
                       0, "cpu")
+
+
+# -- auto ----------------------------------------------------------------------------------------
+
+def test_auto_resolves_by_device_and_engine():
+    """`auto`: channels_last for the sequential engine on a CPU, contiguous on any other device;
+    `contiguous`/`channels_last` mean themselves on every device."""
+    auto = SimpleNamespace(memory_format="auto")
+    assert memory_format_name(auto, "cpu") == "channels_last"
+    assert memory_format_name(auto, torch.device("cpu")) == "channels_last"
+    assert memory_format_name(auto, "cuda") == "contiguous"
+    assert memory_format_name(auto, "cuda:1") == "contiguous"
+    for name in ("contiguous", "channels_last"):
+        assert memory_format_name(SimpleNamespace(memory_format=name), "cuda") == name
+
+
+def test_auto_run_on_a_cpu_is_the_channels_last_run(tmp_path, capfd):
+    """A run with `auto` on the CPU is bit for bit the channels_last run, and says so."""
+    results = {}
+    for memory_format in ("channels_last", "auto"):
+        overrides = [*RUN, *RUN_DEFENSES["leadfl_original"], "rounds=2", f"training.memory_format={memory_format}"]
+        out = tmp_path / memory_format
+        run(load_config(overrides=overrides), out, progress=False)
+        results[memory_format] = (read_checkpoint(out / "checkpoint.pt")["global_params"], read_metrics(out))
+    assert torch.equal(results["auto"][0], results["channels_last"][0])
+    keys = ("main_accuracy", "backdoor_accuracy", "test_loss")
+    assert [[row[k] for k in keys] for row in results["auto"][1]] == \
+        [[row[k] for k in keys] for row in results["channels_last"][1]]
+    assert "training.memory_format: auto -> channels_last (sequential engine on cpu)" in capfd.readouterr().err
+
+
+def test_batched_engine_takes_auto_as_contiguous(dataset, client_indices):
+    """`auto` passes the batched engine's check (on a GPU `engine: auto` picks it) and trains
+    exactly what contiguous trains."""
+    cfg = load_config(overrides=["training.memory_format=auto"])
+    validate(dataclasses.replace(cfg, engine="auto", device="cuda"))
+    validate(dataclasses.replace(cfg, engine="batched"))
+    start = flatten_parameters(build_model("fmnist_cnn", dataset.image_shape, dataset.num_classes, seed=0))
+    updates = []
+    for memory_format in ("contiguous", "auto"):
+        training, attack, client_defense = sections(memory_format, DEFENSES["none"])
+        engine = BatchedEngine("fmnist_cnn", dataset, client_indices, [MALICIOUS_CLIENT], training, attack,
+                               client_defense, 0, "cpu")
+        updates.append(engine.train_clients(start, [BENIGN_CLIENT, MALICIOUS_CLIENT], 0))
+    assert torch.equal(updates[0], updates[1])
+
+
+PRESETS_ON_AUTO = ("demo", "table1-fmnist")
+
+
+@pytest.mark.parametrize("preset", PRESETS_ON_AUTO)
+def test_preset_trains_channels_last_on_a_cpu(preset):
+    """The presets new experiments start from train with `auto` (channels_last on a CPU)."""
+    cfg = load_config(preset=preset)
+    assert cfg.training.memory_format == "auto" and cfg.engine == "sequential" and cfg.device == "cpu"
+
+
+def test_committed_results_keep_the_layout_they_ran_with():
+    """Every committed run trained contiguous, and its recorded config.yaml (the settings it ran
+    with, loaded on their own) still trains contiguous, whatever its preset now says: the
+    committed results reproduce with their recorded settings."""
+    recorded = sorted((Path(__file__).resolve().parents[2] / "docs" / "results").glob("**/config.yaml"))
+    assert len(recorded) > 50, "the committed results were not found"
+    for path in recorded:
+        assert yaml.safe_load(path.read_text()).get("training", {}).get("memory_format", "contiguous") == \
+            "contiguous", path
+        assert load_config(path=path).training.memory_format == "contiguous", path
