@@ -248,12 +248,15 @@ def test_preset_trains_channels_last_on_a_cpu(preset):
 
 
 def test_committed_results_keep_the_layout_they_ran_with():
-    """Every committed run trained contiguous, and its recorded config.yaml (the settings it ran
-    with, loaded on their own) still trains contiguous, whatever its preset now says: the
-    committed results reproduce with their recorded settings."""
+    """Every committed run's recorded config.yaml (the settings it ran with), loaded on its own,
+    trains in the layout it records, whatever its preset now says: results made before the presets
+    moved to `auto` record contiguous (or predate the setting, which means contiguous) and still
+    reproduce with their recorded settings."""
     recorded = sorted((Path(__file__).resolve().parents[2] / "docs" / "results").glob("**/config.yaml"))
-    assert len(recorded) > 50, "the committed results were not found"
+    layouts = {}
     for path in recorded:
-        assert yaml.safe_load(path.read_text()).get("training", {}).get("memory_format", "contiguous") == \
-            "contiguous", path
-        assert load_config(path=path).training.memory_format == "contiguous", path
+        layout = yaml.safe_load(path.read_text()).get("training", {}).get("memory_format", "contiguous")
+        assert load_config(path=path).training.memory_format == layout, path
+        layouts[layout] = layouts.get(layout, 0) + 1
+    assert layouts.get("contiguous", 0) > 50, f"the committed results were not found: {layouts}"
+    assert set(layouts) <= {"contiguous", "auto"}, layouts
