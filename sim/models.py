@@ -138,13 +138,12 @@ AUTO_MEMORY_FORMAT = "auto"
 MEMORY_FORMAT_CHOICES = (*MEMORY_FORMATS, AUTO_MEMORY_FORMAT)
 
 
-def memory_format_name(training, device="cpu") -> str:
-    """The layout `training.memory_format` trains the sequential engine's model in on `device`
-    (contiguous when the section predates the setting; `auto` resolved), or a ConfigError naming
-    the choices."""
+def memory_format_name(training, device="cpu", engine: str = "sequential") -> str:
+    """The layout `training.memory_format` trains in with `engine` on `device` (contiguous when
+    the section predates the setting; `auto` resolved), or a ConfigError naming the choices."""
     name = getattr(training, "memory_format", "contiguous")
     if name == AUTO_MEMORY_FORMAT:
-        return "channels_last" if torch.device(device).type == "cpu" else "contiguous"
+        return "channels_last" if engine == "sequential" and torch.device(device).type == "cpu" else "contiguous"
     if name not in MEMORY_FORMATS:
         raise ConfigError(
             f"training.memory_format = {name!r} is not allowed; allowed: {', '.join(MEMORY_FORMAT_CHOICES)}. "

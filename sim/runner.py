@@ -243,7 +243,7 @@ def _run_locked(cfg: Config, out_dir: Path, resume: bool, progress: bool, label:
         print(f"engine: {choice}", file=sys.stderr, flush=True)
     if writer and cfg.training.memory_format == AUTO_MEMORY_FORMAT:
         engine_name = resolve_engine(cfg)[0]
-        layout = "contiguous" if engine_name == "batched" else memory_format_name(cfg.training, device)
+        layout = memory_format_name(cfg.training, device, engine_name)
         print(f"training.memory_format: auto -> {layout} ({engine_name} engine on {torch.device(device).type})",
               file=sys.stderr, flush=True)
 

@@ -40,7 +40,7 @@ def check_memory_format(training) -> None:
     """The batched engine trains contiguous tensors only: its rows are `[n, ...]` stacks (5-D for
     a conv weight), which have no channels_last layout, and vmap folds the clients into grouped
     convolutions, where stacks laid out client by client in NHWC ran no faster on a CPU
-    (bench/results/train_step_cpu.md). `auto` is contiguous here."""
+    (bench/results/train_step_cpu.md). `auto` is contiguous here (sim.models.memory_format_name)."""
     memory_format = getattr(training, "memory_format", "contiguous")
     if memory_format not in ("contiguous", AUTO_MEMORY_FORMAT):
         raise ConfigError(

@@ -4,10 +4,11 @@ Each client is `ClientTraining` on one row: the rows are `[1, ...]` views of the
 parameters, so loading the global vector is one in-place copy, a minibatch is an index gather
 from the dataset tensors already on the device, and gradients come from plain autograd.
 
-With `training.memory_format: channels_last` (or `auto` on a CPU) the model's 4-D tensors (conv weights) and the image
-batches are NHWC in memory, which the CPU convolutions run faster; the rows stay views of those
-parameters, each gradient is returned in its parameter's layout (the leadfl_ext ops pair
-elements by their place in memory), and the flat vectors keep their logical order.
+With `training.memory_format: channels_last` (or `auto` on a CPU) the model's 4-D tensors (conv
+weights) and the image batches are NHWC in memory, which the CPU convolutions run faster; the rows
+stay views of those parameters, each gradient is returned in its parameter's layout (the
+leadfl_ext ops pair elements by their place in memory), and the flat vectors keep their logical
+order.
 """
 
 from __future__ import annotations

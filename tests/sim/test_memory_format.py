@@ -195,13 +195,14 @@ def test_batched_engine_refuses_channels_last_before_any_work(dataset, client_in
 # -- auto ----------------------------------------------------------------------------------------
 
 def test_auto_resolves_by_device_and_engine():
-    """`auto`: channels_last for the sequential engine on a CPU, contiguous on any other device;
+    """`auto`: channels_last for the sequential engine on a CPU, contiguous on any other device or engine;
     `contiguous`/`channels_last` mean themselves on every device."""
     auto = SimpleNamespace(memory_format="auto")
     assert memory_format_name(auto, "cpu") == "channels_last"
     assert memory_format_name(auto, torch.device("cpu")) == "channels_last"
     assert memory_format_name(auto, "cuda") == "contiguous"
     assert memory_format_name(auto, "cuda:1") == "contiguous"
+    assert memory_format_name(auto, "cpu", "batched") == "contiguous"
     for name in ("contiguous", "channels_last"):
         assert memory_format_name(SimpleNamespace(memory_format=name), "cuda") == name
 
