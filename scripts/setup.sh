@@ -77,7 +77,8 @@ build_key() {
   "$PYTHON" - "$TORCH_SPEC" "${PIP_PACKAGES[@]}" <<'EOF'
 import glob, hashlib, importlib.metadata, os, shutil, sys
 h = hashlib.sha256()
-for part in (sys.executable, sys.version, importlib.metadata.version("torch"), os.environ.get("LEADFL_FORCE_CPU", ""),
+# the environment and the interpreter's real path: `python` and `python3` are one interpreter
+for part in (sys.prefix, os.path.realpath(sys.executable), sys.version, importlib.metadata.version("torch"), os.environ.get("LEADFL_FORCE_CPU", ""),
              os.environ.get("CUDA_HOME", ""), shutil.which("nvcc") or "", *sys.argv[1:]):
     h.update(part.encode() + b"\0")
 for path in ["setup.py"] + sorted(p for p in glob.glob("csrc/**", recursive=True) if os.path.isfile(p)):

@@ -41,6 +41,20 @@ def test_a_finished_setup_is_not_redone_and_says_each_step():
 
 
 @needs_finished_setup
+def test_the_interpreter_s_other_name_does_not_rebuild():
+    """`python` and `python3` (one interpreter, two names in its folder) share the build: a setup
+    with either after one with the other must not rebuild."""
+    names = [Path(sys.executable).with_name(name) for name in ("python", "python3")]
+    names = [name for name in names if name.exists()]
+    if len(names) < 2:
+        pytest.skip(f"{Path(sys.executable).parent} does not hold both python and python3")
+    for name in names:
+        done = run_setup(PYTHON=str(name))
+        assert done.returncode == 0, done.stderr
+        assert any("did not change" in line for line in done.stdout.splitlines()), (name, done.stdout)
+
+
+@needs_finished_setup
 @pytest.mark.skipif(os.geteuid() != 0, reason="the dataset install runs apt-get as root only")
 def test_a_failing_dataset_install_is_retried_after_apt_get_update(tmp_path):
     # A stub apt-get whose install fails until `apt-get update` ran once.
