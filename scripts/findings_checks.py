@@ -380,26 +380,37 @@ def check_switches_kept() -> None:
 
 
 def check_authors_bursts() -> None:
-    folder = RESULTS / "table1-fmnist-authors"
-    print("## authors-bursts: docs/results/table1-fmnist-authors/{None,LeadFL}/metrics.csv")
-    for name in ("LeadFL", "None"):
-        backdoor = backdoor_by_round(folder / name)
-        kept = malicious_kept_by_round(folder / name)
-        last = max(backdoor)
-        bursts = [r for r in sorted(kept) if kept[r][0] == 5]
-        print(f"  {name}: bursts (5 malicious) in rounds {', '.join(map(str, bursts))}")
-        for burst, following in zip(bursts, bursts[1:] + [last + 1]):
-            between = range(burst + 1, following)
-            if not between:
+    """The authors' 80-round setting, seed 0 (table1-fmnist-authors) and seed 1 (its second seed):
+    the backdoor between each burst of 5 malicious clients and the next, and the uploads kept."""
+    for folder_name, seed in (("table1-fmnist-authors", 0), ("table1-fmnist-authors-seed1", 1)):
+        folder = RESULTS / folder_name
+        print(f"## authors-bursts: docs/results/{folder_name}/{{None,LeadFL}}/metrics.csv (seed {seed})")
+        if not folder.is_dir():
+            print("  no such folder: not run\n")
+            continue
+        for name in ("LeadFL", "None"):
+            if not (folder / name / "metrics.csv").is_file():
+                print(f"  {name}: not started")
                 continue
-            held = sum(kept[r][1] for r in between)
-            uploads = sum(kept[r][0] for r in between)
-            values = [backdoor[r][0] for r in between]
-            tenth = f", round {burst + 10}: {backdoor[burst + 10][0]:.1f}%" if burst + 10 in between else ""
-            print(f"    after round {burst}: rounds {between.start}-{between.stop - 1} ({len(between)}), "
-                  f"kept {held} of {uploads} malicious uploads, backdoor {min(values):.1f}-{max(values):.1f}%"
-                  f"{tenth}, last {values[-1]:.1f}%")
-    print()
+            backdoor = backdoor_by_round(folder / name)
+            kept = malicious_kept_by_round(folder / name)
+            last = max(backdoor)
+            state = "" if (folder / name / "summary.json").is_file() else f" (unfinished: rounds 0-{last})"
+            bursts = [r for r in sorted(kept) if kept[r][0] == 5]
+            print(f"  {name}{state}: bursts (5 malicious) in rounds {', '.join(map(str, bursts))}; backdoor average "
+                  f"{sum(v for v, _ in backdoor.values()) / len(backdoor):.1f}%, last {backdoor[last][0]:.1f}%")
+            for burst, following in zip(bursts, bursts[1:] + [last + 1]):
+                between = range(burst + 1, following)
+                if not between:
+                    continue
+                held = sum(kept[r][1] for r in between)
+                uploads = sum(kept[r][0] for r in between)
+                values = [backdoor[r][0] for r in between]
+                tenth = f", round {burst + 10}: {backdoor[burst + 10][0]:.1f}%" if burst + 10 in between else ""
+                print(f"    after round {burst}: rounds {between.start}-{between.stop - 1} ({len(between)}), "
+                      f"kept {held} of {uploads} malicious uploads, backdoor {min(values):.1f}-{max(values):.1f}%"
+                      f"{tenth}, last {values[-1]:.1f}%")
+        print()
 
 
 def check_demo_kept() -> None:
