@@ -625,6 +625,11 @@ def check_authors_measures() -> None:
     print()
 
 
+# The late-burst LeadFL row first ran (to round 66) on an AMD EPYC model 1 at commit 10a293d; its
+# checkpoint stayed with that machine, so the study was run again whole on a model 17.
+EARLIER_LATE_BURST = "earlier-partial"
+
+
 def check_late_burst() -> None:
     """The authors' setting with its bursts at rounds 0, 10 and 12, one more isolated burst at round
     60 and no attacker otherwise: each row's backdoor accuracy after every burst (rounds b to b + 9
@@ -634,7 +639,8 @@ def check_late_burst() -> None:
     if not folder.is_dir():
         print("  no such folder: not run\n")
         return
-    for label in ("LeadFL", "None"):
+    # the two rows, then the earlier partial LeadFL row made on another CPU model
+    for label in ("LeadFL", "None", f"{EARLIER_LATE_BURST}/LeadFL"):
         run = folder / label
         if not (run / "metrics.csv").is_file():
             print(f"  {label}: not started")
