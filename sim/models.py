@@ -143,7 +143,8 @@ def memory_format_name(training, device="cpu", engine: str = "sequential") -> st
     the section predates the setting; `auto` resolved), or a ConfigError naming the choices."""
     name = getattr(training, "memory_format", "contiguous")
     if name == AUTO_MEMORY_FORMAT:
-        return "channels_last" if engine == "sequential" and torch.device(device).type == "cpu" else "contiguous"
+        # the device's kind from its name (cpu, cuda:1, or a torch.device): no torch import for a check
+        return "channels_last" if engine == "sequential" and str(device).split(":")[0] == "cpu" else "contiguous"
     if name not in MEMORY_FORMATS:
         raise ConfigError(
             f"training.memory_format = {name!r} is not allowed; allowed: {', '.join(MEMORY_FORMAT_CHOICES)}. "

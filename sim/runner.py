@@ -244,7 +244,7 @@ def _run_locked(cfg: Config, out_dir: Path, resume: bool, progress: bool, label:
     if writer and cfg.training.memory_format == AUTO_MEMORY_FORMAT:
         engine_name = resolve_engine(cfg)[0]
         layout = memory_format_name(cfg.training, device, engine_name)
-        print(f"training.memory_format: auto -> {layout} ({engine_name} engine on {torch.device(device).type})",
+        print(f"training.memory_format: auto -> {layout} ({engine_name} engine on {str(device).split(':')[0]})",
               file=sys.stderr, flush=True)
 
     start_round, rows, global_params = 0, [], parts.initial_params.clone()
